@@ -1,0 +1,39 @@
+# edgecxr developer entry points. `make demo` and `make test` do all set-up themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgecxr-installed
+EXTRAS ?= train,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all demo lint clean help
+
+help:
+	@echo "make demo      train a small CoroNet, export, calibrate INT8, verify, infer (a few minutes on CPU)"
+	@echo "make test      run the test suite (CPU; GPU tests skip without TensorRT)"
+	@echo "make test-all  also the slow tests"
+	@echo "make lint      ruff"
+	@echo "make setup     create $(VENV) and install edgecxr[$(EXTRAS)]"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m edgecxr.demo
+
+lint: setup
+	$(VENV)/bin/ruff check edgecxr tests
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

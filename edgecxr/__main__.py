@@ -1,0 +1,3 @@
+from edgecxr.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""`edgecxr` command line: a lazy Click group.
+
+Each subcommand lives in a module of this package and is imported only when it runs, so
+`edgecxr --help` and `edgecxr infer` never import TensorFlow (Click's LazyGroup pattern). Library
+errors (`EdgeCXRError`) become one-line messages with the error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from edgecxr import __version__
+from edgecxr.errors import EdgeCXRError
+
+#: command name -> "module:attribute" (module relative to edgecxr.cli), with a one-line help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("data:data", "Check a dataset manifest or prepare one from the public source layouts."),
+    "train": ("train:train", "Train CoroNet or the CNN-LSTM on a manifest; writes a model bundle."),
+    "evaluate": ("evaluate:evaluate", "Evaluate a bundle's Keras model on a split (metrics, CIs, confusion matrix)."),
+    "export": ("export:export", "Export a bundle to ONNX (FP32 and FP16) with a parity check against Keras."),
+    "calibrate": ("export:calibrate", "Calibrate an INT8 Q/DQ ONNX model on the held-out calib split."),
+    "verify": ("export:verify", "Accuracy regression gate: every artifact vs the FP32 reference on held-out images."),
+    "build": ("runtime:build", "Build a TensorRT engine (FP16 or INT8) for this GPU, with a metadata sidecar."),
+    "infer": ("runtime:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),
+    "bench": ("runtime:bench", "Benchmark latency and throughput of a model on the available backends."),
+    "info": ("runtime:info", "Show installed backends, GPU and TensorRT versions."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target[0].split(":")
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text from the table above, so `--help` imports no subcommand module.
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click override
+        try:
+            return super().invoke(ctx)
+        except EdgeCXRError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="edgecxr")
+def main() -> None:
+    """edgecxr: chest X-ray classifiers from training to verified engines beside the scanner.
+
+    \b
+    Pipeline:  data check -> train -> evaluate -> export -> calibrate -> verify -> build -> infer / bench
+    Example:   edgecxr infer --model runs/coronet image.png
+    """
+
+
+def run() -> None:  # pragma: no cover - console entry point helper
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""ONNX Runtime backend: the embedded default on CPU-only workstations, and CUDA EP where present."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from edgecxr.errors import BackendUnavailableError, BundleError
+from edgecxr.runtime.base import Runner, register
+
+
+@register
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX file (FP32, FP16 with FP32 I/O, or Q/DQ INT8) with onnxruntime.
+
+    Options:
+        device: "cpu" (default) or "cuda" (needs onnxruntime-gpu).
+        threads: intra-op threads (default: onnxruntime's choice, all physical cores).
+    """
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    @classmethod
+    def availability(cls) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise BundleError(f"{self.path}: ONNX model not found")
+        device = self.options.get("device", "cpu")
+        available = ort.get_available_providers()
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise BackendUnavailableError(
+                    "onnxruntime CUDA execution provider not available (install onnxruntime-gpu and CUDA); "
+                    f"providers here: {available}"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self.options.get("threads"):
+            so.intra_op_num_threads = int(self.options["threads"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise BundleError(f"{self.path}: onnxruntime cannot load this model: {exc}") from exc
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BundleError(f"{self.path}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.input_shape = tuple(inputs[0].shape)
+        self.loaded = True
+        self._last: dict[str, float] = {}
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.loaded:
+            self.load()
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        t0 = time.perf_counter()
+        (probs,) = self.session.run([self.output_name], {self.input_name: batch})
+        self._last = {"compute_ms": (time.perf_counter() - t0) * 1e3}
+        return np.asarray(probs, dtype=np.float32)
+
+    def timings(self) -> dict[str, float]:
+        return dict(self._last)
+
+    def close(self) -> None:
+        self.session = None
+        self.loaded = False
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.loaded:
+            info["providers"] = self.session.get_providers()
+        info["device"] = self.options.get("device", "cpu")
+        return info

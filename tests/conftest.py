@@ -1,0 +1,40 @@
+"""Shared fixtures: the real data beside the checkout (skipped when absent) and small committed images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "images"
+
+
+def _shared_root() -> Path:
+    env = os.environ.get("EDGECXR_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_cxr() -> Path:
+    """../shared/data/cxr (the curated 1,274-image set); skips when it is not beside the checkout."""
+    root = _shared_root() / "data" / "cxr"
+    if not (root / "manifest.csv").is_file():
+        pytest.skip(f"real data not found at {root} (set EDGECXR_SHARED to the shared/ folder)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_originals() -> Path:
+    """../shared/data/cxr-originals/files (full-size source JPEG/PNG); skips when absent."""
+    root = _shared_root() / "data" / "cxr-originals" / "files"
+    if not root.is_dir():
+        pytest.skip(f"original files not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def examples() -> Path:
+    """Committed CC BY 4.0 Kermany example images (see examples/images/ATTRIBUTION.md)."""
+    return EXAMPLES

@@ -12,7 +12,9 @@ Pipeline (version 1), applied to a decoded image (see `edgecxr.data.io.load_imag
   2. resize to (height, width) ignoring aspect ratio ("stretch", what both papers did); cv2
      INTER_AREA when the output has fewer pixels than the input (anti-aliased shrink), INTER_LINEAR
      otherwise. Done in the input's own dtype, before any float conversion, because that is the
-     cheap order for a 4280x3520 scanner image.
+     cheap order for a 4280x3520 scanner image. Integer resizing rounds to the input's step
+     (1/255 for 8-bit), well below anything a classifier resolves; training and deployment both
+     feed decoded 8/16-bit images, so they round identically.
   3. to [0, 1]: uint8 / 255, uint16 / 65535; float input must already lie in [0, 1].
   4. x * scale + offset  (CoroNet: Xception's [-1, 1]; CNN-LSTM: [0, 1]).
   5. replicate to `channels` (3 for CoroNet's ImageNet-shaped Xception, 1 for the CNN-LSTM).
@@ -175,6 +177,8 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         raise ValueError("empty image")
     if image.dtype == np.float64 or image.dtype == np.float16:
         image = image.astype(np.float32)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"unsupported pixel dtype {image.dtype} (use uint8, uint16 or float in [0, 1])")
     gray = np.ascontiguousarray(to_gray(image))
     src_h, src_w = gray.shape
     if (src_h, src_w) != (spec.height, spec.width):

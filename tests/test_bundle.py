@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecxr.bundle import Bundle, git_commit
+from edgecxr.data.manifest import CLASSES_4
+from edgecxr.errors import BundleError
+from edgecxr.preprocess import CORONET_V1
+
+
+def test_create_save_load_round_trip(tmp_path):
+    b = Bundle.create(tmp_path / "run", "coronet", CLASSES_4, CORONET_V1, training={"epochs": 3})
+    (b.dir / "model.onnx").write_bytes(b"x")
+    b.set_artifact("onnx_fp32", b.dir / "model.onnx")
+    b.save()
+    again = Bundle.load(tmp_path / "run")
+    assert again.model == "coronet"
+    assert again.classes == list(CLASSES_4)
+    assert again.spec == CORONET_V1
+    assert again.meta["training"] == {"epochs": 3}
+    assert again.artifact("onnx_fp32") == b.dir / "model.onnx"
+    assert again.artifact("onnx_int8", must_exist=False) is None
+    with pytest.raises(BundleError, match="edgecxr calibrate"):
+        again.artifact("onnx_int8")
+    # bundle.json given directly also works
+    assert Bundle.load(b.path).dir == b.dir
+
+
+def test_artifact_outside_bundle_rejected(tmp_path):
+    b = Bundle.create(tmp_path / "run", "coronet", CLASSES_4, CORONET_V1)
+    with pytest.raises(BundleError, match="outside"):
+        b.set_artifact("keras", tmp_path / "elsewhere.keras")
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "not a model bundle"),
+        ("{not json", "corrupt JSON"),
+        (json.dumps({"format": "other"}), "not an edgecxr bundle"),
+        (json.dumps({"format": "edgecxr-bundle", "format_version": 99}), "newer"),
+        (json.dumps({"format": "edgecxr-bundle", "format_version": 1, "model": "coronet"}), "missing 'classes'"),
+    ],
+)
+def test_bad_bundles(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / "bundle.json").write_text(content)
+    with pytest.raises(BundleError, match=match):
+        Bundle.load(tmp_path)
+
+
+def test_git_commit_outside_repo(tmp_path):
+    assert git_commit(tmp_path) is None

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgecxr._lazy import available, require
+from edgecxr.env import env_flag
+from edgecxr.errors import MissingDependencyError
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("", False)])
+def test_env_flag(monkeypatch, raw, expected):
+    monkeypatch.setenv("EDGECXR_TEST_FLAG", raw)
+    assert env_flag("EDGECXR_TEST_FLAG") is expected
+
+
+def test_env_flag_default_and_garbage(monkeypatch):
+    monkeypatch.delenv("EDGECXR_TEST_FLAG", raising=False)
+    assert env_flag("EDGECXR_TEST_FLAG", default=True) is True
+    monkeypatch.setenv("EDGECXR_TEST_FLAG", "maybe")
+    with pytest.raises(ValueError, match="not a boolean"):
+        env_flag("EDGECXR_TEST_FLAG")
+
+
+def test_require_missing_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r"edgecxr\[gpu\]"):
+        require("pycuda.this_does_not_exist_either") if available("pycuda") else require("pycuda")
+    with pytest.raises(MissingDependencyError, match="tensorrt"):
+        require("tensorrt") if not available("tensorrt") else pytest.skip("tensorrt is installed")
+
+
+def test_cli_help_does_not_import_tensorflow():
+    """`edgecxr --help` and the runtime must never pull in TensorFlow (start-up time, no TF on workstations)."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from edgecxr.cli import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "import edgecxr, edgecxr.runtime.base as b\n"
+        "b.backends()\n"
+        "from edgecxr import Classifier\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'tensorrt', 'tf2onnx') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

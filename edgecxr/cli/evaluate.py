@@ -1,0 +1,94 @@
+"""`edgecxr evaluate`: metrics of one bundle artifact on one manifest split.
+
+Thin on purpose (STYLE.md 1): it parses options and calls `edgecxr.evaluate.evaluate_bundle`,
+which is imported inside the command so `edgecxr --help` stays free of numpy-heavy imports and
+TensorFlow loads only when the Keras artifact is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from edgecxr.bundle import ARTIFACTS
+from edgecxr.data.manifest import SPLITS
+
+
+@click.command("evaluate")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--data",
+    "manifest",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Manifest CSV (e.g. ../shared/data/cxr/manifest.csv).",
+)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to score.")
+@click.option(
+    "--artifact",
+    type=click.Choice(list(ARTIFACTS)),
+    default="keras",
+    show_default=True,
+    help="Which bundle artifact to run; ONNX artifacts run on onnxruntime (no TensorFlow needed).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the 95% CIs (0: no CIs).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the report.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def evaluate(
+    bundle: Path,
+    manifest: Path,
+    split: str,
+    artifact: str,
+    batch_size: int,
+    bootstrap: int,
+    seed: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Evaluate BUNDLE on a manifest split: confusion matrix, per-class metrics, bootstrap CIs.
+
+    \b
+    Writes evaluation-<split>.json and confusion-<split>.png into the bundle (with -<artifact>
+    appended for non-Keras artifacts) and a summary under "evaluations" in bundle.json.
+    Example:  edgecxr evaluate runs/coronet --data ../shared/data/cxr/manifest.csv
+    """
+    from edgecxr.evaluate import evaluate_bundle
+    from edgecxr.metrics import format_report
+
+    backend = "keras" if artifact == "keras" else "onnxruntime"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = evaluate_bundle(
+            bundle,
+            manifest,
+            split,
+            backend=backend,
+            artifact=artifact,
+            batch_size=batch_size,
+            bootstrap=bootstrap,
+            seed=seed,
+            progress=not quiet,
+        )
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    if as_json:
+        out = {k: v for k, v in result.items() if k != "files"}
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    prov = result["provenance"]
+    title = f"{prov['model']} [{artifact}, {prov['backend'].get('backend', backend)}] on {split}"
+    click.echo(format_report(result, title), nl=False)
+    files = result.get("files", {})
+    click.echo(f"\nwritten: {files.get('json')}" + (f", {files['figure']}" if files.get("figure") else ""))

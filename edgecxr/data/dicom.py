@@ -1,0 +1,253 @@
+"""DICOM radiographs to the float32 [0, 1] display image the classifiers were trained on.
+
+The training images are display-ready PNG/JPEG exports (already windowed, bright bone). A DICOM
+stores raw detector values, so it goes through the display chain of PS3.4 N.2 first:
+
+  1. stored values -> Modality LUT (Modality LUT Sequence, or Rescale Slope/Intercept);
+  2. -> VOI LUT (VOI LUT Sequence, preferred when present, else Window Center/Width with the
+     VOI LUT Function); the first of several alternative windows is used;
+  3. -> [0, 1]: divided by the VOI output range, i.e. the window's [y_min, y_max] as pydicom's
+     `apply_windowing` defines it, or the [min, max] of the VOI LUT's entries (robust to LUTs
+     whose descriptor declares more bits than the data use). Without any VOI, the image's own
+     min/max after the Modality LUT is used (what most exporters do);
+  4. MONOCHROME1 (and MONOCHROME2 with Presentation LUT Shape INVERSE) is inverted, so bone is
+     bright as in the training images. For MONOCHROME1, INVERSE is the expected shape and means the
+     same inversion; it is not applied twice.
+Color images (RGB / YBR, e.g. secondary captures) are reduced to BT.601 luma and divided by the
+bit depth's maximum; no LUTs apply to them.
+
+Refused, with a one-line ImageLoadError: files without pixel data (reports, DICOMDIR, ...),
+multi-frame images (which frame is the radiograph is not ours to guess; export one frame),
+PALETTE COLOR, images outside MIN_SIDE..MAX_SIDE (checked from Rows/Columns before decoding),
+and compressed transfer syntaxes that no installed plugin decodes; that message names the transfer
+syntax and the package to install.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.errors import ImageLoadError, MissingDependencyError
+
+#: Packages that decode each family of compressed transfer syntaxes (beyond pydicom alone).
+_JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg: pip install 'edgecxr[dicom]'"
+_J2K_HINT = "pylibjpeg and pylibjpeg-openjpeg: pip install pylibjpeg pylibjpeg-openjpeg"
+_HINTS = {
+    "1.2.840.10008.1.2.4.50": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.51": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.57": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.70": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.80": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.81": _JPEG_HINT,
+    "1.2.840.10008.1.2.4.90": _J2K_HINT,
+    "1.2.840.10008.1.2.4.91": _J2K_HINT,
+    "1.2.840.10008.1.2.4.201": _J2K_HINT,
+    "1.2.840.10008.1.2.4.202": _J2K_HINT,
+    "1.2.840.10008.1.2.4.203": _J2K_HINT,
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle (pydicom alone should decode RLE; is numpy installed?)",
+}
+
+_GRAY = ("MONOCHROME1", "MONOCHROME2")
+_COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+
+
+def load_dicom(path: str | Path) -> np.ndarray:
+    """Read a single-frame DICOM radiograph as a 2-D float32 display image in [0, 1].
+
+    See the module docstring for the LUT chain and what is refused.
+
+    Raises:
+        ImageLoadError: not a readable DICOM image, or one this function does not decode.
+        MissingDependencyError: pydicom itself is not installed.
+    """
+    from edgecxr.data.io import MAX_SIDE, MIN_SIDE
+
+    path = Path(path)
+    pydicom = _pydicom()
+    ds = _read(path, pydicom)
+
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = ds.get("SOPClassUID")
+        what = f" ({getattr(sop, 'name', sop)})" if sop else ""
+        raise ImageLoadError(path, f"DICOM file has no pixel data{what}; not an image")
+    if "PixelData" not in ds:
+        raise ImageLoadError(path, "DICOM float pixel data is not supported (expected integer pixels)")
+
+    frames = _int(ds.get("NumberOfFrames", 1), 1)
+    if frames > 1:
+        raise ImageLoadError(
+            path, f"multi-frame DICOM ({frames} frames) is not supported; export the radiograph as a single frame"
+        )
+    rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
+    if rows <= 0 or cols <= 0:
+        raise ImageLoadError(path, f"DICOM has no valid Rows/Columns ({rows}x{cols})")
+    if max(rows, cols) > MAX_SIDE:
+        raise ImageLoadError(path, f"image too large ({cols}x{rows} px; at most {MAX_SIDE} px per side)")
+    if min(rows, cols) < MIN_SIDE:
+        raise ImageLoadError(path, f"image too small ({cols}x{rows} px; at least {MIN_SIDE} px per side)")
+
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in _GRAY + _COLOR:
+        raise ImageLoadError(path, f"photometric interpretation {photometric or '(missing)'} is not supported")
+
+    tsyntax = _transfer_syntax(path, ds, pydicom)
+    arr = _decode(path, ds, tsyntax)
+    if arr.ndim != (2 if photometric in _GRAY else 3):
+        raise ImageLoadError(path, f"DICOM pixel data decoded to unexpected shape {arr.shape}")
+
+    if photometric in _COLOR:
+        return _color_to_unit(path, ds, arr)
+    return _gray_to_unit(path, ds, arr, photometric)
+
+
+def _pydicom():
+    try:
+        import pydicom
+        import pydicom.pixels  # noqa: F401 - pixel handlers, imported here so the error is ours
+    except ImportError as exc:  # pragma: no cover - pydicom is a core dependency
+        raise MissingDependencyError("pydicom", None, "reading DICOM files") from exc
+    return pydicom
+
+
+def _read(path: Path, pydicom):
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass  # no 'DICM' preamble: some old exports omit it; try the bare data set below
+    except Exception as exc:
+        raise ImageLoadError(path, f"unreadable DICOM file ({_one_line(exc)})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise ImageLoadError(path, "not a DICOM file (no 'DICM' preamble and not a readable data set)") from exc
+    if "PixelData" not in ds or "Rows" not in ds:
+        raise ImageLoadError(path, "not a DICOM image (no 'DICM' preamble and no pixel data)")
+    return ds
+
+
+def _transfer_syntax(path: Path, ds, pydicom):
+    """The file's transfer syntax; checks up front that an installed plugin can decode it."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None:
+        # A bare data set (no file meta): pydicom knows how it parsed it; pixels are native.
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if not little:
+            raise ImageLoadError(path, "DICOM without file meta information in big-endian encoding is not supported")
+        uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = uid
+    uid = UID(str(uid))
+    name = uid.name if uid.is_transfer_syntax else "unknown transfer syntax"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise ImageLoadError(
+            path, f"transfer syntax {name} ({uid}) cannot be decoded by pydicom; convert the file to an uncompressed or JPEG syntax"
+        ) from None
+    if not decoder.is_available:
+        hint = _HINTS.get(str(uid)) or "; ".join(decoder.missing_dependencies) or "a pydicom pixel data plugin"
+        raise ImageLoadError(path, f"compressed with {name} ({uid}); no installed decoder, needs {hint}")
+    return uid
+
+
+def _decode(path: Path, ds, uid) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        raise ImageLoadError(path, f"pixel data could not be decoded ({uid.name}: {_one_line(exc)})") from exc
+
+
+def _gray_to_unit(path: Path, ds, arr: np.ndarray, photometric: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = apply_modality_lut(arr, ds)
+            lo_hi = _voi_output_range(ds)
+            if lo_hi is not None:
+                values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    except (ValueError, KeyError, AttributeError, IndexError, TypeError, NotImplementedError) as exc:
+        raise ImageLoadError(path, f"invalid Modality/VOI LUT attributes ({_one_line(exc)})") from exc
+    values = np.asarray(values, dtype=np.float64)
+    if lo_hi is None:
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        lo, hi = lo_hi
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ImageLoadError(path, "pixel values are not finite after the Modality/VOI LUT")
+    if hi > lo:
+        out = (values - lo) / (hi - lo)
+    else:  # a constant image: nothing to show; 0 rather than a division by zero
+        out = np.zeros_like(values)
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
+        out = np.float32(1.0) - out
+    return out
+
+
+def _voi_output_range(ds) -> tuple[float, float] | None:
+    """Output range of the VOI transform `apply_voi_lut` will apply, or None when there is none."""
+    seq = ds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+        from pydicom.pixels import apply_voi
+
+        # Every output pixel is a LUT entry, so the entries' own range bounds the output; probing
+        # each input the LUT maps reads the entries the way pydicom does (US or OW, endianness).
+        entries, first_map, bits = (int(v) for v in seq[0].LUTDescriptor)
+        entries = entries or 2**16
+        probe = apply_voi(np.arange(first_map, first_map + entries, dtype=np.int64), ds, index=0)
+        lo, hi = float(probe.min()), float(probe.max())
+        return (lo, hi) if hi > lo else (0.0, float(2**bits - 1))
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    # Mirrors pydicom.pixels.apply_windowing: the window maps onto the Modality LUT's output range.
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        y_min, y_max = 0.0, float(2**bits - 1)
+    else:
+        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return min(y_min, y_max), max(y_min, y_max)
+
+
+def _color_to_unit(path: Path, ds, arr: np.ndarray) -> np.ndarray:
+    from edgecxr.preprocess import to_gray
+
+    if arr.shape[-1] != 3:
+        raise ImageLoadError(path, f"color DICOM with {arr.shape[-1]} samples per pixel is not supported")
+    bits = _int(ds.get("BitsStored", 8), 8)
+    rgb = arr.astype(np.float32) / np.float32(2**bits - 1)
+    return np.clip(to_gray(rgb), 0.0, 1.0).astype(np.float32)
+
+
+def _int(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

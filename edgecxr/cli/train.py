@@ -1,0 +1,63 @@
+"""`edgecxr train coronet|cnn-lstm`: parse options, call `edgecxr.train.train`, print the summary.
+
+Options left unset take the model's paper recipe (`edgecxr.train.RECIPES`), so the two commands
+the lead runs stay short and the defaults live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("train")
+@click.argument("model", type=click.Choice(["coronet", "cnn-lstm"]))
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle directory, e.g. runs/coronet.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs [coronet 80, cnn-lstm 200].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [coronet 10, cnn-lstm 16].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-4].")
+@click.option("--input-size", type=click.IntRange(min=16, max=4096), default=None,
+              help="Square input side [coronet 150, cnn-lstm 224; --tiny 32].")
+@click.option("--weights", default=None, metavar="imagenet|none|PATH",
+              help="Initial weights [coronet imagenet (needs internet), cnn-lstm none]. "
+                   "PATH: Xception no-top .h5 for CoroNet, a same-architecture weights file for the CNN-LSTM.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, data order, augmentation, folds.")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after N epochs without a lower val loss; 0 = off [coronet 0, cnn-lstm 20].")
+@click.option("--class-weights/--no-class-weights", default=None, help="Balanced class weights [coronet off, cnn-lstm on].")
+@click.option("--augment/--no-augment", default=None,
+              help="Random rotation/shift/zoom in the input pipeline [coronet off, cnn-lstm on].")
+@click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="K >= 2: patient-group K-fold cross-validation over train+val instead of one model.")
+@click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
+              help="Use at most N images per class and split (smoke tests).")
+@click.option("--tiny", is_flag=True, help="Test-only miniature of the architecture (32x32, seconds per epoch).")
+@click.option("--resume/--no-resume", default=False, show_default=True,
+              help="Continue an interrupted run in --out from its last saved epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON on stdout.")
+def train(model: str, data: str, out: str, as_json: bool, **options: object) -> None:
+    """Train MODEL on a manifest and write a model bundle (model.keras, bundle.json, history, figures).
+
+    \b
+    Examples:
+      edgecxr train coronet  --data data/manifest.csv --out runs/coronet --weights none
+      edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm
+      edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm-cv --folds 5
+    """
+    from edgecxr.train import TrainConfig
+    from edgecxr.train import train as run_training
+
+    if options.get("folds") == 1:
+        raise click.UsageError("--folds must be 0 (no cross-validation) or at least 2")
+    weights = options.get("weights")
+    if options.get("tiny") and weights is not None and str(weights).lower() != "none":
+        raise click.UsageError("--tiny models have no pretrained weights; drop --weights or pass --weights none")
+    cfg = TrainConfig(model=model, data=data, out=out, **options)  # type: ignore[arg-type]
+    verbose = 1 if sys.stdout.isatty() and not as_json else 0
+    summary = run_training(cfg, log=sys.stderr, verbose=verbose)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,186 @@
+"""Training: tiny models on a few images -> bundle, reload parity, resume, early stop, k-fold, CLI.
+
+Most tests use a synthetic manifest of generated PNGs in tmp_path (runs without ../shared); its
+test/calib rows point at files that do not exist, so a run that read them would fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecxr.bundle import Bundle
+from edgecxr.cli import main
+from edgecxr.data.dataset import load_arrays
+from edgecxr.data.manifest import CLASSES_3, CLASSES_4, manifest_sha256, read_manifest, select
+from edgecxr.errors import EdgeCXRError
+from edgecxr.train import TrainConfig, balanced_class_weights, group_folds, limit_records, train
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """4 classes x (train 4, val 2) 48x48 PNGs; patients p0..p3 per class own 1-2 images each."""
+    root = tmp_path_factory.mktemp("cxr")
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, label in enumerate(CLASSES_4):
+        (root / "images" / label).mkdir(parents=True)
+        for split, n in (("train", 4), ("val", 2)):
+            for i in range(n):
+                img = (rng.random((48, 48)) * 60 + 40 * c).astype(np.uint8)  # class-dependent brightness
+                rel = f"images/{label}/{split}_{i}.png"
+                cv2.imwrite(str(root / rel), img)
+                pid = f"{label}:{split}:{i // 2}"
+                rows.append({"relative_path": rel, "label": label, "split": split, "patient_id": pid})
+        for split in ("calib", "test"):
+            rows.append({"relative_path": f"images/{label}/{split}_missing.png", "label": label, "split": split,
+                         "patient_id": f"{label}:{split}"})
+    path = root / "manifest.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _cfg(manifest: Path, out: Path, model: str = "coronet", **kw) -> TrainConfig:
+    kw.setdefault("epochs", 2)
+    kw.setdefault("batch_size", 4)
+    return TrainConfig(model=model, data=str(manifest), out=str(out), tiny=True, **kw)
+
+
+def test_tiny_coronet_bundle_and_reload_parity(manifest, tmp_path):
+    out = tmp_path / "run"
+    summary = train(_cfg(manifest, out))
+    bundle = Bundle.load(out)
+    meta = bundle.meta
+    assert bundle.model == "coronet" and bundle.classes == list(CLASSES_4)
+    assert meta["input_shape"] == [32, 32, 3] and bundle.spec.height == 32
+    assert meta["dataset"]["sha256"] == manifest_sha256(manifest)
+    assert meta["dataset"]["counts"] == {"train": dict.fromkeys(CLASSES_4, 4), "val": dict.fromkeys(CLASSES_4, 2)}
+    training = meta["training"]
+    assert training["epochs_run"] == 2 and training["best_epoch"] in (1, 2)
+    assert training["config"]["lr"] == 1e-4 and training["config"]["weights"] == "none"
+    assert training["machine"]["tensorflow"] and training["machine"]["cpu_count"] >= 1
+    assert "git_commit" in meta
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == len(history["val_loss"]) == 2
+    assert min(history["val_loss"]) == pytest.approx(training["best_val_loss"])
+    assert summary["best_epoch"] == training["best_epoch"]
+
+    # The saved model.keras is the best checkpoint and predicts identically after reload.
+    model = keras.saving.load_model(bundle.artifact("keras"))
+    x_val, y_val = load_arrays(select(read_manifest(manifest), "val"), bundle.spec, bundle.classes, progress=False)
+    probs = model.predict(x_val, verbose=0)
+    np.testing.assert_allclose(probs, keras.saving.load_model(out / "model.keras").predict(x_val, verbose=0), atol=1e-6)
+    from edgecxr.models import build_model
+
+    reference = build_model("coronet", tiny=True)
+    reference.load_weights(out / "checkpoints" / "best.weights.h5")
+    np.testing.assert_allclose(probs, reference.predict(x_val, verbose=0), atol=1e-6)
+    assert meta["metrics"]["val"]["accuracy"] == pytest.approx(float((probs.argmax(1) == y_val).mean()))
+    assert getattr(model, "optimizer", None) is None  # the deployable artifact carries no optimizer state
+
+
+def test_resume_continues_from_saved_epoch(manifest, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(manifest, out, epochs=1))
+    first = json.loads((out / "history.json").read_text())
+    with pytest.raises(EdgeCXRError, match="--resume"):
+        train(_cfg(manifest, out, epochs=2))
+    with pytest.raises(EdgeCXRError, match="different options"):
+        train(_cfg(manifest, out, epochs=2, batch_size=2, resume=True))
+    train(_cfg(manifest, out, epochs=2, resume=True))
+    meta = Bundle.load(out).meta
+    assert meta["training"]["epochs_run"] == 2
+    assert meta["training"]["resumed_at_epoch"] == [1]
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 2
+    assert history["loss"][0] == first["loss"][0]  # epoch 1 was not re-run
+    last = keras.saving.load_model(out / "checkpoints" / "last.keras")
+    assert int(last.optimizer.iterations.numpy()) == 2 * 4  # Adam state carried over: 16 images / batch 4 per epoch
+
+
+def test_early_stopping_on_flat_val_loss(manifest, tmp_path):
+    # lr far below float32 resolution: weights (and val loss) never change, so patience 1 stops at epoch 2.
+    out = tmp_path / "run"
+    train(_cfg(manifest, out, model="cnn-lstm", epochs=6, patience=1, lr=1e-30, augment=False))
+    training = Bundle.load(out).meta["training"]
+    assert training["stopped_early"] is True
+    assert training["epochs_run"] == 2 and training["best_epoch"] == 1
+
+
+def test_kfold_cross_validation(manifest, tmp_path):
+    out = tmp_path / "cv"
+    summary = train(_cfg(manifest, out, model="cnn-lstm", epochs=1, folds=3))
+    cv = json.loads((out / "cv.json").read_text())
+    assert cv["folds"] == 3 and len(cv["results"]) == 3 == len(summary["results"])
+    assert len(cv["accuracy"]["values"]) == 3 and cv["accuracy"]["std"] >= 0
+    held = []
+    weights = []
+    for k in range(1, 4):
+        meta = Bundle.load(out / "folds" / f"fold_{k}").meta
+        assert meta["classes"] == list(CLASSES_3)
+        held.append(set(meta["dataset"]["cv"]["held_out_groups"]))
+        assert "cv_held_out" in meta["metrics"]
+        model = keras.saving.load_model(out / "folds" / f"fold_{k}" / "model.keras")
+        weights.append(model.get_layer("block1_conv1").get_weights()[0])
+    assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])
+    pool = {r.patient_group for r in select(read_manifest(manifest), ("train", "val"))}
+    assert set.union(*held) == pool  # every train+val group held out exactly once; test/calib never
+    assert not np.allclose(weights[0], weights[1])  # independent, freshly initialised models
+
+
+def test_group_folds_keep_patients_together_and_are_seeded(manifest):
+    records = select(read_manifest(manifest), ("train", "val"))
+    folds = group_folds(records, CLASSES_3, 3, seed=0)
+    assert set(folds.tolist()) == {0, 1, 2}
+    for group in {r.patient_group for r in records}:
+        assert len({int(f) for r, f in zip(records, folds, strict=True) if r.patient_group == group}) == 1
+    np.testing.assert_array_equal(folds, group_folds(records, CLASSES_3, 3, seed=0))
+    assert not np.array_equal(folds, group_folds(records, CLASSES_3, 3, seed=5))
+
+
+def test_limit_records_and_class_weights(manifest):
+    records = select(read_manifest(manifest), "train")
+    limited = limit_records(records, CLASSES_3, 3, seed=0)
+    labels = [r.label for r in limited]
+    assert labels.count("covid") == 3 and labels.count("normal") == 3
+    assert sum(lab.startswith("pneumonia") for lab in labels) == 3
+    weights = balanced_class_weights(np.array([0, 1, 1, 1]), 3)
+    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3) and weights[2] == 1.0
+
+
+def test_cli_train_json_and_errors(manifest, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    args = ["train", "cnn-lstm", "--data", str(manifest), "--out", str(out), "--tiny", "--epochs", "1",
+            "--batch-size", "4", "--json"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs_run"] == 1 and Path(summary["bundle"]) == out
+    assert "epoch 1/1" in result.stderr  # one log line per epoch when not a TTY
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "--resume" in again.stderr
+    bad = runner.invoke(main, ["train", "coronet", "--data", str(manifest), "--out", str(tmp_path / "x"), "--tiny",
+                               "--weights", "imagenet"])
+    assert bad.exit_code == 2 and "no pretrained weights" in bad.output
+
+
+def test_cli_on_real_data(shared_cxr, tmp_path):
+    out = tmp_path / "real"
+    result = CliRunner().invoke(main, ["train", "coronet", "--data", str(shared_cxr / "manifest.csv"), "--out",
+                                       str(out), "--tiny", "--epochs", "1", "--limit-per-class", "2"])
+    assert result.exit_code == 0, result.output
+    meta = Bundle.load(out).meta
+    assert meta["dataset"]["counts"]["train"] == dict.fromkeys(CLASSES_4, 2)
+    assert meta["dataset"]["sha256"] == manifest_sha256(shared_cxr / "manifest.csv")

@@ -1,0 +1,128 @@
+"""What this machine can run: backends, ONNX Runtime providers, TensorRT, GPU, CPU.
+
+Shared by `edgecxr info`, the engine sidecar (which GPU and TensorRT built an engine) and the
+runtime's compatibility check (which GPU and TensorRT would run it). Every probe is optional and
+reports why it failed instead of raising, because `info` is what a person runs when something is
+missing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+from edgecxr import __version__
+from edgecxr._lazy import available
+
+
+def tensorrt_version() -> str | None:
+    """Installed TensorRT Python package version ('10.3.0'), or None (imports tensorrt if present)."""
+    if not available("tensorrt"):
+        return None
+    try:
+        import tensorrt as trt
+    except Exception:  # a broken install (missing libnvinfer) is "not available", with the reason in info()
+        return None
+    return str(trt.__version__)
+
+
+def gpu_info(index: int = 0) -> dict[str, Any] | None:
+    """Name, compute capability and CUDA versions of GPU `index`; None when no GPU can be queried.
+
+    Uses the CUDA binding the TensorRT runner uses (so the sidecar names the GPU exactly as the
+    runtime will see it); falls back to nvidia-smi for `info` on machines without cuda-python.
+    """
+    from edgecxr.runtime import cuda_mem
+
+    if cuda_mem.which_cuda_binding() is not None and cuda_mem.gpu_availability() is None:
+        api = cuda_mem.cuda_api()
+        info = api.device_properties(index)
+        info.update(api.versions())
+        info["source"] = api.name
+        return info
+    return _nvidia_smi(index)
+
+
+def _nvidia_smi(index: int) -> dict[str, Any] | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [r for r in out.splitlines() if r.strip()]
+    if len(rows) <= index:
+        return None
+    parts = [p.strip() for p in rows[index].split(",")]
+    if len(parts) < 4:
+        return None
+    return {
+        "name": parts[0],
+        "compute_capability": parts[1],
+        "driver": parts[2],
+        "total_memory_mb": int(float(parts[3])) if parts[3].replace(".", "", 1).isdigit() else None,
+        "source": "nvidia-smi",
+    }
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and core count (for benchmark records)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"model": model, "machine": platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable}
+
+
+def onnxruntime_info() -> dict[str, Any]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return {"version": None, "providers": [], "error": str(exc)}
+    return {"version": ort.__version__, "providers": ort.get_available_providers()}
+
+
+def system_info() -> dict[str, Any]:
+    """Everything `edgecxr info` prints: backends with reasons, providers, TensorRT, GPU, CPU."""
+    from edgecxr.runtime import cuda_mem
+    from edgecxr.runtime.base import availability
+
+    trt_version = tensorrt_version()
+    trt_reason = None
+    if trt_version is None:
+        trt_reason = "tensorrt Python package not installed" if not available("tensorrt") else "tensorrt fails to import"
+    try:
+        gpu = gpu_info()
+    except Exception as exc:  # never let a driver problem crash `info`
+        gpu = {"error": str(exc)}
+    return {
+        "edgecxr": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "backends": {name: {"available": reason is None, "reason": reason} for name, reason in availability().items()},
+        "onnxruntime": onnxruntime_info(),
+        "tensorrt": {"version": trt_version, "reason": trt_reason},
+        "cuda_binding": cuda_mem.which_cuda_binding(),
+        "gpu": gpu,
+        "gpu_reason": cuda_mem.gpu_availability(),
+        "cpu": cpu_info(),
+    }

@@ -1,0 +1,217 @@
+"""Classifier on a tiny real ONNX model and real X-rays: choice of artifact, predictions, per-file errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecxr._lazy import available
+from edgecxr.bundle import Bundle
+from edgecxr.data.io import load_image
+from edgecxr.engine import make_sidecar, sidecar_path
+from edgecxr.errors import BackendUnavailableError, BundleError
+from edgecxr.fileutil import write_json
+from edgecxr.preprocess import preprocess
+from edgecxr.runtime.classifier import (
+    Classifier,
+    Prediction,
+    choose_artifact,
+    choose_onnx,
+    gate_status,
+    read_onnx_metadata,
+)
+from runtime import tinymodels
+
+trt_missing = pytest.mark.skipif(available("tensorrt"), reason="these check the CPU-only path; tensorrt is installed here")
+
+
+def test_onnx_file_predictions_match_numpy_reference(tiny_onnx, images):
+    with Classifier.load(tiny_onnx) as clf:
+        assert clf.backend_info["backend"] == "onnxruntime"
+        assert clf.classes == tinymodels.CLASSES
+        assert clf.spec == tinymodels.SPEC  # read back from the ONNX metadata_props
+        preds = clf.predict(images, batch_size=3)
+    assert [p.source for p in preds] == [str(p) for p in images]
+    expected = tinymodels.reference_probs(np.stack([preprocess(load_image(p), tinymodels.SPEC) for p in images]))
+    for pred, ref in zip(preds, expected, strict=True):
+        assert pred.ok, pred.error
+        got = np.array([pred.probabilities[c] for c in tinymodels.CLASSES])
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+        assert pred.label == tinymodels.CLASSES[int(np.argmax(ref))]
+        assert pred.top1 == pytest.approx(float(ref.max()), abs=1e-5)
+        assert pred.preprocess_ms > 0 and pred.inference_ms > 0
+
+
+def test_broken_files_are_reported_and_the_batch_continues(tiny_onnx, images, tmp_path):
+    bad = tinymodels.broken_files(tmp_path / "bad")
+    inputs = [images[0], bad[0], images[1], *bad[1:], tmp_path / "missing.png"]
+    with Classifier.load(tiny_onnx) as clf:
+        preds = clf.predict(inputs, batch_size=2)
+    assert len(preds) == len(inputs)
+    assert [p.ok for p in preds] == [True, False, True] + [False] * (len(bad) - 1) + [False]
+    assert "empty" in preds[1].error
+    assert "not found" in preds[-1].error
+    assert all(p.label is None and p.probabilities == {} for p in preds if not p.ok)
+
+
+def test_arrays_are_indexed_and_uint16_is_accepted(tiny_onnx, images):
+    img8 = load_image(images[0])
+    arrays = [img8, (img8.astype(np.uint16) * 257), np.full((40, 40), 2.0, dtype=np.float32)]
+    with Classifier.load(tiny_onnx) as clf:
+        preds = clf.predict(arrays)
+    assert [p.source for p in preds] == [0, 1, 2]
+    assert preds[0].ok and preds[1].ok
+    # 8-bit and the same pixels scaled to 16-bit are the same X-ray (up to integer resize rounding)
+    assert preds[0].probabilities == pytest.approx(preds[1].probabilities, abs=2e-3)  # resize rounding differs
+    assert not preds[2].ok and "[0, 1]" in preds[2].error
+
+
+def test_single_path_predict_and_prediction_helpers(tiny_onnx, images):
+    with Classifier.load(tiny_onnx) as clf:
+        (pred,) = clf.predict(images[0])
+    assert pred.path == str(images[0])
+    top = pred.top_k(2)
+    assert len(top) == 2 and top[0][0] == pred.label and top[0][1] >= top[1][1]
+    data = pred.to_dict(top_k=2)
+    json.dumps(data)
+    assert data["top_k"][0][0] == pred.label
+    assert sum(data["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_onnx_metadata_and_missing_metadata(tiny_onnx, tmp_path):
+    meta = read_onnx_metadata(tiny_onnx)
+    assert meta["classes"] == tinymodels.CLASSES and meta["preprocess"]["height"] == 32
+    bare = tinymodels.make_onnx(tmp_path / "bare.onnx", metadata=False)
+    with pytest.raises(BundleError, match="no edgecxr metadata"):
+        Classifier.load(bare)
+    # ...but beside a bundle.json the bundle supplies classes and preprocessing
+    Bundle.create(tmp_path, "coronet", tinymodels.CLASSES, tinymodels.SPEC).save()
+    with Classifier.load(bare) as clf:
+        assert clf.classes == tinymodels.CLASSES
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BundleError):
+        read_onnx_metadata(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize(
+    "passed,expected",
+    [(None, "fp32"), (False, "fp32"), (True, "int8")],
+)
+def test_bundle_auto_picks_int8_only_when_it_passed_the_gate(tmp_path, passed, expected, images):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8_passed=passed)
+    with Classifier.load(bundle.dir) as clf:
+        info = clf.backend_info
+        assert info["backend"] == "onnxruntime"
+        assert info["precision"] == expected
+        assert "TensorRT" in info["reason"]  # auto says why TensorRT was not used
+        if passed is False:
+            assert "failed the accuracy gate" in info["reason"]
+        (pred,) = clf.predict([images[0]])
+        assert pred.ok
+
+
+def test_gate_status_reads_verify_and_calibration_and_takes_the_latest():
+    assert gate_status({}, "onnx_int8") is None
+    assert gate_status({"verify": {"artifacts": {"onnx_int8": {"passed": True}}}}, "onnx_int8") is True
+    assert gate_status({"verify": {"onnx_int8": {"passed": False}}}, "onnx_int8") is False
+    assert gate_status({"verify": {"onnx_int8": {"passed": False}}}, "onnx_fp16") is None
+    calib = {"time": "2025-01-02T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": True, "status": "ok"}}}
+    assert gate_status({"calibration": {"gate": calib}}, "onnx_int8") is True
+    assert gate_status({"calibration": {"gate": {"skipped": "--no-verify"}}}, "onnx_int8") is None
+    older_fail = {"time": "2025-01-01T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": False}}}
+    newer_fail = {"time": "2025-01-03T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": False}}}
+    assert gate_status({"verify": older_fail, "calibration": {"gate": calib}}, "onnx_int8") is True
+    assert gate_status({"verify": newer_fail, "calibration": {"gate": calib}}, "onnx_int8") is False
+
+
+def test_explicit_precision_and_missing_artifacts(tmp_path):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
+    assert choose_onnx(bundle, "fp16").path.name == "model.fp16.onnx"
+    with pytest.raises(BundleError, match="edgecxr calibrate"):
+        choose_onnx(bundle, "int8")
+    assert choose_onnx(bundle, None).precision == "fp32"
+    assert choose_onnx(bundle, None, cuda=True).precision == "fp32"  # FP16 not gated yet
+    bundle.meta["verify"] = {"artifacts": {"onnx_fp16": {"passed": True}}}
+    assert choose_onnx(bundle, None, cuda=True).precision == "fp16"
+    with pytest.raises(BundleError, match="keras"):
+        choose_artifact(bundle, "keras")
+
+
+@trt_missing
+def test_tensorrt_backend_is_refused_with_a_reason_on_cpu(tmp_path):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
+    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+        Classifier.load(bundle.dir, backend="tensorrt")
+    with pytest.raises(BackendUnavailableError, match="unknown backend"):
+        Classifier.load(bundle.dir, backend="cuda")
+
+
+@trt_missing
+def test_engine_file_needs_a_sidecar_then_tensorrt(tmp_path):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
+    engine = bundle.dir / "engines" / "x.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="no sidecar"):
+        Classifier.load(engine)
+    from edgecxr.engine import BuildProfile
+
+    side = make_sidecar(
+        bundle_meta=bundle.meta,
+        engine_file=engine.name,
+        engine_sha256="0" * 64,
+        precision="fp16",
+        onnx_file="model.fp16.onnx",
+        onnx_sha256="1" * 64,
+        platform={"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA GeForce GTX 1660 SUPER", "compute_capability": "7.5"}},
+        io={"inputs": [], "outputs": []},
+        profile=BuildProfile(),
+        build_seconds=1.0,
+        strongly_typed=True,
+    )
+    write_json(sidecar_path(engine), side)
+    with pytest.raises(BackendUnavailableError, match="tensorrt is not installed"):
+        Classifier.load(engine)
+    with pytest.raises(BackendUnavailableError, match="only on the tensorrt backend"):
+        Classifier.load(engine, backend="onnxruntime")
+
+
+def test_unknown_model_paths(tmp_path):
+    with pytest.raises(BundleError, match="no such model"):
+        Classifier.load(tmp_path / "nope")
+    (tmp_path / "model.txt").write_text("x")
+    with pytest.raises(BundleError, match="expected a bundle"):
+        Classifier.load(tmp_path / "model.txt")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        Classifier.load(tmp_path)
+
+
+def test_wrong_output_width_is_a_bundle_error(tmp_path, images):
+    """A model whose output does not match the bundle's classes must not be silently mislabelled."""
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False, fp16=False)
+    tinymodels.make_onnx(bundle.default_path("onnx_fp32"), classes=["a", "b", "c"])
+    with Classifier.load(bundle.dir) as clf, pytest.raises(BundleError, match="expected"):
+        clf.predict([images[0]])
+
+
+def test_prediction_defaults():
+    p = Prediction(3, error="bad")
+    assert not p.ok and p.path is None and p.top_k(3) == []
+
+
+def test_folder_of_copies(tiny_onnx, images, tmp_path):
+    copies = tinymodels.copy_images(images[:2], tmp_path / "scans")
+    shutil.copyfile(copies[0], tmp_path / "scans" / "UPPER.PNG")
+    from edgecxr.data.io import expand_inputs
+
+    paths = expand_inputs([tmp_path / "scans"])
+    with Classifier.load(tiny_onnx) as clf:
+        preds = clf.predict(paths)
+    assert len(preds) == 3 and all(p.ok for p in preds)
+    assert preds[0].probabilities == pytest.approx(
+        next(p for p in preds if Path(p.source).name == "UPPER.PNG").probabilities
+    )

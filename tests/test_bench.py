@@ -1,0 +1,135 @@
+"""Benchmark statistics and the JSON report, on the tiny real ONNX model with few iterations."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from runtime import tinymodels
+
+from edgecxr.bench import (
+    compare_table,
+    format_report,
+    parse_batch_sizes,
+    percentile,
+    run_bench,
+    stability_warnings,
+    summarize,
+    synthetic_batch,
+)
+from edgecxr.errors import BundleError
+
+LAT_KEYS = {"min", "max", "mean", "median", "percentile(90%)", "percentile(95%)", "percentile(99%)", "std", "coefficientOfVariancePct"}
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q):
+    rng = np.random.default_rng(q)
+    for n in (1, 2, 7, 200):
+        values = rng.exponential(3.0, n).tolist()
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q, method="linear")), rel=1e-12)
+
+
+def test_percentile_by_hand_and_errors():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10, 20], 90) == pytest.approx(19.0)
+    assert percentile([5], 99) == 5
+    assert percentile([3, 1, 2], 0) == 1 and percentile([3, 1, 2], 100) == 3
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1], 101)
+
+
+def test_summarize_and_stability():
+    stats = summarize([1.0, 1.0, 1.0, 1.0])
+    assert set(stats) == LAT_KEYS
+    assert stats["coefficientOfVariancePct"] == 0 and stats["median"] == 1
+    assert stability_warnings("latency", stats) == []
+    noisy = summarize([1.0, 1.2, 0.8, 1.0])
+    assert noisy["coefficientOfVariancePct"] == pytest.approx(100 * np.std([1, 1.2, 0.8, 1]) / 1.0, rel=1e-3)
+    (warning,) = stability_warnings("latency", noisy)
+    assert "coefficient of variance" in warning and "2.5%" in warning
+    assert summarize([]) == {}
+
+
+def test_parse_batch_sizes():
+    assert parse_batch_sizes("1,8") == [1, 8]
+    assert parse_batch_sizes(" 4 ") == [4]
+    for bad in ("0", "a", "", "1,-2"):
+        with pytest.raises(ValueError):
+            parse_batch_sizes(bad)
+
+
+def test_synthetic_batch_is_in_range_and_deterministic():
+    x = synthetic_batch(tinymodels.SPEC, 3)
+    assert x.shape == (3, 32, 32, 3) and x.dtype == np.float32
+    assert x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(x, synthetic_batch(tinymodels.SPEC, 3))
+
+
+@pytest.fixture()
+def tiny_onnx(tmp_path):
+    return tinymodels.make_onnx(tmp_path / "tiny.onnx")
+
+
+def test_bench_report_structure(tiny_onnx, tmp_path):
+    image = next(iter(tinymodels.real_images(1)), None)
+    report = run_bench(tiny_onnx, batch_sizes=[1, 3], iterations=5, warmup_s=0.0, image=image, log=lambda m: None)
+    json.dumps(report)
+    assert report["backend"]["backend"] == "onnxruntime"
+    assert [r["batch"] for r in report["results"]] == [1, 3]
+    for r in report["results"]:
+        assert r["iterations"] == 5 and r["warmupIterations"] >= 1
+        assert set(r["latencyMs"]) == LAT_KEYS and set(r["computeMs"]) == LAT_KEYS
+        lat = r["latencyMs"]
+        assert 0 < lat["min"] <= lat["median"] <= lat["percentile(90%)"] <= lat["percentile(99%)"] <= lat["max"]
+        assert r["throughputImagesPerS"] == pytest.approx(r["throughputQps"] * r["batch"], rel=1e-2)
+        assert "h2dMs" not in r  # ONNX Runtime on CPU has no copies to time
+        assert isinstance(r["warnings"], list)
+    if image is not None:
+        e2e = report["endToEnd"]
+        assert e2e["iterations"] == 5 and e2e["imageSize"][0] > 32
+        for key in ("decodeMs", "preprocessMs", "inferMs", "endToEndMs"):
+            assert set(e2e[key]) == LAT_KEYS
+        assert e2e["endToEndMs"]["median"] >= e2e["decodeMs"]["median"]
+    assert "batch   3" in format_report(report)
+
+
+def test_compare_mode_on_a_bundle(tmp_path):
+    logging.disable(logging.WARNING)
+    bundle = tinymodels.make_bundle(tmp_path / "b")
+    logging.disable(logging.NOTSET)
+    report = run_bench(
+        bundle.dir, batch_sizes=[2], iterations=3, warmup_s=0.0, compare=["onnx_fp32", "onnx_int8", "keras", "engine"],
+        log=lambda m: None,
+    )
+    names = [e["name"] for e in report["entries"]]
+    assert names == ["onnx_fp32", "onnx_int8", "keras", "engine"]
+    skipped = {e["name"]: e["skipped"] for e in report["entries"] if "skipped" in e}
+    assert "keras" in skipped and "keras" in skipped["keras"]  # the tiny bundle has no Keras model
+    assert "engine" in skipped
+    rows = report["comparison"]
+    assert [r["name"] for r in rows] == ["onnx_fp32", "onnx_int8"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["latencyRatio"] == 1.0
+    assert rows[1]["reference"] == "onnx_fp32" and rows[1]["speedup"] > 0
+    text = format_report(report)
+    assert "ratios against onnx_fp32" in text and "keras: skipped" in text
+    with pytest.raises(BundleError, match="bundle directory"):
+        run_bench(bundle.default_path("onnx_fp32"), compare=["onnx_fp32"], iterations=1, warmup_s=0, log=lambda m: None)
+
+
+def test_compare_table_ratios_by_hand():
+    def entry(name, medians):
+        return {"name": name, "results": [
+            {"batch": b, "latencyMs": {"median": m}, "throughputImagesPerS": b * 1000 / m} for b, m in medians.items()
+        ]}
+
+    rows = compare_table([entry("ref", {1: 2.0, 8: 10.0}), {"name": "x", "skipped": "no"}, entry("fast", {1: 1.0, 8: 4.0, 16: 7.0})])
+    by = {(r["name"], r["batch"]): r for r in rows}
+    assert by[("fast", 1)]["speedup"] == 2.0 and by[("fast", 1)]["latencyRatio"] == 0.5
+    assert by[("fast", 8)]["speedup"] == 2.5
+    assert "speedup" not in by[("fast", 16)]  # no reference at that batch size
+    assert compare_table([{"name": "x", "skipped": "no"}]) == []

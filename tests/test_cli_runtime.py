@@ -1,0 +1,150 @@
+"""`edgecxr build | infer | bench | info` through Click's CliRunner, on CPU."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from runtime import tinymodels
+
+from edgecxr._lazy import available
+from edgecxr.cli import main
+
+
+@pytest.fixture()
+def cli():
+    return CliRunner()
+
+
+@pytest.fixture()
+def bundle(tmp_path):
+    return tinymodels.make_bundle(tmp_path / "bundle", int8=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    found = tinymodels.real_images(3)
+    if not found:
+        pytest.skip("no real X-ray images available")
+    return found
+
+
+# -- build ----------------------------------------------------------------------------------------
+@pytest.mark.skipif(available("tensorrt"), reason="checks the message on machines without TensorRT")
+def test_build_without_tensorrt_exits_2_with_one_line(cli, bundle):
+    result = cli.invoke(main, ["build", str(bundle.dir), "--precision", "fp16", "--no-verify"])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "tensorrt" in result.output.lower()
+    assert "Traceback" not in result.output
+    assert not (bundle.dir / "engines").exists()
+
+
+def test_build_names_the_command_that_makes_the_missing_onnx(cli, bundle):
+    result = cli.invoke(main, ["build", str(bundle.dir), "--precision", "int8"])
+    assert result.exit_code == 1, result.output
+    assert "onnx_int8" in result.output and "edgecxr calibrate" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_rejects_bad_profiles_and_batches(cli, bundle, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('precision = "fp16"\nmax_bacth = 4\n')
+    result = cli.invoke(main, ["build", str(bundle.dir), "--profile", str(bad)])
+    assert result.exit_code == 1 and "unknown key" in result.output
+    result = cli.invoke(main, ["build", str(bundle.dir), "--batch", "8-2"])
+    assert result.exit_code == 1 and "min_batch" in result.output
+    result = cli.invoke(main, ["build", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "not a model bundle" in result.output
+
+
+# -- infer ----------------------------------------------------------------------------------------
+def test_infer_mixed_good_and_broken_files(cli, bundle, images, tmp_path):
+    bad = tinymodels.broken_files(tmp_path / "bad")
+    args = ["infer", "--model", str(bundle.dir), *map(str, images), *map(str, bad), "--batch-size", "2"]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    out = result.stdout
+    for p in images:
+        assert str(p) in out
+    assert out.count("ERROR") == len(bad)
+    assert "empty file" in out
+    assert "using backend onnxruntime" in result.stderr and "TensorRT" in result.stderr
+    assert f"{len(images)} of {len(images) + len(bad)} image(s) classified, {len(bad)} failed" in result.stderr
+
+
+def test_infer_json_and_csv(cli, bundle, images, tmp_path):
+    bad = tinymodels.broken_files(tmp_path / "bad")[:1]
+    csv_path = tmp_path / "out" / "preds.csv"
+    args = ["infer", "-m", str(bundle.dir), *map(str, images), str(bad[0]), "--json", "--csv", str(csv_path), "--top-k", "2"]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["count"] == len(images) + 1 and doc["failed"] == 1
+    assert doc["classes"] == tinymodels.CLASSES and doc["backend"]["backend"] == "onnxruntime"
+    good = [p for p in doc["predictions"] if p["error"] is None]
+    assert len(good) == len(images)
+    for p in good:
+        assert p["label"] in tinymodels.CLASSES and len(p["top_k"]) == 2
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert len(rows) == len(images) + 1
+    assert list(rows[0]) == ["source", "label", "top1", *[f"p_{c}" for c in tinymodels.CLASSES], "preprocess_ms", "inference_ms", "error"]
+    assert rows[-1]["error"] and rows[-1]["label"] == ""
+    assert all(r["label"] in tinymodels.CLASSES for r in rows[:-1])
+    assert not list(csv_path.parent.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_infer_folder_and_glob_all_good_exits_0(cli, bundle, images, tmp_path):
+    copies = tinymodels.copy_images(images, tmp_path / "scans")
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(tmp_path / "scans"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["count"] == len(copies)
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(tmp_path / "scans" / "*.png"), "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert "(fp16)" in result.stderr
+
+
+def test_infer_bad_inputs_and_models(cli, bundle, tmp_path):
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(tmp_path / "missing.png")])
+    assert result.exit_code == 1 and "no such file" in result.output
+    result = cli.invoke(main, ["infer", "-m", str(tmp_path / "nomodel"), str(tmp_path)])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(available("tensorrt"), reason="checks the CPU-only message")
+def test_infer_tensorrt_backend_unavailable_exits_2(cli, bundle, images):
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0]), "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "tensorrt" in result.output.lower()
+
+
+# -- bench / info ---------------------------------------------------------------------------------
+def test_bench_json(cli, bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli.invoke(
+        main,
+        ["bench", "-m", str(bundle.dir), "--batch", "1,2", "--iterations", "3", "--warmup-s", "0", "--json", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == json.loads(out.read_text())
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    assert "median" in report["results"][0]["latencyMs"]
+    result = cli.invoke(main, ["bench", "-m", str(bundle.dir), "--batch", "0"])
+    assert result.exit_code == 2 and "--batch" in result.output
+
+
+def test_info(cli):
+    result = cli.invoke(main, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["backends"]["onnxruntime"]["available"] is True
+    assert "CPUExecutionProvider" in info["onnxruntime"]["providers"]
+    assert info["cpu"]["logical_cores"] >= 1
+    if not available("tensorrt"):
+        assert info["tensorrt"]["version"] is None and info["tensorrt"]["reason"]
+        assert info["backends"]["tensorrt"]["available"] is False
+    text = cli.invoke(main, ["info"]).stdout
+    assert "onnxruntime" in text and "cpu:" in text and "tensorrt" in text

@@ -1,0 +1,85 @@
+"""`edgecxr export`, `calibrate` and `verify` through Click's CliRunner: outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgecxr.bundle import Bundle
+from edgecxr.cli import main
+from edgecxr.quantize import check_tensorrt_qdq
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_export_command(keras_lstm_bundle, copy_bundle):
+    bundle = copy_bundle(keras_lstm_bundle)
+    res = _run("export", bundle.dir, "--parity-images", "4", "-q")
+    assert res.exit_code == 0, res.output
+    assert "random" in res.output and "max |dp|" in res.output and "model.fp16.onnx" in res.output
+    meta = Bundle.load(bundle.dir).meta
+    assert meta["export"]["parity_inputs"]["images"] == 4 and meta["export"]["lstm_ops"] == 1
+
+
+def test_export_usage_and_bundle_errors(tmp_path, keras_cnn_bundle):
+    res = _run("export", keras_cnn_bundle, "--parity-split", "val")
+    assert res.exit_code == 2 and "--parity-split needs --data" in res.output
+    res = _run("export", tmp_path)
+    assert res.exit_code == 1 and "not a model bundle" in res.output
+
+
+def test_export_parity_failure_exits_3(keras_cnn_bundle, copy_bundle):
+    bundle = copy_bundle(keras_cnn_bundle)
+    res = _run("export", bundle.dir, "--atol", "0", "--no-fp16", "-q")
+    assert res.exit_code == 3 and "differs from Keras" in res.output
+
+
+def test_calibrate_command(exported_cnn, copy_bundle, synthetic_manifest, tmp_path):
+    bundle = copy_bundle(exported_cnn)
+    gates = tmp_path / "gates.toml"
+    gates.write_text("[gates]\nmax_acc_drop = 100.0\nmin_agreement = 0.0\ncovid_sensitivity_not_lower = false\n")
+    res = _run(
+        "calibrate", bundle.dir, "--data", synthetic_manifest, "--method", "percentile", "--keep-float", "head",
+        "--limit", "8", "--verify-limit", "8", "--gates", gates, "--calib-manifest-out", tmp_path / "cal", "-q",
+    )
+    assert res.exit_code == 0, res.output
+    assert "model.int8.onnx" in res.output and "gate on test (n=8)" in res.output and "kept in float" in res.output
+    calib = Bundle.load(bundle.dir).meta["calibration"]
+    assert calib["method"] == "percentile" and calib["images"] == 8 and len(calib["keep_float"]["head"]) == 2
+    assert check_tensorrt_qdq(bundle.default_path("onnx_int8")) == []
+    assert len(list((tmp_path / "cal").glob("*.csv"))) == 1
+
+
+def test_calibrate_rejects_gating_on_calibration_split(exported_cnn, synthetic_manifest):
+    res = _run("calibrate", exported_cnn, "--data", synthetic_manifest, "--verify-split", "calib")
+    assert res.exit_code == 2 and "held-out" in res.output
+    res = _run("calibrate", exported_cnn, "--data", synthetic_manifest, "--keep-float", "nope", "--no-verify", "-q")
+    assert res.exit_code == 1 and "no node named 'nope'" in res.output
+
+
+def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic_manifest, tmp_path):
+    bundle = copy_bundle(exported_cnn)
+    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--bootstrap", "0", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["passed"] is True and data["data"]["n"] == 8 and data["reference"] == "keras"
+    assert (bundle.dir / "verify.md").is_file()
+
+    # a gate nothing can pass: FP16 cannot match to 1e-12 -> exit 3, report still written
+    res = _run(
+        "verify", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--artifacts", "onnx_fp16",
+        "--max-prob-diff", "1e-12", "--bootstrap", "0", "-q",
+    )
+    assert res.exit_code == 3
+    assert "FAIL" in res.output and "max |probability difference|" in res.output
+    assert Bundle.load(bundle.dir).meta["verify"]["passed"] is False
+
+    gates = tmp_path / "g.toml"
+    gates.write_text("[gates]\nmin_agreement = 2\n")
+    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--gates", gates)
+    assert res.exit_code == 1 and "min_agreement" in res.output
+    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--min-agreement", "1.5")
+    assert res.exit_code == 2

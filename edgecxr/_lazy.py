@@ -45,7 +45,11 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         top = module.split(".")[0]
         if top == "tensorrt":
             raise MissingDependencyError(
-                "tensorrt", None, purpose or "TensorRT engines (install it from JetPack, NVIDIA's pip index or an NGC container)"
+                "tensorrt",
+                None,
+                purpose or "TensorRT engines",
+                hint="TensorRT comes from the platform: JetPack on Jetson, NVIDIA's pip index "
+                "(pip install tensorrt) or an NGC container on x86-64 (see README, 'TensorRT')",
             ) from exc
         raise MissingDependencyError(top, _EXTRA_OF.get(top), purpose) from exc
 

@@ -51,7 +51,6 @@ from edgecxr.errors import (
     BundleError,
     EngineMismatchError,
     GateFailedError,
-    MissingDependencyError,
 )
 from edgecxr.fileutil import atomic_write_bytes, read_json, sha256_file, write_json
 
@@ -239,13 +238,9 @@ def current_platform() -> dict[str, Any]:
     from edgecxr.runtime import cuda_mem
     from edgecxr.runtime.sysinfo import tensorrt_version
 
-    if not available("tensorrt"):
-        raise MissingDependencyError(
-            "tensorrt", None, "TensorRT engines (install it from JetPack, NVIDIA's pip index or an NGC container)"
-        )
-    version = tensorrt_version()
+    version = tensorrt_version() if available("tensorrt") else None
     if version is None:
-        require("tensorrt")  # raises with the import error chained
+        require("tensorrt", "TensorRT engines")  # raises MissingDependencyError with the install hint
     reason = cuda_mem.gpu_availability()
     if reason:
         raise BackendUnavailableError(f"TensorRT engines need an NVIDIA GPU: {reason}")

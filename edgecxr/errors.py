@@ -38,12 +38,13 @@ class MissingDependencyError(EdgeCXRError):
 
     exit_code = 2
 
-    def __init__(self, module: str, extra: str | None = None, purpose: str | None = None):
+    def __init__(self, module: str, extra: str | None = None, purpose: str | None = None, hint: str | None = None):
         self.module = module
         self.extra = extra
         what = f" for {purpose}" if purpose else ""
-        hint = f"pip install 'edgecxr[{extra}]'" if extra else f"pip install {module}"
-        super().__init__(f"'{module}' is required{what} but is not installed; install it with: {hint}")
+        if hint is None:
+            hint = "install it with: " + (f"pip install 'edgecxr[{extra}]'" if extra else f"pip install {module}")
+        super().__init__(f"'{module}' is required{what} but is not installed; {hint}")
 
 
 class BackendUnavailableError(EdgeCXRError):

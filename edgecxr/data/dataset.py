@@ -30,5 +30,5 @@ def load_arrays(
     x = np.empty((len(records), *spec.input_shape), dtype=np.float32)
     desc = progress if isinstance(progress, str) else f"loading {len(records)} images"
     for i, rec in enumerate(tqdm(records, desc=desc, disable=not progress, unit="img", leave=False)):
-        x[i] = preprocess(load_image(rec.path), spec)
+        x[i] = preprocess(load_image(rec.path, (spec.height, spec.width)), spec)
     return x, y

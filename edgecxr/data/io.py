@@ -17,6 +17,14 @@ Raster decoding uses `IMREAD_ANYDEPTH | IMREAD_ANYCOLOR` rather than `IMREAD_UNC
 16-bit samples, expands palette and 1/2/4-bit PNGs, drops alpha (as the curated set's Pillow "L"
 conversion did) and, unlike IMREAD_UNCHANGED, applies the EXIF orientation, which the curated set
 also applied. Color is reduced to BT.601 luma by `edgecxr.preprocess.to_gray`.
+
+Reduced JPEG decoding (`min_size`): a scanner JPEG of 4280x3520 takes hundreds of milliseconds to
+decode in full, only to be shrunk to 150 or 224 pixels. When the caller says how large the image
+must stay, an 8-bit JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (DCT-domain scaling,
+OpenCV's IMREAD_REDUCED_GRAYSCALE_*; the gray output is the JPEG's own BT.601 luma) as long as
+both sides stay at least REDUCED_DECODE_MARGIN times the requested size, so the final INTER_AREA
+resize still anti-aliases. The curated training images (short side 320 px) are never reduced,
+so training and deployment see the same pipeline; docs/BENCHMARKS.md gives the measured effect.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from edgecxr.preprocess import to_gray
 MAX_SIDE = 16384
 #: Smallest accepted image side.
 MIN_SIDE = 16
+#: Reduced JPEG decoding keeps at least this multiple of the requested size on both sides.
+REDUCED_DECODE_MARGIN = 2
+_REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4), (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -63,8 +74,12 @@ _OTHER_FORMATS = (
 )
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode one X-ray to a 2-D gray array (uint8/uint16, or float32 in [0, 1] for DICOM).
+
+    `min_size` (height, width) is the size the image will be resized to (the model input); when
+    given, large 8-bit JPEGs are decoded at a reduced scale that keeps at least
+    REDUCED_DECODE_MARGIN times that size (see the module docstring). None decodes in full.
 
     The format is taken from the content, not the suffix (a PNG named .jpg or .dcm is fine); the
     'DICM' preamble, or a `.dcm` / `.dicom` suffix on a file that is not PNG/JPEG, selects the
@@ -93,12 +108,14 @@ def load_image(path: str | Path) -> np.ndarray:
 
         image = load_dicom(path)
     else:
-        image = _load_raster(path, head)
+        image = _load_raster(path, head, min_size)
     _check_size(path, image)
     return image
 
 
-def iter_images(paths: Iterable[str | Path]) -> Iterator[tuple[Path, np.ndarray | ImageLoadError]]:
+def iter_images(
+    paths: Iterable[str | Path], min_size: tuple[int, int] | None = None
+) -> Iterator[tuple[Path, np.ndarray | ImageLoadError]]:
     """Decode `paths` one by one, yielding (path, image) or (path, ImageLoadError), in input order.
 
     For batch inference beside a scanner: a corrupt file is reported and the rest are still
@@ -107,7 +124,7 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[tuple[Path, np.ndarray 
     for item in paths:
         path = Path(item)
         try:
-            yield path, load_image(path)
+            yield path, load_image(path, min_size)
         except ImageLoadError as exc:
             yield path, exc
 
@@ -189,7 +206,21 @@ def _is_dicom_head(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _load_raster(path: Path, head: bytes) -> np.ndarray:
+def reduced_decode_factor(width: int, height: int, min_size: tuple[int, int] | None) -> int:
+    """Largest libjpeg scale-down (8, 4, 2) that keeps REDUCED_DECODE_MARGIN x `min_size`; 1 for none.
+
+    Orientation-independent (EXIF may swap the sides): the short side must cover the long target.
+    """
+    if not min_size:
+        return 1
+    need = REDUCED_DECODE_MARGIN * max(min_size)
+    for factor, _flag in _REDUCED_FLAGS:
+        if min(width, height) // factor >= need:
+            return factor
+    return 1
+
+
+def _load_raster(path: Path, head: bytes, min_size: tuple[int, int] | None = None) -> np.ndarray:
     if head.startswith(_PNG_SIGNATURE):
         kind = "PNG"
     elif head.startswith(_JPEG_SOI):
@@ -211,9 +242,13 @@ def _load_raster(path: Path, head: bytes) -> np.ndarray:
     else:
         width, height, precision = _jpeg_size(path, data)
     _check_dims(path, width, height, kind)
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    if kind == "JPEG" and precision == 8:
+        factor = reduced_decode_factor(width, height, min_size)
+        flags = dict(_REDUCED_FLAGS).get(factor, flags)
     with _quiet_opencv():
         try:
-            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
         except cv2.error as exc:
             raise ImageLoadError(path, f"corrupt {kind} data ({_first_line(str(exc))})") from exc
     if image is None:

@@ -354,18 +354,19 @@ def parity_inputs(
     says so, because such inputs prove the conversion but not behaviour on X-rays.
     """
     spec = bundle.spec
+    split = split or "val"
     if manifest is not None:
         from edgecxr.data.dataset import load_arrays
         from edgecxr.data.manifest import manifest_sha256, read_manifest, select
         from edgecxr.verify import subset_records
 
-        records = subset_records(select(read_manifest(manifest), split or "val"), bundle.classes, limit)
+        records = subset_records(select(read_manifest(manifest), split), bundle.classes, limit)
         x, _ = load_arrays(records, spec, bundle.classes, progress=f"parity images ({split})" if progress else False)
         return x, {
             "source": "manifest",
             "manifest": str(manifest),
             "manifest_sha256": manifest_sha256(manifest),
-            "split": split or "val",
+            "split": split,
             "images": len(records),
         }
     n = int(limit or DEFAULT_RANDOM_IMAGES)

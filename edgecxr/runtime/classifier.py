@@ -381,7 +381,10 @@ class Classifier:
             source: str | int = str(item) if isinstance(item, (str, Path)) else offset + i
             t0 = time.perf_counter()
             try:
-                image = load_image(item) if isinstance(item, (str, Path)) else np.asarray(item)
+                if isinstance(item, (str, Path)):
+                    image = load_image(item, (self.spec.height, self.spec.width))
+                else:
+                    image = np.asarray(item)
                 tensors.append(preprocess(image, self.spec))
             except ImageLoadError as exc:
                 preds.append(Prediction(source, error=exc.reason))

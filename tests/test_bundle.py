@@ -53,3 +53,17 @@ def test_bad_bundles(tmp_path, content, match):
 
 def test_git_commit_outside_repo(tmp_path):
     assert git_commit(tmp_path) is None
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+
+    from edgecxr.fileutil import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert not list(tmp_path.glob(".x.json.*"))  # no temp file left behind

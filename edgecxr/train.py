@@ -39,7 +39,7 @@ import platform
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +91,8 @@ class TrainConfig:
     limit_per_class: int | None = None
     tiny: bool = False
     resume: bool = False
+    #: training images used to re-estimate BatchNorm statistics before each validation (0: off)
+    bn_recalibration: int = 200
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -207,18 +209,72 @@ def _atomic_save(save: Any, path: Path, suffix: str) -> None:
     os.replace(tmp, path)
 
 
+def batchnorm_layers(model: Any) -> list[Any]:
+    """Every BatchNormalization layer, including those inside nested models (Xception)."""
+    keras = require("keras", "training")
+    found: list[Any] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(batchnorm_layers(layer))
+    return found
+
+
+def recalibrate_batchnorm(model: Any, x: np.ndarray, batch_size: int, images: int, seed: int) -> int:
+    """Replace BatchNorm moving statistics by the exact mean of batch statistics over training images.
+
+    Why: trained from scratch, Xception's weights move faster than BatchNorm's moving averages
+    (momentum 0.99, batch 10) can follow, and the lag compounds through its 40 BatchNorm layers:
+    in our first CoroNet run the model scored 88% on val images with batch statistics but chance
+    with its moving statistics, so inference (and val-loss model selection) saw a broken model.
+    This is "precise BatchNorm" (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): with the
+    weights frozen, forward passes in training mode with momentum k/(k+1) for the k-th batch make
+    each moving statistic the plain average over the batches. Returns the number of batches used.
+    """
+    layers = batchnorm_layers(model)
+    if not layers or images <= 0 or len(x) == 0:
+        return 0
+    idx = np.random.default_rng(seed).permutation(len(x))[: min(images, len(x))]
+    saved = [layer.momentum for layer in layers]
+    batches = 0
+    try:
+        for k, start in enumerate(range(0, len(idx), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            model(x[np.sort(idx[start : start + batch_size])], training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+    return batches
+
+
 class _StateCheckpoint:
     """Keras callback (built lazily): best weights, last model + state, early stopping, one log line per epoch."""
 
     @staticmethod
-    def create(ckpt: Path, state: dict[str, Any], patience: int, total: int, log: TextIO, twin: Any) -> Any:
+    def create(
+        ckpt: Path,
+        state: dict[str, Any],
+        patience: int,
+        total: int,
+        log: TextIO,
+        twin: Any,
+        recalibrate: Callable[[Any], int] | None = None,
+    ) -> Any:
         """`twin` is an uncompiled model of the same architecture: saving the best weights through it
-        keeps Adam's moments (2x the model size) out of best.weights.h5."""
+        keeps Adam's moments (2x the model size) out of best.weights.h5. `recalibrate(model)` runs
+        before each validation (precise BatchNorm statistics, see recalibrate_batchnorm)."""
         keras = require("keras", "training")
 
         class StateCheckpoint(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
                 self._t0 = time.perf_counter()
+
+            def on_test_begin(self, logs: dict | None = None) -> None:
+                if recalibrate is not None:
+                    recalibrate(self.model)
 
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 logs = dict(logs or {})
@@ -320,9 +376,12 @@ def fit(
         keras.utils.set_random_seed(seed + start)
         cw = balanced_class_weights(y_train, len(classes)) if cfg.class_weights else None
         ds = _train_dataset(x_train, y_train, cfg, fill=spec.offset, seed=seed + start)
+        def recalibrate(m: Any) -> int:
+            return recalibrate_batchnorm(m, x_train, cfg.batch_size, cfg.bn_recalibration, seed)
+
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
-            _StateCheckpoint.create(ckpt, state, cfg.patience, cfg.epochs, log, twin=best),
+            _StateCheckpoint.create(ckpt, state, cfg.patience, cfg.epochs, log, twin=best, recalibrate=recalibrate),
         ]
         model.fit(ds, validation_data=(x_val, y_val), validation_batch_size=cfg.batch_size, epochs=cfg.epochs,
                   initial_epoch=start, class_weight=cw, callbacks=callbacks, verbose=verbose, shuffle=False)

@@ -184,3 +184,28 @@ def test_cli_on_real_data(shared_cxr, tmp_path):
     meta = Bundle.load(out).meta
     assert meta["dataset"]["counts"]["train"] == dict.fromkeys(CLASSES_4, 2)
     assert meta["dataset"]["sha256"] == manifest_sha256(shared_cxr / "manifest.csv")
+
+
+def test_recalibrate_batchnorm_gives_exact_batch_statistics():
+    """Precise BatchNorm: after recalibration the moving mean/variance are the average batch statistics."""
+    import numpy as np
+
+    from edgecxr._lazy import require
+    from edgecxr.train import batchnorm_layers, recalibrate_batchnorm
+
+    keras = require("keras")
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.99)])
+    model = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)])
+    (bn,) = batchnorm_layers(model)  # found inside the nested model
+    bn.moving_mean.assign(np.full(4, 100.0, dtype="float32"))  # stale statistics
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(40, 4)).astype("float32")
+    batches = recalibrate_batchnorm(model, x, batch_size=10, images=40, seed=1)
+    assert batches == 4
+    # the function takes the seed's permutation in chunks of batch_size
+    idx = np.random.default_rng(1).permutation(40)
+    means = [x[np.sort(idx[i : i + 10])].mean(0) for i in range(0, 40, 10)]
+    variances = [x[np.sort(idx[i : i + 10])].var(0) for i in range(0, 40, 10)]
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean(means, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean(variances, 0), rtol=1e-4, atol=1e-4)
+    assert bn.momentum == 0.99  # restored
+    assert recalibrate_batchnorm(model, x, 10, images=0, seed=1) == 0

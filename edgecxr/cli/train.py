@@ -35,6 +35,8 @@ import click
               help="K >= 2: patient-group K-fold cross-validation over train+val instead of one model.")
 @click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
               help="Use at most N images per class and split (smoke tests).")
+@click.option("--bn-recalibration", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Training images used to re-estimate BatchNorm statistics before each validation (0: off).")
 @click.option("--tiny", is_flag=True, help="Test-only miniature of the architecture (32x32, seconds per epoch).")
 @click.option("--resume/--no-resume", default=False, show_default=True,
               help="Continue an interrupted run in --out from its last saved epoch.")

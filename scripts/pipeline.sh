@@ -28,8 +28,7 @@ if [ -n "$KEEP" ]; then for m in $METHODS; do variants+=("$m|$KEEP"); done; fi
 for v in "${variants[@]}"; do
   m=${v%%|*}; k=${v#*|}
   tag="$m${k:+-keep-${k//,/-}}"
-  $ED calibrate "$BUNDLE" --data "$DATA" --method "$m" ${k:+--keep-float "$k"} --no-verify -q \
-      --calib-manifest-out "calibration/$NAME-calib.csv"
+  $ED calibrate "$BUNDLE" --data "$DATA" --method "$m" ${k:+--keep-float "$k"} --no-verify -q
   $ED verify "$BUNDLE" --data "$DATA" --split test --artifacts onnx_int8 --json -q > "$OUT/$tag.json" || true
   cp "$BUNDLE/model.int8.onnx" "$OUT/$tag.int8.onnx"
 done

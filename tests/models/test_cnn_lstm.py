@@ -66,3 +66,15 @@ def test_exports_to_one_onnx_lstm_op():
     x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)
     sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"image": x})[0], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_convolutions_use_he_init():
+    """Glorot init collapsed the signal of the 13-conv ReLU stack (pre-LSTM std ~5e-4); He keeps it."""
+    from edgecxr._lazy import require
+    from edgecxr.models import build_model
+
+    keras = require("keras")
+    model = build_model("cnn-lstm", tiny=True)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs
+    assert all(type(c.kernel_initializer).__name__ == "HeNormal" for c in convs)

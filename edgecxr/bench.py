@@ -28,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from edgecxr import __version__
+from edgecxr.build_profile import MAX_BATCH_LIMIT
 from edgecxr.errors import BundleError, EdgeCXRError
 from edgecxr.preprocess import PreprocessSpec, preprocess
 
 #: coefficient of variation (std / mean of latency) above which results are flagged as unstable
 CV_WARN_PCT = 2.5
 PERCENTILES = (90, 95, 99)
+#: largest batch size benchmarked: the largest an engine profile allows (as for `infer --batch-size`)
+MAX_BATCH = MAX_BATCH_LIMIT
 #: what `--compare` accepts besides bundle artifact keys
 COMPARE_NAMES = ("keras", "onnx_fp32", "onnx_fp16", "onnx_int8", "engine")
 
@@ -222,7 +225,7 @@ def _bench_classifier(
 
 
 def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
-    """'1,8' -> [1, 8]; every size must be >= 1."""
+    """'1,8' -> [1, 8]; every size must be in 1..MAX_BATCH (a typo like 10000 would exhaust memory)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
         sizes = [int(str(s).strip()) for s in items if str(s).strip()]
@@ -230,6 +233,8 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
         raise ValueError(f"batch sizes must be integers like 1,8; got {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise ValueError(f"batch sizes must be >= 1; got {text!r}")
+    if max(sizes) > MAX_BATCH:
+        raise ValueError(f"batch sizes must be <= {MAX_BATCH} (the largest engine batch); got {text!r}")
     return sizes
 
 

@@ -136,7 +136,11 @@ def load_profile(ref: str | Path) -> BuildProfile:
     candidates += [d / f"{ref}.toml" for d in PROFILE_DIRS]
     for cand in candidates:
         if cand.is_file():
-            return parse_profile(cand.read_text(encoding="utf-8"), name=cand.stem)
+            try:
+                text = cand.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise BuildError(f"{cand}: not a TOML build profile (not a UTF-8 text file)") from None
+            return parse_profile(text, name=cand.stem)
     raise BuildError(f"build profile {str(ref)!r} not found (looked in {[str(c) for c in candidates]})")
 
 

@@ -81,15 +81,19 @@ class Bundle:
             meta = read_json(path)
         except ValueError as exc:
             raise BundleError(f"{path}: corrupt JSON: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise BundleError(f"{path}: not an edgecxr bundle (a JSON {type(meta).__name__}, not an object)")
         if meta.get("format") != FORMAT:
             raise BundleError(f"{path}: not an edgecxr bundle (format={meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise BundleError(
-                f"{path}: bundle format {meta['format_version']} is newer than this edgecxr ({FORMAT_VERSION}); upgrade"
-            )
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"{path}: corrupt bundle: format_version {version!r} is not an integer")
+        if version > FORMAT_VERSION:
+            raise BundleError(f"{path}: bundle format {version} is newer than this edgecxr ({FORMAT_VERSION}); upgrade")
         for key in ("model", "classes", "preprocess"):
             if key not in meta:
                 raise BundleError(f"{path}: missing '{key}'")
+        _check_sections(path, meta)
         return cls(directory, meta)
 
     # -- accessors ----------------------------------------------------------------------------
@@ -143,6 +147,23 @@ class Bundle:
 
     def save(self) -> Path:
         return write_json(self.path, self.meta)
+
+
+def _check_sections(path: Path, meta: dict[str, Any]) -> None:
+    """Type-check the sections every stage reads, so a hand-edited bundle.json fails here, by name."""
+    classes = meta["classes"]
+    if not isinstance(meta["model"], str):
+        raise BundleError(f"{path}: corrupt bundle: 'model' must be a string, got {meta['model']!r}")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise BundleError(f"{path}: corrupt bundle: 'classes' must be a non-empty list of names, got {classes!r}")
+    if not isinstance(meta.get("artifacts", {}), dict):
+        raise BundleError(f"{path}: corrupt bundle: 'artifacts' must be an object of key -> file name")
+    if not isinstance(meta["preprocess"], dict):
+        raise BundleError(f"{path}: corrupt bundle: 'preprocess' must be an object")
+    try:
+        PreprocessSpec.from_dict(meta["preprocess"])
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +31,11 @@ def sha256_file(path: str | Path) -> str:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write via a temp file in the same folder + os.replace, so readers see old or new, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder should be; say which
+        blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocker)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would (shared bundles stay readable).

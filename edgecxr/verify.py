@@ -109,6 +109,8 @@ class Gates:
             return cls(**values, overrides=overrides)
         except TypeError as exc:
             raise GateConfigError(f"{source}: {exc}") from exc
+        except GateConfigError as exc:  # a bad value: name the file it came from
+            raise GateConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Gates:
@@ -138,6 +140,8 @@ class Gates:
             raise GateConfigError(f"{path}: gates file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise GateConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except UnicodeDecodeError:
+            raise GateConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
         table = data.get("gates", data)
         if not isinstance(table, Mapping):
             raise GateConfigError(f"{path}: [gates] must be a table")

@@ -61,6 +61,9 @@ def test_parse_batch_sizes():
     for bad in ("0", "a", "", "1,-2"):
         with pytest.raises(ValueError):
             parse_batch_sizes(bad)
+    assert parse_batch_sizes("256") == [256]
+    with pytest.raises(ValueError, match="<= 256"):
+        parse_batch_sizes("1,100000")  # a typo once ran out of memory instead of failing fast
 
 
 def test_synthetic_batch_is_in_range_and_deterministic():

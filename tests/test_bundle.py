@@ -51,6 +51,43 @@ def test_bad_bundles(tmp_path, content, match):
         Bundle.load(tmp_path)
 
 
+def _valid_meta() -> dict:
+    return {
+        "format": "edgecxr-bundle",
+        "format_version": 1,
+        "model": "coronet",
+        "classes": list(CLASSES_4),
+        "preprocess": CORONET_V1.to_dict(),
+        "artifacts": {},
+    }
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda m: [m], "JSON list, not an object"),
+        (lambda m: {**m, "format_version": "x"}, "format_version 'x' is not an integer"),
+        (lambda m: {**m, "classes": "covid"}, "'classes' must be a non-empty list"),
+        (lambda m: {**m, "classes": []}, "'classes' must be a non-empty list"),
+        (lambda m: {**m, "artifacts": ["model.onnx"]}, "'artifacts' must be an object"),
+        (lambda m: {**m, "preprocess": "coronet"}, "'preprocess' must be an object"),
+        (lambda m: {**m, "preprocess": {"family": "coronet"}}, "incomplete preprocessing"),
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "height": "tall"}}, "preprocessing metadata"),
+    ],
+)
+def test_corrupt_bundle_json_is_a_bundle_error_naming_the_file(tmp_path, change, match):
+    """A hand-edited or half-synced bundle.json fails on load with its path, not later with a traceback."""
+    (tmp_path / "bundle.json").write_text(json.dumps(change(_valid_meta())))
+    with pytest.raises(BundleError, match=match) as info:
+        Bundle.load(tmp_path)
+    assert str(tmp_path / "bundle.json") in str(info.value)
+
+
+def test_valid_meta_loads(tmp_path):
+    (tmp_path / "bundle.json").write_text(json.dumps(_valid_meta()))
+    assert Bundle.load(tmp_path).spec == CORONET_V1
+
+
 def test_git_commit_outside_repo(tmp_path):
     assert git_commit(tmp_path) is None
 
@@ -67,3 +104,13 @@ def test_atomic_write_respects_umask(tmp_path):
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
     assert not list(tmp_path.glob(".x.json.*"))  # no temp file left behind
+
+
+def test_atomic_write_under_a_file_names_the_file(tmp_path):
+    """mkdir's 'File exists' hid which path component was the file."""
+    from edgecxr.fileutil import write_json
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
+        write_json(tmp_path / "afile" / "sub" / "x.json", {})
+    assert info.value.filename == str(tmp_path / "afile")

@@ -148,3 +148,156 @@ def test_info(cli):
         assert info["backends"]["tensorrt"]["available"] is False
     text = cli.invoke(main, ["info"]).stdout
     assert "onnxruntime" in text and "cpu:" in text and "tensorrt" in text
+
+
+# -- bad input: one `error:` line, the right exit code, results kept --------------------------------
+def _one_error_line(result) -> str:
+    """The single `error:` line on stderr (and no traceback)."""
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_infer_csv_under_a_file_is_a_usage_error_before_any_work(cli, bundle, images, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0]), "--csv", str(blocker / "p.csv")])
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "--csv" in line and "not a folder" in line
+    assert "using backend" not in result.stderr  # stopped before loading the model
+
+
+def test_infer_csv_write_failure_keeps_the_printed_results(cli, bundle, images, tmp_path, monkeypatch):
+    import edgecxr.cli.runtime as cli_runtime
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli_runtime, "atomic_write_text", full_disk)
+    out = tmp_path / "p.csv"
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), *map(str, images), "--json", "--csv", str(out)])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)  # stdout is still the complete JSON
+    assert doc["count"] == len(images) and doc["failed"] == 0
+    line = _one_error_line(result)
+    assert str(out) in line and "--csv" in line and "No space left" in line
+
+
+def test_bench_out_under_a_file_is_a_usage_error(cli, bundle, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = cli.invoke(main, ["bench", "-m", str(bundle.dir), "--iterations", "1", "--out", str(blocker / "b.json")])
+    assert result.exit_code == 2 and "--out" in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--batch", "100000"], "<= 256"),  # a typo must not exhaust memory
+        (["--batch", "1,x"], "integers"),
+        (["--compare", "onnx_fp32,onnx_int9"], "onnx_int9"),  # a typo must not be skipped silently
+        (["--compare", "onnx_fp32", "--backend", "onnxruntime"], "--compare"),
+        (["--compare", "onnx_fp32", "--precision", "fp16"], "--compare"),
+        (["--backend", "onnxruntime", "--cuda-graph"], "--cuda-graph"),
+        (["--backend", "keras", "--threads", "2"], "--threads"),
+    ],
+)
+def test_bench_rejects_bad_and_incompatible_options(cli, bundle, args, needle):
+    result = cli.invoke(main, ["bench", "-m", str(bundle.dir), "--iterations", "1", "--warmup-s", "0", *args])
+    assert result.exit_code == 2, result.output
+    assert needle in _one_error_line(result)
+
+
+def test_infer_cuda_graph_with_onnxruntime_is_a_usage_error(cli, bundle, images):
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0]), "--backend", "onnxruntime", "--cuda-graph"])
+    assert result.exit_code == 2 and "--cuda-graph" in _one_error_line(result)
+
+
+@pytest.mark.skipif(available("tensorrt"), reason="checks the fallback warning on machines without TensorRT")
+def test_infer_cuda_graph_says_when_it_is_ignored(cli, bundle, images):
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0]), "--cuda-graph"])
+    assert result.exit_code == 0, result.output
+    assert "--cuda-graph ignored" in result.stderr
+
+
+def test_infer_precision_that_the_file_does_not_have_is_refused(cli, bundle, images):
+    fp16 = bundle.default_path("onnx_fp16")
+    result = cli.invoke(main, ["infer", "-m", str(fp16), str(images[0]), "--precision", "fp32"])
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "fp16" in line and "fp32" in line
+
+
+def test_build_batch_and_max_batch_together_is_a_usage_error(cli, bundle):
+    result = cli.invoke(main, ["build", str(bundle.dir), "--batch", "1-8", "--max-batch", "4"])
+    assert result.exit_code == 2 and "not both" in _one_error_line(result)
+
+
+def test_build_profile_that_is_not_text(cli, bundle, tmp_path):
+    png = tmp_path / "profile.toml"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    result = cli.invoke(main, ["build", str(bundle.dir), "--profile", str(png)])
+    assert result.exit_code == 1 and str(png) in _one_error_line(result)
+
+
+def test_corrupt_bundle_json_is_one_error_line(cli, bundle, images):
+    bundle.path.write_text("[]")
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0])])
+    assert result.exit_code == 1 and str(bundle.path) in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["infer"], "Missing argument"),
+        (["infer", "-m", "x", "y.png", "--batch-size", "0"], "--batch-size"),
+        (["nosuchcommand"], "No such command"),
+        (["data", "check"], "Missing argument 'MANIFEST'"),
+    ],
+)
+def test_usage_errors_are_one_error_line_with_exit_2(cli, args, needle):
+    result = cli.invoke(main, args)
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert needle in line and "--help" in line
+    assert "Usage:" not in result.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line_and_writes_no_csv(cli, bundle, images, tmp_path, monkeypatch):
+    from edgecxr.runtime.classifier import Classifier
+
+    def interrupted(self, paths, batch_size=8):
+        raise KeyboardInterrupt
+        yield  # pragma: no cover - makes this a generator like the real one
+
+    monkeypatch.setattr(Classifier, "predict_iter", interrupted)
+    out = tmp_path / "p.csv"
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0]), "--csv", str(out)])
+    assert result.exit_code == 130
+    assert _one_error_line(result) == "error: interrupted"
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unexpected_os_error_is_one_line_not_a_traceback(cli, bundle, images, monkeypatch):
+    import edgecxr.data.io as data_io
+
+    def denied(items):
+        raise PermissionError(13, "Permission denied", "/scans/locked")
+
+    monkeypatch.setattr(data_io, "expand_inputs", denied)
+    result = cli.invoke(main, ["infer", "-m", str(bundle.dir), str(images[0])])
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "error: /scans/locked: Permission denied"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["data"], ["data", "check"], ["data", "prepare"], ["train"], ["evaluate"], ["export"], ["calibrate"],
+     ["verify"], ["build"], ["infer"], ["bench"], ["info"]],
+)
+def test_every_help_has_an_example(cli, command):
+    result = cli.invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout and "edgecxr " in result.stdout.split("Example", 1)[1]

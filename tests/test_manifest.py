@@ -55,6 +55,20 @@ def test_missing_columns_and_empty(tmp_path):
         read_manifest(tmp_path / "nope.csv")
 
 
+def test_spreadsheet_csv_with_byte_order_mark(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM and uses CRLF; the first column must still be found."""
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"\xef\xbb\xbfrelative_path,label,split,patient_id\r\na.png,covid,test,p1\r\n")
+    (rec,) = read_manifest(path)
+    assert (rec.relative_path, rec.label, rec.split) == ("a.png", "covid", "test")
+
+
+def test_semicolon_separated_manifest_says_so(tmp_path):
+    path = write(tmp_path, "a.png;covid;test;p1\n", header="relative_path;label;split;patient_id\n")
+    with pytest.raises(DataError, match="must be comma-separated"):
+        read_manifest(path)
+
+
 def test_three_class_mapping():
     assert classes_for("coronet") == CLASSES_4
     assert classes_for("cnn-lstm") == CLASSES_3

@@ -56,6 +56,39 @@ class LazyGroup(click.Group):
         except EdgeCXRError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                raise  # `edgecxr data` alone: Click prints the group's help
+            # One `error:` line like every other failure (Click's default is three lines), exit 2.
+            where = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message().rstrip('.')}{where}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C: one line and the shell's convention (128 + SIGINT), so a calling script can
+            # tell "interrupted" from "a file was bad" (1); atomic writes leave no half file behind.
+            click.echo("\nerror: interrupted", err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
+        except OSError as exc:
+            # Environment problems the library did not anticipate (disk full, permissions, a
+            # folder where a file should be): the OS message names the path; no traceback.
+            if isinstance(exc, BrokenPipeError):
+                raise  # `edgecxr infer ... | head`: Click handles a closed stdout quietly
+            click.echo(f"error: {os_error_message(exc)}", err=True)
+            ctx.exit(1)
+
+
+#: Click >= 8.2 raises this (a UsageError) to show a group's help when no subcommand is given
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+#: exit code after Ctrl-C (SIGINT), as shells report it
+INTERRUPTED_EXIT_CODE = 130
+
+
+def os_error_message(exc: OSError) -> str:
+    """'PATH: reason' for an OSError (without the '[Errno N]' prefix), else its text."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -17,7 +17,13 @@ MAX_LISTED = 50
 
 @click.group("data")
 def data() -> None:
-    """Check a dataset manifest or prepare one from the public source layouts."""
+    """Check a dataset manifest or prepare one from the public source layouts.
+
+    \b
+    Examples:
+      edgecxr data check ../shared/data/cxr/manifest.csv
+      edgecxr data prepare --covid covid-chestxray-dataset --kermany chest_xray --out data/cxr
+    """
 
 
 @data.command("check")

@@ -42,6 +42,17 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _given_options(ctx: click.Context) -> set[str]:
+    """Parameters set on the command line or from the environment (not left at their default)."""
+    from click.core import ParameterSource
+
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    }
+
+
 # -- export -----------------------------------------------------------------------------------------
 
 
@@ -181,6 +192,11 @@ def calibrate(
 
     if verify_split == split and verify:
         raise click.UsageError(f"--verify-split {verify_split} is the calibration split; the gate needs held-out images")
+    given = _given_options(click.get_current_context())
+    if method != "percentile" and "percentile" in given:
+        raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
+    if not verify and given & {"verify_split", "verify_limit", "gates_file"}:
+        raise click.UsageError("--verify-split/--verify-limit/--gates configure the gate that --no-verify skips")
     b = _load_bundle(bundle)
     section = calibrate_bundle(
         b,
@@ -269,6 +285,8 @@ def verify(
     """
     from edgecxr.verify import format_text, run_gate
 
+    if artifacts is not None and not _split_list(artifacts):
+        raise click.BadParameter("names no artifact; leave it out to verify all present", param_hint="--artifacts")
     gates = _gates(
         gates_file,
         max_acc_drop=max_acc_drop,
@@ -280,7 +298,7 @@ def verify(
         _load_bundle(bundle),
         manifest,
         split,
-        artifacts=_split_list(artifacts) if artifacts else None,
+        artifacts=_split_list(artifacts) if artifacts is not None else None,
         gates=gates,
         reference=reference,
         limit=limit,

@@ -9,17 +9,42 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgecxr.errors import EdgeCXRError
 from edgecxr.fileutil import atomic_write_text
 
 
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    """Fail before the work, not after it, when an output file cannot be created where asked."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # atomic_write creates missing folders below the first existing one
+    if not folder.is_dir():
+        raise click.BadParameter(f"{path}: {folder} is a file, not a folder", param_hint=option)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{path}: no permission to write in {folder}", param_hint=option)
+
+
+def _write_output(path: Path, text: str, option: str) -> None:
+    """Atomically write an output file; an OS failure becomes one `error:` line (exit 1)."""
+    from edgecxr.cli import os_error_message
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise EdgeCXRError(f"{path}: could not write the {option} file: {os_error_message(exc)}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,8 +86,15 @@ def build(
     Needs TensorRT and an NVIDIA GPU (exit code 2 without them). Writes the engine and its
     .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile), records it in
     bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless --no-verify.
+
+    \b
+    Example:  edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
     """
     from edgecxr.engine import build_engine, load_profile, resolve_profile
+
+    if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
+        raise click.UsageError("give either --batch or --min-batch/--opt-batch/--max-batch, not both")
+    _check_output(out, "--out")
 
     base = load_profile(profile) if profile else None
     if base is not None and base.description:
@@ -141,17 +173,28 @@ def infer(
 
     A file that cannot be read is reported with its reason and the others are still classified;
     the exit code is then 1 (0 when every file was classified). The backend used is printed to
-    stderr.
+    stderr. A missing path, a glob matching nothing or a folder without images stops the run.
+
+    \b
+    Examples:
+      edgecxr infer --model runs/coronet scan.dcm
+      edgecxr infer --model runs/coronet 'scans/**/*.png' --json > predictions.json
+      edgecxr infer --model runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
     """
     from tqdm import tqdm
 
     from edgecxr.data.io import expand_inputs
     from edgecxr.runtime.classifier import Classifier
 
+    if cuda_graph and backend in ("onnxruntime", "keras"):
+        raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
+    _check_output(csv_path, "--csv")
     paths = expand_inputs(inputs)
     options = {"cuda_graph": True} if cuda_graph else {}
     with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
         _err(f"using {clf.describe()}")
+        if cuda_graph and clf.backend_info["backend"] != "tensorrt":
+            _err(f"warning: --cuda-graph ignored: it needs TensorRT and {clf.backend_info['backend']} was picked")
         show = progress if progress is not None else (len(paths) >= 16 and sys.stderr.isatty())
         preds = []
         with tqdm(total=len(paths), file=sys.stderr, disable=not show, unit="img") as bar:
@@ -160,8 +203,6 @@ def infer(
                 bar.update(len(chunk))
         classes, info = clf.classes, dict(clf.backend_info)
     failed = [p for p in preds if not p.ok]
-    if csv_path is not None:
-        atomic_write_text(csv_path, predictions_csv(preds, classes))
     if as_json:
         doc = {
             "model": str(model),
@@ -174,6 +215,8 @@ def infer(
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(predictions_table(preds, top_k))
+    if csv_path is not None:  # after printing, so the results are not lost if the file cannot be written
+        _write_output(csv_path, predictions_csv(preds, classes), "--csv")
     _err(f"{len(preds) - len(failed)} of {len(preds)} image(s) classified" + (f", {len(failed)} failed" if failed else ""))
     if failed:
         sys.exit(1)
@@ -213,19 +256,37 @@ def bench(
 
     Reports min/median/mean/p90/p95/p99 latency and throughput per batch size, the H2D / compute /
     D2H split where the backend can time it, and warns when the coefficient of variation exceeds 2.5%.
+
+    \b
+    Examples:
+      edgecxr bench --model runs/coronet --batch 1,8 --image scan.png
+      edgecxr bench --model runs/coronet --compare onnx_fp32,onnx_int8,engine --json --out bench.json
     """
-    from edgecxr.bench import format_report, parse_batch_sizes, run_bench
+    from edgecxr.bench import COMPARE_NAMES, format_report, parse_batch_sizes, run_bench
 
     try:
         sizes = parse_batch_sizes(batch)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--batch") from None
+    items = [c.strip() for c in compare.split(",") if c.strip()] if compare is not None else None
+    if items is not None:
+        unknown = [c for c in items if c not in COMPARE_NAMES]
+        if unknown or not items:
+            raise click.BadParameter(
+                f"unknown item(s) {unknown or [compare]}; choose from {', '.join(COMPARE_NAMES)}", param_hint="--compare"
+            )
+        if backend != "auto" or precision is not None:
+            raise click.UsageError("--compare picks backend and precision per item; drop --backend/--precision")
+    if cuda_graph and backend in ("onnxruntime", "keras"):
+        raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
+    if threads and backend in ("tensorrt", "keras"):
+        raise click.UsageError(f"--threads sets ONNX Runtime threads; it does nothing on the {backend} backend")
+    _check_output(out, "--out")
     options: dict[str, Any] = {}
     if cuda_graph:
         options["cuda_graph"] = True
     if threads:
         options["threads"] = threads
-    items = [c.strip() for c in compare.split(",") if c.strip()] if compare else None
     report = run_bench(
         model,
         backend=backend,
@@ -239,12 +300,12 @@ def bench(
         log=_err,
     )
     text = json.dumps(report, indent=2)
-    if out is not None:
-        atomic_write_text(out, text + "\n")
     if as_json:
         click.echo(text)
     else:
         click.echo(format_report(report))
+    if out is not None:  # after printing, so the measurements are not lost if the file cannot be written
+        _write_output(out, text + "\n", "--out")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,7 +334,11 @@ def format_info(info: dict[str, Any]) -> str:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(as_json: bool) -> None:
-    """Installed backends (with why not), ONNX Runtime providers, TensorRT version, GPU and CPU."""
+    """Installed backends (with why not), ONNX Runtime providers, TensorRT version, GPU and CPU.
+
+    \b
+    Example:  edgecxr info --json
+    """
     from edgecxr.runtime.sysinfo import system_info
 
     data = system_info()

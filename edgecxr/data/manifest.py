@@ -46,12 +46,16 @@ def read_manifest(path: str | Path) -> list[Record]:
         raise DataError(f"{path}: manifest not found")
     root = path.resolve().parent
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet programs save "CSV UTF-8" with a byte-order mark before the header
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
-                raise DataError(f"{path}: missing required column(s) {missing}; has {columns}")
+                hint = ""
+                if len(columns) == 1 and any(sep in columns[0] for sep in ";\t"):
+                    hint = " (the file must be comma-separated)"
+                raise DataError(f"{path}: missing required column(s) {missing}; has {columns}{hint}")
             records = []
             for i, row in enumerate(reader, start=2):
                 rel = (row.get("relative_path") or "").strip()

@@ -205,6 +205,8 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "keras":
+        if precision not in (None, "fp32"):
+            raise BundleError(f"the Keras reference model is fp32; --precision {precision} needs another backend")
         return ArtifactChoice("keras", bundle.artifact("keras"), "fp32", "Keras reference model (asked for)")
     notes: list[str] = []
     if backend in ("auto", "tensorrt"):
@@ -329,11 +331,19 @@ class Classifier:
             prec = str(meta.get("precision") or "fp32")
             choice = ArtifactChoice("onnxruntime", path, prec, "ONNX file given")
         elif path.suffix.lower() == ".keras":
+            if backend not in ("auto", "keras"):
+                raise BackendUnavailableError(f"{path}: a Keras model runs only on the keras backend")
             bundle = Bundle.load(path.parent)
             classes, spec = bundle.classes, bundle.spec
             choice = ArtifactChoice("keras", path, "fp32", "Keras model given")
         else:
             raise BundleError(f"{path}: expected a bundle directory, .engine/.plan, .onnx or .keras file")
+        if precision is not None and not path.is_dir() and precision != choice.precision:
+            # never run another precision than the one asked for without saying so
+            raise BundleError(
+                f"{path} is a {choice.precision} model but precision {precision} was asked for; "
+                "give the bundle directory to pick by precision, or drop the precision"
+            )
 
         if choice.backend == "onnxruntime" and "device" not in options and _ort_has_cuda():
             options["device"] = "cuda"  # onnxruntime-gpu: run on the GPU (the FP16 choice above assumed it)

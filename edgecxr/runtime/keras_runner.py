@@ -27,7 +27,10 @@ class KerasRunner(Runner):
         keras = require("keras", "the Keras reference model")
         if not self.path.is_file():
             raise BundleError(f"{self.path}: Keras model not found")
-        self.model = keras.saving.load_model(self.path, compile=False)
+        try:
+            self.model = keras.saving.load_model(self.path, compile=False)
+        except Exception as exc:  # keras raises ValueError/TypeError/OSError for unreadable files
+            raise BundleError(f"{self.path}: Keras cannot load this model: {exc}") from exc
         self.loaded = True
         self._last: dict[str, float] = {}
 

@@ -83,3 +83,26 @@ def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic
     assert res.exit_code == 1 and "min_agreement" in res.output
     res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--min-agreement", "1.5")
     assert res.exit_code == 2
+
+
+def _stub_bundle_and_manifest(tmp_path):
+    """Paths that pass Click's existence checks; the usage errors below fire before either is read."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "m.csv").write_text("relative_path,label,split,patient_id\n")
+    return tmp_path / "b", tmp_path / "m.csv"
+
+
+def test_verify_with_an_empty_artifact_list_is_a_usage_error(tmp_path):
+    """`--artifacts ,` used to gate nothing and exit 0."""
+    bundle, manifest = _stub_bundle_and_manifest(tmp_path)
+    for value in (",", ""):
+        res = _run("verify", bundle, "--data", manifest, "--artifacts", value)
+        assert res.exit_code == 2 and "--artifacts" in res.output and "Traceback" not in res.output
+
+
+def test_calibrate_options_that_would_be_ignored_are_usage_errors(tmp_path):
+    bundle, manifest = _stub_bundle_and_manifest(tmp_path)
+    res = _run("calibrate", bundle, "--data", manifest, "--percentile", "99.9")
+    assert res.exit_code == 2 and "--method percentile" in res.output
+    res = _run("calibrate", bundle, "--data", manifest, "--no-verify", "--verify-limit", "8")
+    assert res.exit_code == 2 and "--no-verify" in res.output

@@ -152,6 +152,19 @@ def test_gates_from_toml_flags_and_overrides(tmp_path):
         Gates.from_toml(path)
 
 
+def test_gates_file_errors_name_the_file(tmp_path):
+    """A binary file or a bad value is one GateConfigError naming the TOML file, not a traceback."""
+    path = tmp_path / "gates.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    with pytest.raises(GateConfigError, match="not a TOML text file") as info:
+        Gates.from_toml(path)
+    assert str(path) in str(info.value)
+    path.write_text('[gates]\nmax_acc_drop = "a"\n')
+    with pytest.raises(GateConfigError, match="max_acc_drop") as info:
+        Gates.from_toml(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
 def test_subset_records_is_class_balanced_and_ordered(synthetic_manifest):
     from edgecxr.data.manifest import CLASSES_4
 

@@ -180,6 +180,37 @@ def test_engine_file_needs_a_sidecar_then_tensorrt(tmp_path):
         Classifier.load(engine, backend="onnxruntime")
 
 
+def test_no_silent_change_of_precision_or_backend(tmp_path):
+    """What was asked for runs, or the load fails saying why (STYLE.md 6: never downgrade silently)."""
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
+    with pytest.raises(BundleError, match="fp16 model but precision fp32"):
+        Classifier.load(bundle.default_path("onnx_fp16"), precision="fp32")
+    with Classifier.load(bundle.default_path("onnx_fp16"), precision="fp16") as clf:
+        assert clf.backend_info["precision"] == "fp16"
+    with pytest.raises(BundleError, match="Keras reference model is fp32"):
+        choose_artifact(bundle, "keras", "int8")
+    keras_file = bundle.dir / "model.keras"
+    keras_file.write_bytes(b"PK")
+    with pytest.raises(BackendUnavailableError, match="only on the keras backend"):
+        Classifier.load(keras_file, backend="onnxruntime")
+
+
+def test_unreadable_keras_file_is_a_bundle_error(tmp_path, monkeypatch):
+    import types
+
+    import edgecxr.runtime.keras_runner as keras_runner
+
+    def load_model(path, compile=True):
+        raise ValueError("File not found: filepath=model.keras. Please ensure the file is an accessible `.keras` zip file.")
+
+    fake = types.SimpleNamespace(saving=types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setattr(keras_runner, "require", lambda *a, **k: fake)
+    path = tmp_path / "model.keras"
+    path.write_text("junk")
+    with pytest.raises(BundleError, match="Keras cannot load this model"):
+        keras_runner.KerasRunner(path).load()
+
+
 def test_unknown_model_paths(tmp_path):
     with pytest.raises(BundleError, match="no such model"):
         Classifier.load(tmp_path / "nope")

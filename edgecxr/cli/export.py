@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from edgecxr.data.manifest import SPLITS
+from edgecxr.errors import BundleError
 
 _MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 _BUNDLE = click.Path(exists=True, path_type=Path)
@@ -313,3 +314,9 @@ def verify(
     else:
         click.echo(format_text(result), nl=False)
     result.raise_for_failures()
+    if not any(a.passed for a in result.artifacts):
+        # A gate that compared nothing must not read as a pass in a deployment script.
+        raise BundleError(
+            f"{bundle}: nothing was verified: no artifact besides the reference could be run here "
+            "(export one with `edgecxr export` / `edgecxr calibrate`, or see the skip reasons above)"
+        )

@@ -106,3 +106,11 @@ def test_calibrate_options_that_would_be_ignored_are_usage_errors(tmp_path):
     assert res.exit_code == 2 and "--method percentile" in res.output
     res = _run("calibrate", bundle, "--data", manifest, "--no-verify", "--verify-limit", "8")
     assert res.exit_code == 2 and "--no-verify" in res.output
+
+
+def test_verify_with_nothing_to_compare_is_an_error(keras_cnn_bundle, copy_bundle, synthetic_manifest):
+    """Only the reference (model.keras) exists: the gate compared nothing and must not exit 0."""
+    bundle = copy_bundle(keras_cnn_bundle)
+    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--split", "test", "--bootstrap", "0", "-q")
+    assert res.exit_code == 1, res.output
+    assert "nothing was verified" in res.output

@@ -279,6 +279,11 @@ def make_data_reader(x: np.ndarray, batch_size: int = 8, input_name: str = "imag
     return ArrayDataReader()
 
 
+def equal_batch_size(n_images: int, batch_size: int) -> int:
+    """Largest divisor of n_images that is <= batch_size (equal batches for histogram calibration)."""
+    return max(d for d in range(1, max(1, min(batch_size, n_images)) + 1) if n_images % d == 0)
+
+
 def _stride(n_batches: int, max_batches: int) -> int | None:
     """Largest divisor of n_batches <= max_batches (quantize_static needs an exact division)."""
     if n_batches <= max_batches:
@@ -392,6 +397,11 @@ def quantize_qdq(
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
         extra["CalibTensorRangeSymmetric"] = symmetric  # percentile of |x|, as TensorRT's calibrators
+    if method != "minmax":
+        # The histogram calibrators stack a chunk's batch outputs into one array, so every batch must
+        # have the same size (127 calib images in batches of 8 failed): use the largest divisor of
+        # the image count that does not exceed the requested batch size.
+        batch_size = equal_batch_size(len(x), batch_size)
     reader = make_data_reader(x, batch_size, progress=f"calibrating ({method})" if progress else False)
     stride = _stride(len(reader), max(1, chunk_images // batch_size))
     if stride:

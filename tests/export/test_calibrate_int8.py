@@ -182,3 +182,19 @@ def test_failing_gate_keeps_rejected_file_and_bundle_unchanged(exported_cnn, cop
 def test_calibrate_needs_fp32_onnx(keras_cnn_bundle, copy_bundle, synthetic_manifest):
     with pytest.raises(BundleError, match="edgecxr export"):
         calibrate_bundle(copy_bundle(keras_cnn_bundle), synthetic_manifest, verify=False, progress=False)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_methods_with_ragged_image_count(exported_cnn, tmp_path, method):
+    """7 images in batches of 4 (ragged last batch) used to fail inside quantize_static."""
+    from edgecxr.quantize import equal_batch_size
+
+    bundle = Bundle.load(exported_cnn)
+    out = tmp_path / f"{method}.int8.onnx"
+    options = quantize_qdq(
+        bundle.artifact("onnx_fp32"), out, _random_images(bundle, n=7), method=method, batch_size=4,
+        chunk_images=4, progress=False,
+    )
+    assert out.is_file() and check_tensorrt_qdq(onnx.load(str(out))) == []
+    assert options["batch_size"] == 1  # 7 is prime
+    assert equal_batch_size(127, 8) == 1 and equal_batch_size(128, 8) == 8 and equal_batch_size(126, 8) == 7

@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.99
 #: Aliases accepted by --keep-float besides node names.
-KEEP_FLOAT_ALIASES = ("first-conv", "head", "lstm")
+KEEP_FLOAT_ALIASES = ("first-conv", "head", "lstm", "depthwise")
 #: Op types never quantized (see module docstring).
 ALWAYS_FLOAT_OPS = ("Softmax", "LogSoftmax")
 #: Ops whose input 1 is a weight that TensorRT wants per-channel, and the input index of their bias.
@@ -197,11 +197,17 @@ def check_tensorrt_qdq(model: str | Path | onnx.ModelProto) -> list[str]:
 # -- node selection -----------------------------------------------------------------------------------
 
 
+def _conv_group(node: onnx.NodeProto) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "group"), 1)
+
+
 def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> dict[str, list[str]]:
     """Map --keep-float items (aliases or node names) to node names; unknown names are an error.
 
     first-conv: the first Conv in graph (topological) order. head: MatMul/Gemm nodes after the last
-    Conv or LSTM. lstm: LSTM nodes. Anything else must be a node name of the FP32 graph.
+    Conv or LSTM. lstm: LSTM nodes. depthwise: grouped Conv nodes (group > 1; Xception's depthwise
+    convolutions, one 3x3 filter per channel, are the layers known to quantize worst). Anything
+    else must be a node name of the FP32 graph.
     """
     nodes = list(model.graph.node)
     names = {n.name for n in nodes}
@@ -223,6 +229,11 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> dict[str
             out[item] = head
         elif item == "lstm":
             out[item] = [n.name for n in nodes if n.op_type == "LSTM"]
+        elif item == "depthwise":
+            grouped = [n.name for n in nodes if n.op_type == "Conv" and _conv_group(n) > 1]
+            if not grouped:
+                raise BundleError("--keep-float depthwise: the model has no grouped (depthwise) Conv node")
+            out[item] = grouped
         elif item in names:
             out[item] = [item]
         else:

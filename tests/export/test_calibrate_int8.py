@@ -198,3 +198,23 @@ def test_histogram_methods_with_ragged_image_count(exported_cnn, tmp_path, metho
     assert out.is_file() and check_tensorrt_qdq(onnx.load(str(out))) == []
     assert options["batch_size"] == 1  # 7 is prime
     assert equal_batch_size(127, 8) == 1 and equal_batch_size(128, 8) == 8 and equal_batch_size(126, 8) == 7
+
+
+def test_keep_float_depthwise_selects_grouped_convs():
+    """`depthwise` = Conv nodes with group > 1 (Xception's depthwise convolutions); none -> clear error."""
+    from onnx import TensorProto, helper
+
+    def conv(name: str, group: int) -> onnx.NodeProto:
+        return helper.make_node("Conv", ["x", f"w_{name}"], [f"y_{name}"], name=name, group=group)
+
+    graph = helper.make_graph(
+        [conv("dw", 8), conv("pw", 1), conv("dw2", 4)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y_pw", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph)
+    assert resolve_keep_float(model, ["depthwise"]) == {"depthwise": ["dw", "dw2"]}
+    plain = helper.make_model(helper.make_graph([conv("pw", 1)], "g", graph.input, graph.output))
+    with pytest.raises(BundleError, match="no grouped"):
+        resolve_keep_float(plain, ["depthwise"])

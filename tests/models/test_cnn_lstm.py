@@ -50,17 +50,14 @@ def test_weights_file_of_same_architecture(tmp_path):
 
 
 def test_exports_to_one_onnx_lstm_op():
-    tf = pytest.importorskip("tensorflow")
-    tf2onnx = pytest.importorskip("tf2onnx")
+    pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
+    from edgecxr.export.onnx import keras_to_onnx
+    from edgecxr.models import default_spec
+
     model = build_model("cnn-lstm", tiny=True)
-    signature = (tf.TensorSpec((None, 32, 32, 1), tf.float32, name="image"),)
-
-    @tf.function(input_signature=signature)
-    def serve(image):
-        return {"probs": model(image, training=False)}
-
-    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=17)
+    # the product's own conversion path (what `edgecxr export` runs)
+    onnx_model = keras_to_onnx(model, default_spec("cnn-lstm", 32))
     ops = [n.op_type for n in onnx_model.graph.node]
     assert ops.count("LSTM") == 1 and "Loop" not in ops and "Scan" not in ops
     x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)

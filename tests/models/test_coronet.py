@@ -76,17 +76,14 @@ def test_imagenet_download_failure_says_use_weights_none(monkeypatch):
 
 
 def test_tiny_coronet_exports_to_onnx_and_matches_keras():
-    tf = pytest.importorskip("tensorflow")
-    tf2onnx = pytest.importorskip("tf2onnx")
+    pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
+    from edgecxr.export.onnx import keras_to_onnx
+    from edgecxr.models import default_spec
+
     model = build_model("coronet", tiny=True)
-    signature = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="image"),)
-
-    @tf.function(input_signature=signature)
-    def serve(image):
-        return {"probs": model(image, training=False)}
-
-    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=17)
+    # the product's own conversion path (what `edgecxr export` runs)
+    onnx_model = keras_to_onnx(model, default_spec("coronet", 32))
     assert [i.name for i in onnx_model.graph.input] == ["image"]
     assert {n.domain for n in onnx_model.graph.node} <= {"", "ai.onnx"}
     x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")

@@ -64,7 +64,7 @@ def predict(runner: Any, x: np.ndarray, batch_size: int = 16, progress: bool = T
         raise ValueError("batch_size must be >= 1")
     out = []
     starts = range(0, len(x), batch_size)
-    for start in tqdm(starts, desc="inference", disable=not progress, unit="batch", leave=False):
+    for start in tqdm(starts, desc="inference", disable=None if progress else True, unit="batch", leave=False):
         out.append(np.asarray(runner.infer(x[start : start + batch_size]), dtype=np.float32))
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
 

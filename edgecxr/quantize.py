@@ -265,7 +265,7 @@ def make_data_reader(x: np.ndarray, batch_size: int = 8, input_name: str = "imag
             self.batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
             self.start, self.end, self.pos = 0, len(self.batches), 0
             desc = progress if isinstance(progress, str) else "calibrating"
-            self.bar = tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False)
+            self.bar = tqdm(total=len(x), desc=desc, unit="img", disable=None if progress else True, leave=False)
 
         def __len__(self) -> int:
             return len(self.batches)

@@ -23,12 +23,13 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess `records` into (X float32 NHWC, y int64 class indices).
 
+    The progress bar shows on a terminal only (tqdm's disable=None), so logs stay clean.
     Raises ImageLoadError on the first unreadable file: a training/calibration set must be whole
     (run `edgecxr data check` first to list every problem at once).
     """
     y = label_indices(records, classes)
     x = np.empty((len(records), *spec.input_shape), dtype=np.float32)
     desc = progress if isinstance(progress, str) else f"loading {len(records)} images"
-    for i, rec in enumerate(tqdm(records, desc=desc, disable=not progress, unit="img", leave=False)):
+    for i, rec in enumerate(tqdm(records, desc=desc, disable=None if progress else True, unit="img", leave=False)):
         x[i] = preprocess(load_image(rec.path, (spec.height, spec.width)), spec)
     return x, y

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from edgecxr import __version__
 from edgecxr.bundle import Bundle
@@ -30,6 +29,7 @@ from edgecxr.data.manifest import SPLITS, manifest_sha256, read_manifest, select
 from edgecxr.errors import BundleError, DataError, MissingDependencyError
 from edgecxr.fileutil import sha256_file, write_json
 from edgecxr.metrics import evaluate_predictions
+from edgecxr.runtime.base import infer_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,6 @@ def resolve_backend(backend: str, artifact_path: Path) -> str:
             "use backend='auto' (CLI: --artifact picks it)"
         )
     return backend
-
-
-def predict(runner: Any, x: np.ndarray, batch_size: int = 16, progress: bool = True) -> np.ndarray:
-    """Class probabilities for a preprocessed array, in batches (keeps memory flat for big splits)."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    out = []
-    starts = range(0, len(x), batch_size)
-    for start in tqdm(starts, desc="inference", disable=None if progress else True, unit="batch", leave=False):
-        out.append(np.asarray(runner.infer(x[start : start + batch_size]), dtype=np.float32))
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def evaluate_bundle(
@@ -126,7 +115,7 @@ def evaluate_bundle(
     from edgecxr.runtime.base import create_runner
 
     with create_runner(backend, model_path) as runner:
-        probs = predict(runner, x, batch_size=batch_size, progress=progress)
+        probs = infer_in_batches(runner.infer, x, batch_size=batch_size, progress=progress)
         described = runner.describe()
     if probs.shape != (len(records), len(classes)):
         raise BundleError(

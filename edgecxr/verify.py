@@ -486,7 +486,7 @@ def _run_artifact(
     x: np.ndarray,
     batch_size: int,
 ) -> tuple[ArtifactResult, np.ndarray | None]:
-    from edgecxr.export.onnx import predict
+    from edgecxr.runtime.base import infer_in_batches
 
     backend = backend_for(path)
     result = ArtifactResult(key=key, path=str(path), backend=backend, status="ok")
@@ -499,7 +499,7 @@ def _run_artifact(
     try:
         with cls(path) as runner:
             bs = min(batch_size, int(getattr(runner, "max_batch_size", 0) or batch_size))
-            probs = predict(runner.infer, x, bs)
+            probs = infer_in_batches(runner.infer, x, bs)
             result.runner = runner.describe()
     except BackendUnavailableError as exc:  # e.g. an engine built for another GPU / TensorRT version
         result.status, result.reason = "skipped", str(exc)

@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,20 +168,13 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
 
 
-def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Run `fn` over `x` in batches and stack the float32 results."""
-    if len(x) == 0:
-        raise ValueError("no inputs to predict on")
-    outs = [np.asarray(fn(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
-
-
 def onnx_predict(path: str | Path, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Probabilities from an ONNX file through the deployment's ONNX Runtime runner (CPU)."""
+    from edgecxr.runtime.base import infer_in_batches
     from edgecxr.runtime.onnxrt import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path) as runner:
-        return predict(runner.infer, x, batch_size)
+        return infer_in_batches(runner.infer, x, batch_size)
 
 
 # -- Keras side -----------------------------------------------------------------------------------
@@ -233,7 +226,9 @@ def _inside_bidirectional(model: Any, layer: Any, keras: Any) -> bool:
 
 def keras_predict(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Keras reference probabilities (inference mode: Dropout off, BatchNorm uses moving stats)."""
-    return predict(lambda b: model(np.ascontiguousarray(b, dtype=np.float32), training=False), x, batch_size)
+    from edgecxr.runtime.base import infer_in_batches
+
+    return infer_in_batches(lambda b: model(np.ascontiguousarray(b, dtype=np.float32), training=False), x, batch_size)
 
 
 def keras_to_onnx(model: Any, spec: PreprocessSpec, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -8,6 +8,7 @@ Modelled on Polygraphy's BaseRunner: a runner wraps one model file, is a context
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -99,3 +100,21 @@ def create_runner(name: str, path: str | Path, **options: Any) -> Runner:
     if reason:
         raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}")
     return cls(path, **options)
+
+
+def infer_in_batches(
+    infer: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int = 16, progress: bool = False
+) -> np.ndarray:
+    """Run `infer` (a runner's, or a Keras model wrapped) over `x` in batches; stacked float32 probabilities.
+
+    Batching keeps memory flat on whole splits; the progress bar shows on a terminal only.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if len(x) == 0:
+        raise ValueError("no inputs to predict on")
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(x), batch_size)
+    bar = tqdm(starts, desc="inference", disable=None if progress else True, unit="batch", leave=False)
+    return np.concatenate([np.asarray(infer(x[i : i + batch_size]), dtype=np.float32) for i in bar], axis=0)

@@ -395,32 +395,20 @@ def fit(
 
 # -- reporting --------------------------------------------------------------------------------------
 def val_metrics(model: Any, x: np.ndarray, y: np.ndarray, classes: Sequence[str], seed: int) -> dict[str, Any]:
-    """Metrics of `model` on (x, y): edgecxr.metrics when present, else accuracy + confusion matrix."""
+    """Metrics of `model` on (x, y), the same report `edgecxr evaluate` writes."""
+    from edgecxr.metrics import evaluate_predictions
+
     probs = model.predict(x, batch_size=32, verbose=0)
-    try:
-        from edgecxr.metrics import evaluate_predictions
-    except ModuleNotFoundError as exc:
-        if exc.name != "edgecxr.metrics":
-            raise
-        pred = probs.argmax(axis=1)
-        cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-        np.add.at(cm, (y, pred), 1)
-        return {"n": int(len(y)), "accuracy": float((pred == y).mean()), "confusion_matrix": cm.tolist()}
     return evaluate_predictions(y, probs, classes, bootstrap=1000, seed=seed)
 
 
 def _figures(out: Path, history: dict[str, list[float]], metrics: dict[str, Any], classes: Sequence[str]) -> dict[str, str]:
-    """curves.png and confusion.png through edgecxr.plots when it and matplotlib are installed."""
-    try:
-        from edgecxr import plots
-    except ImportError:
-        return {}
-    figures = {"curves": "curves.png"}
+    """curves.png and confusion.png (matplotlib comes with the `train` extra)."""
+    from edgecxr import plots
+
     plots.plot_history(history, out / "curves.png")
-    if "confusion_matrix" in metrics:
-        plots.plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png", title="val")
-        figures["confusion"] = "confusion.png"
-    return figures
+    plots.plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png", title="val")
+    return {"curves": "curves.png", "confusion": "confusion.png"}
 
 
 def machine_info() -> dict[str, Any]:

@@ -306,7 +306,7 @@ def run_bench(
 
     options = options or {}
     report: dict[str, Any] = {
-        "model": str(model),
+        "model": str(model or "coronet"),
         "edgecxrVersion": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpu": cpu_info()},
@@ -315,6 +315,9 @@ def run_bench(
         "warmupS": warmup_s,
     }
     if compare:
+        from edgecxr import registry
+
+        model = registry.resolve(model)
         if not Path(model).is_dir():
             raise BundleError(f"{model}: --compare needs a bundle directory")
         entries = []

@@ -1,4 +1,4 @@
-"""Engine build profiles (build_engines/*.toml) and the GPU facts that decide what a build may do.
+"""Engine build profiles (edgecxr/profiles/*.toml, shipped in the package) and the GPU facts that decide what a build may do.
 
 A profile says how to build for one class of target machine: default precision, the optimization
 profile's batch range, workspace, DLA core, timing cache, and which GPUs / TensorRT versions it
@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 PRECISIONS = ("fp16", "int8")
 MAX_BATCH_LIMIT = 256
 #: where `--profile NAME` is looked up when NAME is not a path
-PROFILE_DIRS = (Path("build_engines"), Path(__file__).resolve().parents[1] / "build_engines")
+PROFILE_DIRS = (Path(__file__).resolve().parent / "profiles",)  #: shipped inside the package
 
 
 class BuildError(BundleError):
@@ -130,7 +130,7 @@ def parse_profile(text: str, name: str = "profile") -> BuildProfile:
 
 
 def load_profile(ref: str | Path) -> BuildProfile:
-    """Load a profile from a path, or by name from build_engines/ (cwd, then the source checkout)."""
+    """Load a profile from a path, or by name from the profiles shipped in the package (edgecxr/profiles/)."""
     path = Path(ref)
     candidates = [path] if path.suffix == ".toml" or path.exists() else []
     candidates += [d / f"{ref}.toml" for d in PROFILE_DIRS]

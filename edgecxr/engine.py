@@ -10,7 +10,7 @@ as a strongly typed network (no FP16/INT8 builder flags; TensorRT 10.1 deprecate
 them together with the INT8 calibrators); TensorRT 8.x gets explicit batch plus the weak FP16 /
 INT8 flags, and the Q/DQ network needs no calibrator there either.
 
-Build profiles (build_engines/*.toml) are parsed in `edgecxr.build_profile`. The build follows
+Build profiles (edgecxr/profiles/*.toml) are parsed in `edgecxr.build_profile`. The build follows
 NVIDIA's Python samples (samples/python/efficientnet/build_engine.py,
 samples/python/strongly_type_autocast/sample.py) and the Python API docs: Logger -> Builder ->
 create_network(flags) -> OnnxParser.parse (errors listed) -> builder config (workspace pool,
@@ -295,7 +295,7 @@ def build_engine(
     check_precision_support(precision, gpu["compute_capability"], gpu["name"])
     problems = check_profile_target(profile, platform["tensorrt"], gpu["compute_capability"])
     if problems:
-        raise BuildError("; ".join(problems) + " (pick a matching profile from build_engines/ or pass none)")
+        raise BuildError("; ".join(problems) + " (pick a matching profile (edgecxr/profiles/) or pass none)")
 
     spec = bundle.spec
     engine_path = Path(out) if out else bundle.dir / "engines" / engine_filename(

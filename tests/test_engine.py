@@ -39,7 +39,7 @@ from edgecxr.preprocess import CORONET_V1
 from edgecxr.runtime.classifier import choose_engine
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = sorted((REPO / "build_engines").glob("*.toml"))
+PROFILES = sorted((REPO / "edgecxr" / "profiles").glob("*.toml"))
 
 GTX = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA GeForce GTX 1660 SUPER", "compute_capability": "7.5"}}
 A4000 = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA RTX A4000", "compute_capability": "8.6"}}
@@ -56,7 +56,7 @@ def test_committed_profiles_parse_and_are_the_documented_set():
         assert prof.description, f"{path.name} needs a description"
         assert prof.compute_capabilities, f"{path.name} should say which GPUs it targets"
     assert load_profile("gtx16xx-turing").compute_capabilities == ("7.5",)  # by name via PROFILE_DIRS
-    assert REPO / "build_engines" in PROFILE_DIRS
+    assert REPO / "edgecxr" / "profiles" in PROFILE_DIRS
 
 
 def test_jetson_profile_has_optional_dla_with_gpu_fallback():

@@ -68,8 +68,11 @@ def test_tiny_coronet_bundle_and_reload_parity(manifest, tmp_path):
     assert meta["dataset"]["counts"] == {"train": dict.fromkeys(CLASSES_4, 4), "val": dict.fromkeys(CLASSES_4, 2)}
     training = meta["training"]
     assert training["epochs_run"] == 2 and training["best_epoch"] in (1, 2)
-    assert training["config"]["lr"] == 1e-4 and training["config"]["weights"] == "none"
-    assert training["machine"]["tensorflow"] and training["machine"]["cpu_count"] >= 1
+    # random weights -> the from-scratch recipe (lr 1e-3, AdamW, label smoothing) unless --recipe paper
+    assert training["recipe"] == "scratch" and training["config"]["weights"] == "none"
+    assert training["config"]["lr"] == 1e-3 and training["optimizer"]["name"] == "adamw"
+    assert training["loss"] == {"name": "categorical_crossentropy", "label_smoothing": 0.1}
+    assert training["machine"]["backend"] == keras.backend.backend() and training["machine"]["cpu_count"] >= 1
     assert "git_commit" in meta
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 2
@@ -112,7 +115,7 @@ def test_resume_continues_from_saved_epoch(manifest, tmp_path):
 def test_early_stopping_on_flat_val_loss(manifest, tmp_path):
     # lr far below float32 resolution: weights (and val loss) never change, so patience 1 stops at epoch 2.
     out = tmp_path / "run"
-    train(_cfg(manifest, out, model="cnn-lstm", epochs=6, patience=1, lr=1e-30, augment=False))
+    train(_cfg(manifest, out, model="cnn-lstm", epochs=6, patience=1, lr=1e-30, augment="none"))
     training = Bundle.load(out).meta["training"]
     assert training["stopped_early"] is True
     assert training["epochs_run"] == 2 and training["best_epoch"] == 1
@@ -209,3 +212,55 @@ def test_recalibrate_batchnorm_gives_exact_batch_statistics():
     np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean(variances, 0), rtol=1e-4, atol=1e-4)
     assert bn.momentum == 0.99  # restored
     assert recalibrate_batchnorm(model, x, 10, images=0, seed=1) == 0
+
+
+def test_recipe_resolution():
+    base = {"data": "m.csv", "out": "o"}
+    coronet = TrainConfig(model="coronet", **base).resolved()
+    assert coronet.recipe == "paper" and coronet.weights == "imagenet" and coronet.lr == 1e-4  # the paper's transfer recipe
+    scratch = TrainConfig(model="coronet", weights="none", **base).resolved()
+    assert scratch.recipe == "scratch" and scratch.optimizer == "adamw" and scratch.augment == "cxr"
+    assert TrainConfig(model="cnn-lstm", **base).resolved().recipe == "scratch"  # the CNN-LSTM has no pretrained weights
+    paper = TrainConfig(model="cnn-lstm", recipe="paper", **base).resolved()
+    assert (paper.lr, paper.batch_size, paper.augment, paper.optimizer) == (1e-4, 16, "paper", "adam")
+    override = TrainConfig(model="coronet", weights="none", lr=5e-4, augment="none", **base).resolved()
+    assert override.recipe == "scratch" and override.lr == 5e-4 and override.augment == "none"
+    with pytest.raises(EdgeCXRError, match="recipe"):
+        TrainConfig(model="coronet", recipe="fast", **base).resolved()
+    with pytest.raises(EdgeCXRError, match="augmentation policy"):
+        TrainConfig(model="coronet", augment="flip", **base).resolved()
+
+
+def test_bf16_training_saves_a_float32_model(manifest, tmp_path):
+    out = tmp_path / "bf16"
+    train(_cfg(manifest, out, epochs=1, precision="mixed_bfloat16"))
+    meta = Bundle.load(out).meta
+    assert meta["training"]["dtype_policy"] == "mixed_bfloat16"
+    last = keras.saving.load_model(out / "checkpoints" / "last.keras")
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in last.layers)  # trained in bf16
+    model = keras.saving.load_model(out / "model.keras")
+    policies = {layer.dtype_policy.name for layer in model.layers}
+    assert policies == {"float32"}  # the artifact that is exported is float32
+    assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).dtype == np.float32
+
+
+@pytest.mark.slow
+def test_train_under_jax_backend(manifest, tmp_path):
+    """The training loop has no tf.*: a tiny run under KERAS_BACKEND=jax writes a bundle that TF reloads."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    out = tmp_path / "jax"
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    code = ("from edgecxr.train import TrainConfig, train; "
+            f"train(TrainConfig(model='cnn-lstm', data={str(manifest)!r}, out={str(out)!r}, tiny=True, epochs=2, "
+            "batch_size=4))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = Bundle.load(out).meta
+    assert meta["training"]["machine"]["backend"] == "jax" and "jax" in meta["training"]["machine"]
+    assert meta["training"]["epochs_run"] == 2
+    model = keras.saving.load_model(out / "model.keras")  # this process runs TensorFlow
+    assert model.predict(np.zeros((2, 32, 32, 1), "float32"), verbose=0).shape == (2, 3)

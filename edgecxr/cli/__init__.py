@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("runtime:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),
     "bench": ("runtime:bench", "Benchmark latency and throughput of a model on the available backends."),
     "info": ("runtime:info", "Show installed backends, GPU and TensorRT versions."),
+    "models": ("models:models", "List the shipped reference models and registered bundles; register one."),
 }
 
 
@@ -98,7 +99,7 @@ def main() -> None:
 
     \b
     Pipeline:  data check -> train -> evaluate -> export -> calibrate -> verify -> build -> infer / bench
-    Example:   edgecxr infer --model runs/coronet image.png
+    Example:   edgecxr infer image.png            (the shipped reference CoroNet)
     """
 
 

@@ -253,8 +253,10 @@ def calibrate(
     default=None,
     help="Comma-separated: keras,onnx_fp32,onnx_fp16,onnx_int8,engines (or engine files)  [default: all present]",
 )
-@click.option("--reference", type=click.Choice(["auto", "keras", "onnx_fp32"]), default="auto", show_default=True,
-              help="auto: Keras when TensorFlow is installed, else ONNX FP32.")
+@click.option("--reference", type=click.Choice(["auto", "keras", "onnx_fp32", "stored_fp32"]), default="auto",
+              show_default=True,
+              help="auto: Keras when TensorFlow is installed, else ONNX FP32, else the FP32 probabilities stored "
+                   "in the bundle (reference_probs.json, the shipped reference models).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score a class-balanced subset of N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Resamples for the 95% CIs.")

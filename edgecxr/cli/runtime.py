@@ -51,9 +51,9 @@ def _write_output(path: Path, text: str, option: str) -> None:
 # build
 # ------------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("bundle", required=False, default=None)
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Engine precision (default: the profile's, else fp16).")
-@click.option("--profile", help="Build profile: a TOML path or a name in build_engines/ (e.g. rtx-ampere).")
+@click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin.")
 @click.option("--batch", help="Batch range: N, MIN-MAX or MIN-OPT-MAX (e.g. 1-8).")
 @click.option("--min-batch", type=click.IntRange(1), help="Smallest batch the engine accepts.")
 @click.option("--opt-batch", type=click.IntRange(1), help="Batch TensorRT tunes kernels for.")
@@ -66,7 +66,7 @@ def _write_output(path: Path, text: str, option: str) -> None:
 @click.option("--split", default="test", show_default=True, help="Split the gate runs on.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
 def build(
-    bundle: Path,
+    bundle: str | None,
     precision: str | None,
     profile: str | None,
     batch: str | None,
@@ -81,16 +81,22 @@ def build(
     split: str,
     out: Path | None,
 ) -> None:
-    """Build a TensorRT engine for this GPU from BUNDLE's FP16 or INT8 ONNX.
+    """Build a TensorRT engine for this GPU from BUNDLE's FP16 or INT8 ONNX (default: the reference coronet).
 
+    BUNDLE is a model name (see `edgecxr models`) or a bundle directory. For a reference model the
+    engine goes into a writable copy in the models folder, which `--model NAME` then uses.
     Needs TensorRT and an NVIDIA GPU (exit code 2 without them). Writes the engine and its
     .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile), records it in
     bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless --no-verify.
 
     \b
-    Example:  edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
+    
+    Examples:
+      edgecxr build --precision int8
+      edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
     """
-    from edgecxr.engine import build_engine, load_profile, resolve_profile
+    from edgecxr import registry
+    from edgecxr.engine import build_engine, current_platform, load_profile, resolve_profile
 
     if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
         raise click.UsageError("give either --batch or --min-batch/--opt-batch/--max-batch, not both")
@@ -110,7 +116,12 @@ def build(
         timing_cache=timing_cache,
         dla_core=dla_core,
     )
-    result = build_engine(bundle, settings, out=out, verify=not no_verify, manifest=manifest, split=split, log=_err)
+    path = registry.resolve(bundle)
+    if registry.is_reference(path):
+        current_platform()  # no TensorRT or GPU: refuse (exit 2) before copying anything
+        path = registry.writable(path)
+        _err(f"building into {path} (a writable copy of the reference model {path.name})")
+    result = build_engine(path, settings, out=out, verify=not no_verify, manifest=manifest, split=split, log=_err)
     click.echo(str(result.engine))
 
 
@@ -148,7 +159,8 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--model", "-m", required=True, type=click.Path(path_type=Path), help="Bundle directory, .engine or .onnx file.")
+@click.option("--model", "-m", default=None,
+              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Restrict a bundle to this precision.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
@@ -159,7 +171,7 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: for 16+ files on a terminal).")
 def infer(
     inputs: tuple[str, ...],
-    model: Path,
+    model: str | None,
     backend: str,
     precision: str | None,
     batch_size: int,
@@ -177,6 +189,8 @@ def infer(
 
     \b
     Examples:
+      edgecxr infer scan.png                      (the reference CoroNet)
+      edgecxr infer --model cnn-lstm scans/ --json
       edgecxr infer --model runs/coronet scan.dcm
       edgecxr infer --model runs/coronet 'scans/**/*.png' --json > predictions.json
       edgecxr infer --model runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
@@ -205,7 +219,7 @@ def infer(
     failed = [p for p in preds if not p.ok]
     if as_json:
         doc = {
-            "model": str(model),
+            "model": model or "coronet",
             "backend": info,
             "classes": classes,
             "count": len(preds),
@@ -226,7 +240,8 @@ def infer(
 # bench
 # ------------------------------------------------------------------------------------------------
 @click.command()
-@click.option("--model", "-m", required=True, type=click.Path(path_type=Path), help="Bundle directory, .engine or .onnx file.")
+@click.option("--model", "-m", default=None,
+              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]))
 @click.option("--batch", "batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
@@ -239,7 +254,7 @@ def infer(
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 def bench(
-    model: Path,
+    model: str | None,
     backend: str,
     precision: str | None,
     batch: str,

@@ -1,7 +1,8 @@
 """`edgecxr train coronet|cnn-lstm`: parse options, call `edgecxr.train.train`, print the summary.
 
-Options left unset take the model's paper recipe (`edgecxr.train.RECIPES`), so the two commands
-the lead runs stay short and the defaults live in one place.
+Options left unset take the recipe's value (`edgecxr.train.PAPER_RECIPES` / `SCRATCH_RECIPES`), so
+the commands stay short and the defaults live in one place. The recipe is `scratch` when the
+initial weights are random and `paper` otherwise, unless `--recipe` says which.
 """
 
 from __future__ import annotations
@@ -17,9 +18,24 @@ import click
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle directory, e.g. runs/coronet.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs [coronet 80, cnn-lstm 200].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [coronet 10, cnn-lstm 16].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-4].")
+@click.option("--recipe", type=click.Choice(["scratch", "paper"]), default=None,
+              help="Hyper-parameter set [scratch when --weights is none, else paper]. Options below override it.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Maximum epochs [scratch 40; paper: coronet 80, cnn-lstm 200].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size [scratch 32; paper: coronet 10, cnn-lstm 16].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="(Peak) learning rate [scratch: coronet 1e-3, cnn-lstm 3e-4; paper 1e-4].")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default=None, help="[scratch adamw, paper adam]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="AdamW decoupled weight decay [0.05].")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help="Learning-rate schedule [scratch cosine, paper constant].")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=None, help="Linear warm-up epochs [scratch 2].")
+@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Label smoothing [scratch 0.1, paper 0].")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16"]), default=None,
+              help="Training precision [scratch auto: bf16 mixed precision on a GPU or a CPU with bf16 instructions]. "
+                   "The saved model is float32 either way.")
 @click.option("--input-size", type=click.IntRange(min=16, max=4096), default=None,
               help="Square input side [coronet 150, cnn-lstm 224; --tiny 32].")
 @click.option("--weights", default=None, metavar="imagenet|none|PATH",
@@ -27,10 +43,11 @@ import click
                    "PATH: Xception no-top .h5 for CoroNet, a same-architecture weights file for the CNN-LSTM.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, data order, augmentation, folds.")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
-              help="Stop after N epochs without a lower val loss; 0 = off [coronet 0, cnn-lstm 20].")
-@click.option("--class-weights/--no-class-weights", default=None, help="Balanced class weights [coronet off, cnn-lstm on].")
-@click.option("--augment/--no-augment", default=None,
-              help="Random rotation/shift/zoom in the input pipeline [coronet off, cnn-lstm on].")
+              help="Stop after N epochs without a lower val loss; 0 = off [scratch 12; paper: coronet 0, cnn-lstm 20].")
+@click.option("--class-weights/--no-class-weights", default=None,
+              help="Balanced class weights [scratch on; paper: coronet off, cnn-lstm on].")
+@click.option("--augment", type=click.Choice(["none", "paper", "cxr"]), default=None,
+              help="Augmentation policy (edgecxr.augment) [scratch cxr; paper: coronet none, cnn-lstm paper].")
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
               help="K >= 2: patient-group K-fold cross-validation over train+val instead of one model.")
 @click.option("--limit-per-class", type=click.IntRange(min=1), default=None,
@@ -48,6 +65,7 @@ def train(model: str, data: str, out: str, as_json: bool, **options: object) -> 
     Examples:
       edgecxr train coronet  --data data/manifest.csv --out runs/coronet --weights none
       edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm
+      edgecxr train coronet  --data data/manifest.csv --out runs/coronet-paper --recipe paper --weights none
       edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm-cv --folds 5
     """
     from edgecxr.train import TrainConfig

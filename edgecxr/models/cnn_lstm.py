@@ -101,5 +101,5 @@ def build_cnn_lstm(
     x = layers.Reshape((h * w, c), name="to_sequence")(x)
     x = layers.LSTM(lstm_units, name="lstm")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="cnn_lstm")

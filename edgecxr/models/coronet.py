@@ -102,7 +102,7 @@ def build_coronet(
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="coronet")
 
 

@@ -184,6 +184,12 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
         path = bundle.artifact(ONNX_PRECISIONS[precision])
         return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
     preferred = ("onnx_fp16", "fp16") if cuda else ("onnx_int8", "int8")
+    if preferred[0] == "onnx_int8" and bundle.artifact("onnx_fp32", must_exist=False) is None:
+        # a bundle shipped without FP32 (the reference models): INT8 if it passed the gate, else FP16
+        for key, prec in (("onnx_int8", "int8"), ("onnx_fp16", "fp16")):
+            path = bundle.artifact(key, must_exist=False)
+            if path is not None and gate_status(bundle.meta, key):
+                return ArtifactChoice("onnxruntime", path, prec, f"{prec} ONNX (passed the accuracy gate; no fp32 shipped)")
     path = bundle.artifact(preferred[0], must_exist=False)
     if path is not None:
         status = gate_status(bundle.meta, preferred[0])
@@ -281,30 +287,32 @@ class Classifier:
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | None = None,
         backend: str = "auto",
         precision: str | None = None,
         **options: Any,
     ) -> Classifier:
-        """Load a bundle directory, an .engine (needs its sidecar) or an .onnx file on the best backend.
+        """Load a model by name, or a bundle directory, an .engine (with its sidecar) or an .onnx file.
 
         Args:
-            path: bundle directory, engine file or ONNX file (or a .keras file inside a bundle).
+            path: a model name ("coronet", "cnn-lstm" or a registered one; see `edgecxr models`),
+                bundle directory, engine file or ONNX file (or a .keras file inside a bundle);
+                None: the default reference model (coronet).
             backend: "auto", "tensorrt", "onnxruntime" or "keras".
             precision: restrict to "fp32" / "fp16" / "int8" artifacts (bundles only).
             options: passed to the runner (e.g. cuda_graph=True for TensorRT, threads=2 for ORT).
         """
+        from edgecxr import registry
         from edgecxr.bundle import Bundle
         from edgecxr.runtime.base import create_runner
 
-        path = Path(path)
         if backend not in BACKENDS:
             raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-        if not path.exists():
-            raise BundleError(f"{path}: no such model (bundle directory, .engine or .onnx)")
+        path = registry.resolve(path)
         if path.is_dir():
             bundle = Bundle.load(path)
             choice = choose_artifact(bundle, backend, precision)
+            registry.verify_artifact(bundle, choice.path)
             classes, spec = bundle.classes, bundle.spec
         elif path.suffix.lower() in ENGINE_SUFFIXES:
             if backend not in ("auto", "tensorrt"):

@@ -193,3 +193,32 @@ def test_stale_int8_is_reported(exported_lstm, copy_bundle, synthetic_manifest, 
     assert any("calibrated from another model.onnx" in n for n in result.notes)
     section = export_bundle(Bundle.load(bundle.dir), fp16=False, progress=False)
     assert "re-run `edgecxr calibrate`" in section["warnings"][0]
+
+
+def test_stored_reference_gates_a_bundle_shipped_without_fp32(exported_cnn, copy_bundle, synthetic_manifest, tmp_path):
+    """A shipped model carries only FP16 + the Keras probabilities per image sha256; the gate uses them."""
+    import shutil
+
+    from edgecxr.verify import STORED_KEY, STORED_REFERENCE, store_reference
+
+    bundle = copy_bundle(exported_cnn)
+    full = run_gate(bundle, synthetic_manifest, "test", bootstrap=0, progress=False, raise_on_fail=False)
+    records = select(read_manifest(synthetic_manifest), "test")
+    from edgecxr.runtime.base import create_runner
+    from edgecxr.verify import load_split
+
+    _, x, _ = load_split(bundle, synthetic_manifest, "test", progress=False)
+    with create_runner("keras", bundle.artifact("keras")) as runner:
+        store_reference(bundle, records, runner.infer(x), source="keras", split="test")
+    shipped = Bundle(tmp_path / "shipped", dict(bundle.meta, artifacts={"onnx_fp16": "model.fp16.onnx"}))
+    shipped.dir.mkdir()
+    shutil.copy2(bundle.artifact("onnx_fp16"), shipped.dir / "model.fp16.onnx")
+    shutil.copy2(bundle.dir / STORED_REFERENCE, shipped.dir / STORED_REFERENCE)
+    shipped.save()
+    result = run_gate(Bundle.load(shipped.dir), synthetic_manifest, "test", reference="auto", bootstrap=0,
+                      progress=False, raise_on_fail=False)
+    assert result.reference == STORED_KEY and result.passed
+    assert result.get("onnx_fp16").agreement == pytest.approx(full.get("onnx_fp16").agreement, abs=1e-5)
+    # a stored reference that does not cover the images is an error, not a pass
+    with pytest.raises(BundleError, match="no stored reference"):
+        run_gate(Bundle.load(shipped.dir), synthetic_manifest, "val", bootstrap=0, progress=False)

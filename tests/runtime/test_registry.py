@@ -1,0 +1,133 @@
+"""Model names (edgecxr.registry): resolution, registration, hash checks, `edgecxr models`, writable copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecxr import registry
+from edgecxr.bundle import Bundle
+from edgecxr.cli import main
+from edgecxr.errors import BundleError
+from edgecxr.runtime.classifier import Classifier
+from runtime import tinymodels
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "models"
+    monkeypatch.setenv(registry.ENV_MODELS, str(folder))
+    return folder
+
+
+@pytest.fixture()
+def fake_reference(tmp_path, monkeypatch) -> Path:
+    """A reference folder holding one tiny model shipped as FP16 only, like the real ones."""
+    ref = tmp_path / "reference"
+    src = tinymodels.make_bundle(tmp_path / "src", int8=False)
+    src.meta["verify"] = {"artifacts": {"onnx_fp16": {"passed": True}}}
+    src.meta["metrics"] = {"test": {"n": 10, "accuracy": 0.9, "per_class": {"covid": {"recall": 1.0}}}}
+    src.save()
+    registry.copy_deployable(src.dir, ref / "tinynet", ("onnx_fp16",))
+    monkeypatch.setattr(registry, "REFERENCE_DIR", ref)
+    return ref / "tinynet"
+
+
+def test_paths_win_over_names_and_unknown_names_list_the_models(models_dir, fake_reference, tmp_path):
+    assert registry.resolve("tinynet") == fake_reference
+    other = tmp_path / "tinynet"
+    other.mkdir()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert registry.resolve("tinynet") == Path("tinynet")  # an existing path is taken as a path
+    finally:
+        os.chdir(cwd)
+    with pytest.raises(BundleError, match=r"not a model name \(models: tinynet\)"):
+        registry.resolve("nosuch")
+
+
+def test_reference_model_loads_by_name_on_fp16_and_predicts(models_dir, fake_reference):
+    with Classifier.load("tinynet") as clf:
+        assert clf.backend_info["precision"] == "fp16"
+        assert "no fp32 shipped" in clf.backend_info["reason"]
+        x = np.zeros((2, *tinymodels.SPEC.input_shape), np.float32)
+        np.testing.assert_allclose(clf.runner.infer(x), tinymodels.reference_probs(x), atol=2e-3)
+
+
+def test_tampered_artifact_is_refused(models_dir, fake_reference):
+    onnx_file = fake_reference / "model.fp16.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 differs"):
+        Classifier.load("tinynet")
+
+
+def test_add_registers_a_copy_with_hashes_and_refuses_reserved_names(models_dir, fake_reference, tmp_path):
+    src = tinymodels.make_bundle(tmp_path / "mine")
+    entry = registry.add(src.dir, "mine")
+    copy = Bundle.load(entry.path)
+    assert set(copy.meta["artifacts"]) == {"onnx_fp32", "onnx_fp16", "onnx_int8"}
+    assert set(copy.meta["artifact_sha256"]) == set(copy.meta["artifacts"])
+    assert registry.resolve("mine") == models_dir / "mine"
+    with pytest.raises(BundleError, match="exists"):
+        registry.add(src.dir, "mine")
+    with pytest.raises(BundleError, match="reference model's name"):
+        registry.add(src.dir, "tinynet")
+    with pytest.raises(BundleError, match="model name"):
+        registry.add(src.dir, "../evil")
+    with Classifier.load("mine") as clf:
+        assert clf.backend_info["precision"] == "fp32"
+
+
+def test_models_cli_lists_reference_and_user_models(models_dir, fake_reference, tmp_path):
+    runner = CliRunner()
+    src = tinymodels.make_bundle(tmp_path / "mine")
+    added = runner.invoke(main, ["models", "add", str(src.dir), "--name", "mine"])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["models", "--json"])
+    assert listed.exit_code == 0, listed.output
+    doc = json.loads(listed.stdout)
+    rows = {r["name"]: r for r in doc["models"]}
+    assert rows["tinynet"]["source"] == "reference" and rows["tinynet"]["precisions"] == ["fp16"]
+    assert rows["tinynet"]["test"] == {"n": 10, "accuracy": 0.9, "covid_sensitivity": 1.0}
+    assert rows["tinynet"]["artifacts"]["onnx_fp16"]["sha256"]
+    assert rows["mine"]["source"] == "user" and rows["mine"]["bytes"] > 0
+    text = runner.invoke(main, ["models"])
+    assert "tinynet" in text.output and "test accuracy 90.0% (n=10), COVID sensitivity 100.0%" in text.output
+    bad = runner.invoke(main, ["models", "add", str(src.dir), "--name", "tinynet"])
+    assert bad.exit_code == 1 and bad.output.startswith("error:")
+
+
+def test_writable_copy_of_a_reference_model(models_dir, fake_reference):
+    path = registry.writable(fake_reference)
+    assert path == models_dir / "tinynet" and Bundle.load(path).meta["overlay_of"] == "tinynet"
+    assert registry.available()["tinynet"].source == "reference+local"
+    assert registry.resolve("tinynet") == path
+    assert registry.writable(fake_reference) == path  # made once
+
+
+def test_infer_without_model_uses_the_default_reference(models_dir, fake_reference, monkeypatch, images):
+    monkeypatch.setattr(registry, "DEFAULT_MODEL", "tinynet")
+    result = CliRunner().invoke(main, ["infer", str(images[0]), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["backend"]["precision"] == "fp16" and doc["backend"]["artifact"].startswith(str(fake_reference))
+
+
+def test_build_refuses_without_tensorrt_before_copying(models_dir, fake_reference):
+    pytest.importorskip("onnx")
+    from edgecxr.runtime.sysinfo import tensorrt_version
+
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here")
+    result = CliRunner().invoke(main, ["build", "tinynet", "--precision", "fp16"])
+    assert result.exit_code == 2 and result.output.startswith("error:") and "TensorRT" in result.output
+    assert not (models_dir / "tinynet").exists()

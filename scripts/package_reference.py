@@ -32,6 +32,16 @@ def edgecxr(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "edgecxr", *args], check=True)
 
 
+def scrub_paths(bundle: Bundle) -> None:
+    """No path of the machine that trained it in a shipped bundle.json: file names only."""
+    meta = bundle.meta
+    meta["dataset"]["manifest"] = Path(meta["dataset"]["manifest"]).name
+    for row in ((meta.get("verify") or {}).get("artifacts") or {}).values():
+        if row.get("path"):
+            row["path"] = Path(row["path"]).name
+    bundle.save()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -56,7 +66,8 @@ def main() -> None:
         edgecxr("export", str(args.bundle), "--data", str(args.data))
     edgecxr("verify", str(args.bundle), "--data", str(args.data), "--split", "test", "--artifacts", ",".join(keys))
     dest = registry.REFERENCE_DIR / args.name
-    registry.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
+    shipped = registry.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
+    scrub_paths(shipped)
     size = sum(p.stat().st_size for p in dest.iterdir())
     print(f"shipped {args.name}: {dest} ({size / 1e6:.1f} MB)")
 

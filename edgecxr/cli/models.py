@@ -61,12 +61,36 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 
 @models.command("add")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle")
 @click.option("--name", required=True, help="Name to use with --model (a-z, 0-9, '.', '_', '-').")
+@click.option("--sha256", help="For a URL: the archive's sha256 (required; the download is checked against it).")
 @click.option("--replace", is_flag=True, help="Replace a registered model of the same name.")
-def add(bundle: Path, name: str, replace: bool) -> None:
-    """Copy BUNDLE's ONNX models and bundle.json into the models folder under NAME (sha256 recorded)."""
-    from edgecxr import registry
+def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
+    """Register BUNDLE under NAME: its ONNX models and bundle.json are copied into the models folder
+    with their sha256. BUNDLE is a bundle folder, or an http(s) URL of a zip holding one (downloaded
+    once into ~/.cache/edgecxr, checked against --sha256).
 
-    entry = registry.add(bundle, name, replace=replace)
+    \b
+    Examples:
+      edgecxr models add runs/my-coronet --name my-coronet
+      edgecxr models add https://models.example.org/site-coronet.zip --sha256 9f2c... --name site-coronet
+    """
+    import shutil
+
+    from edgecxr import fetch, registry
+
+    if bundle.startswith(("http://", "https://")):
+        if not sha256:
+            raise click.UsageError("a URL needs --sha256 (the archive is checked against it)")
+        tmp, folder = fetch.fetch_bundle(bundle, sha256)
+        try:
+            entry = registry.add(folder, name, replace=replace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        if sha256:
+            raise click.UsageError("--sha256 is for URLs; a local bundle's files are hashed when registered")
+        if not Path(bundle).is_dir():
+            raise click.BadParameter(f"{bundle}: not a folder or an http(s) URL", param_hint="BUNDLE")
+        entry = registry.add(bundle, name, replace=replace)
     click.echo(str(entry.path))

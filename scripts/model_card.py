@@ -1,0 +1,138 @@
+"""Write docs/models/NAME.md from a shipped reference model's bundle.json (every number from the bundle).
+
+    python scripts/model_card.py coronet     # reads edgecxr/reference/coronet/bundle.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edgecxr.bundle import Bundle
+from edgecxr.registry import REFERENCE_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+PAPERS = {
+    "coronet": "CoroNet (Khan, Shah & Bhat 2020): Xception + Flatten + Dropout(0.5) + Dense(256) + Dense(4)",
+    "cnn-lstm": "CNN-LSTM (Islam, Islam & Asraf 2020): VGG16-style conv blocks to 7x7x512, read as 49 steps by an LSTM(512)",
+}
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def ci(pair: list[float] | None) -> str:
+    return "" if not pair else f" (95% CI {100 * pair[0]:.1f}-{100 * pair[1]:.1f})"
+
+
+def card(name: str) -> str:
+    bundle = Bundle.load(REFERENCE_DIR / name)
+    m = bundle.meta
+    test = m["metrics"]["test"]
+    tr = m["training"]
+    cfg = tr["config"]
+    classes = bundle.classes
+    cv = test.get("covid_vs_rest", {})
+    lines = [
+        f"# Model card: `{name}` (edgecxr reference model)",
+        "",
+        f"**Architecture.** {PAPERS[bundle.model]}. {m['architecture']['params']:,} parameters, input "
+        f"{'x'.join(map(str, m['input_shape']))} (`{bundle.spec.id}`), classes {', '.join(classes)}.",
+        "",
+        "**Intended use.** Research and engineering of the edgecxr pipeline: a realistic model to export, "
+        "quantize, build into TensorRT engines and deploy beside a scanner. **Not for diagnosis, triage or "
+        "any clinical decision.** It has not been validated clinically, and its data are confounded (below).",
+        "",
+        "## Data",
+        f"- Trained on `{Path(m['dataset']['manifest']).name}` (sha256 `{m['dataset']['sha256'][:16]}…`), split "
+        "`train`; model selection on `val`; `test` read once for this card. Splits are by patient group "
+        "(no patient in two splits); see `../shared/data/cxr/DATA_SOURCES.md`.",
+        f"- Training images per class: {', '.join(f'{c} {n}' for c, n in m['dataset']['counts']['train'].items())}; "
+        f"val: {', '.join(f'{c} {n}' for c, n in m['dataset']['counts']['val'].items())}.",
+        "- **Source confounding.** Every COVID image comes from ieee8023 (adults, many hospitals, figures from "
+        "papers); every other image from one paediatric centre (Kermany et al., Guangzhou). A model can separate "
+        "COVID from the rest by age, scanner or file history without looking at the lungs, so COVID sensitivity "
+        "and specificity are upper bounds on what it learned about COVID-19. The less confounded figure is "
+        "the normal/bacterial/viral-only result below (one centre).",
+        "",
+        "## Training",
+        f"- Recipe `{tr.get('recipe')}`: {tr['optimizer']['name']} lr {cfg['lr']:g} "
+        f"(schedule {tr['optimizer'].get('schedule')}, warm-up {tr['optimizer'].get('warmup_epochs')} epochs), "
+        f"weight decay {tr['optimizer'].get('weight_decay')}, batch {cfg['batch_size']}, label smoothing "
+        f"{tr['loss'].get('label_smoothing')}, augmentation `{cfg['augment']}`, class weights {cfg['class_weights']}, "
+        f"training precision {tr.get('dtype_policy')}, random initial weights.",
+        f"- Epochs run {tr['epochs_run']}, best (lowest val loss) epoch {tr['best_epoch']}; "
+        f"training time {tr['train_seconds'] / 60:.0f} min ({tr['seconds_per_epoch']:.0f} s per epoch).",
+        f"- Machine: {tr['machine']['processor']}, {tr['machine']['cpus_usable']} usable cores, "
+        f"Keras {tr['machine']['keras']} on {tr['machine']['backend']}; finished {tr['finished']}.",
+    ]
+    if m.get("progressive"):
+        lines.append(f"- {m['progressive']}")
+    lines += [f"- Exact commands: see docs/REPRODUCTION.md (section `{name}`).", "", "## Test results (n="
+              f"{test['n']}, patient-disjoint)", "",
+              f"- Accuracy **{pct(test['accuracy'])}**{ci(test.get('accuracy_ci95'))}; macro AUC "
+              f"{test['macro_auc']:.3f}{'' if not test.get('macro_auc_ci95') else ' (95% CI %.3f-%.3f)' % tuple(test['macro_auc_ci95'])}.",
+              f"- COVID sensitivity **{pct(cv.get('sensitivity'))}**{ci(cv.get('sensitivity_ci95'))} "
+              f"({cv.get('tp')} of {cv.get('tp', 0) + cv.get('fn', 0)}), specificity {pct(cv.get('specificity'))}"
+              f"{ci(cv.get('specificity_ci95'))}."]
+    nc = test.get("non_covid_only")
+    if nc:
+        lines.append(f"- Without COVID images (one centre, the less confounded task): accuracy {pct(nc['accuracy'])}"
+                     f"{ci(nc.get('accuracy_ci95'))} on {nc.get('n')} images.")
+    lines += ["", "| class | precision | recall | specificity | AUC | n |", "|---|---:|---:|---:|---:|---:|"]
+    for c in classes:
+        pc = test["per_class"][c]
+        lines.append(f"| {c} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pct(pc['specificity'])} | "
+                     f"{pc['auc']:.3f} | {pc['support']} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted):", "",
+              "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for c, row in zip(classes, test["confusion_matrix"], strict=True):
+        lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    verify = m.get("verify") or {}
+    lines += ["", "## Shipped artifacts and the accuracy gate", "",
+              f"Gate on `{verify.get('split')}` (n={verify.get('n')}) against the {verify.get('reference')} model: "
+              "accuracy drop <= 1 pp, COVID sensitivity not lower, top-1 agreement >= 98%.", "",
+              "| artifact | file | size | sha256 | gate |", "|---|---|---:|---|---|"]
+    for key, rel in m["artifacts"].items():
+        size = (bundle.dir / rel).stat().st_size / 1e6
+        gate = ((verify.get("artifacts") or {}).get(key) or {})
+        verdict = {True: "passed", False: "FAILED", None: "not gated"}[gate.get("passed")]
+        extra = (f" (top-1 agreement {pct(gate.get('top1_agreement'))}, accuracy {pct(gate.get('accuracy'))}, "
+                 f"COVID sensitivity {pct(gate.get('covid_sensitivity'))})" if gate.get("top1_agreement") is not None else "")
+        lines.append(f"| {key} | {rel} | {size:.1f} MB | `{m['artifact_sha256'][key][:16]}…` | {verdict}{extra} |")
+    lines += ["", "The FP32 model is not shipped (size); its probabilities on `test` are, per image sha256 "
+              "(`reference_probs.json`), so an engine built from this model is gated against the trained model "
+              "(`edgecxr verify --reference stored_fp32`).", "", "## Known failure modes", ""]
+    lines += FAILURES[bundle.model]
+    return "\n".join(lines) + "\n"
+
+
+FAILURES = {
+    "coronet": [
+        "- Bacterial vs viral pneumonia is the main error (see the matrix): the two look alike on a film, and "
+        "the labels come from the Kermany file names, not from microbiology.",
+        "- Adult images of any kind are pushed towards `covid`, because every adult image in training was COVID "
+        "(source confounding). A healthy adult chest film is outside what this model has seen.",
+        "- Not a chest X-ray, a lateral view, a CT slice, a blank or inverted image: the model has no "
+        "abstention yet and will still answer with a confident label (see the issue on honest answers).",
+        "- Probabilities are not calibrated (label smoothing lowers them; no temperature scaling yet).",
+    ],
+    "cnn-lstm": [
+        "- Trained mostly at 128x128 and fine-tuned briefly at 224x224 (progressive resizing; see REPRODUCTION): "
+        "fine detail that only the full resolution shows is under-used.",
+        "- `pneumonia` merges bacterial and viral; `normal` vs `pneumonia` errors are children's films from one "
+        "centre, so the figures may not transfer to adults or other scanners.",
+        "- Adult images are pushed towards `covid` (source confounding), and non-X-ray inputs get confident "
+        "labels (no abstention yet).",
+        "- Probabilities are not calibrated.",
+    ],
+}
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        out = REPO / "docs" / "models" / f"{name}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(card(name))
+        print(out)

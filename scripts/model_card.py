@@ -26,6 +26,10 @@ def ci(pair: list[float] | None) -> str:
     return "" if not pair else f" (95% CI {100 * pair[0]:.1f}-{100 * pair[1]:.1f})"
 
 
+def auc_ci(pair: list[float] | None) -> str:
+    return "" if not pair else f" (95% CI {pair[0]:.3f}-{pair[1]:.3f})"
+
+
 def card(name: str) -> str:
     bundle = Bundle.load(REFERENCE_DIR / name)
     m = bundle.meta
@@ -72,7 +76,7 @@ def card(name: str) -> str:
     lines += [f"- Exact commands: see docs/REPRODUCTION.md (section `{name}`).", "", "## Test results (n="
               f"{test['n']}, patient-disjoint)", "",
               f"- Accuracy **{pct(test['accuracy'])}**{ci(test.get('accuracy_ci95'))}; macro AUC "
-              f"{test['macro_auc']:.3f}{'' if not test.get('macro_auc_ci95') else ' (95% CI %.3f-%.3f)' % tuple(test['macro_auc_ci95'])}.",
+              f"{test['macro_auc']:.3f}{auc_ci(test.get('macro_auc_ci95'))}.",
               f"- COVID sensitivity **{pct(cv.get('sensitivity'))}**{ci(cv.get('sensitivity_ci95'))} "
               f"({cv.get('tp')} of {cv.get('tp', 0) + cv.get('fn', 0)}), specificity {pct(cv.get('specificity'))}"
               f"{ci(cv.get('specificity_ci95'))}."]

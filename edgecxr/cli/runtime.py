@@ -119,6 +119,12 @@ def build(
     path = registry.resolve(bundle)
     if registry.is_reference(path):
         current_platform()  # no TensorRT or GPU: refuse (exit 2) before copying anything
+        from edgecxr.bundle import Bundle
+        from edgecxr.engine import ONNX_ARTIFACT
+
+        if Bundle.load(path).artifact(ONNX_ARTIFACT[settings.precision], must_exist=False) is None:
+            raise EdgeCXRError(f"the reference model {path.name} ships no {settings.precision} ONNX that passed the "
+                               "accuracy gate; see `edgecxr models` for its precisions")
         path = registry.writable(path)
         _err(f"building into {path} (a writable copy of the reference model {path.name})")
     result = build_engine(path, settings, out=out, verify=not no_verify, manifest=manifest, split=split, log=_err)

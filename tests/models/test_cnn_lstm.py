@@ -75,3 +75,13 @@ def test_convolutions_use_he_init():
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs
     assert all(type(c.kernel_initializer).__name__ == "HeNormal" for c in convs)
+
+
+def test_weights_from_another_input_side_load(tmp_path):
+    """Progressive resizing: no weight depends on the input side, so a 32x32 model initialises a 64x64 one."""
+    small = build_model("cnn-lstm", tiny=True, input_size=32)
+    small.save(tmp_path / "small.keras")
+    large = build_model("cnn-lstm", tiny=True, input_size=64, weights=str(tmp_path / "small.keras"))
+    assert large.input_shape == (None, 64, 64, 1)
+    for a, b in zip(small.get_weights(), large.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

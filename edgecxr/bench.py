@@ -31,6 +31,7 @@ from edgecxr import __version__
 from edgecxr.build_profile import MAX_BATCH_LIMIT
 from edgecxr.errors import BundleError, EdgeCXRError
 from edgecxr.preprocess import PreprocessSpec, preprocess
+from edgecxr.registry import DEFAULT_MODEL
 
 #: coefficient of variation (std / mean of latency) above which results are flagged as unstable
 CV_WARN_PCT = 2.5
@@ -306,7 +307,7 @@ def run_bench(
 
     options = options or {}
     report: dict[str, Any] = {
-        "model": str(model or "coronet"),
+        "model": str(model or DEFAULT_MODEL),
         "edgecxrVersion": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpu": cpu_info()},

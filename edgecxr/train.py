@@ -127,6 +127,8 @@ class TrainConfig:
     warmup_epochs: int | None = None
     label_smoothing: float | None = None
     precision: str | None = None
+    #: CPU threads for the backend's kernels (None: the backend's default, all cores)
+    threads: int | None = None
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -243,6 +245,32 @@ def dtype_policy(precision: str) -> str:
         if any(d.platform == "gpu" for d in jax.devices()):
             return "mixed_bfloat16"
     return "mixed_bfloat16" if bf16_supported() else "float32"
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit the backend's CPU threads (two runs sharing a 2-core machine: one thread each).
+
+    TensorFlow takes this only before its runtime starts, so `train` calls it first; where that is
+    too late the backend's own environment variables (TF_NUM_INTRAOP_THREADS, ...) still work.
+    """
+    if not threads:
+        return
+    keras = require("keras", "training")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+            return
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError as exc:  # the runtime was already initialised in this process
+            raise EdgeCXRError(f"cannot set TensorFlow threads now ({exc}); set TF_NUM_INTRAOP_THREADS={threads}") from None
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
@@ -578,6 +606,7 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     cfg = cfg.resolved()
     log = log or sys.stderr
     require("keras", "training")
+    set_threads(cfg.threads)
     classes = classes_for(cfg.model)
     records = read_manifest(cfg.data)
     out = Path(cfg.out)

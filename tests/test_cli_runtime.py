@@ -57,7 +57,7 @@ def test_build_rejects_bad_profiles_and_batches(cli, bundle, tmp_path):
     result = cli.invoke(main, ["build", str(bundle.dir), "--batch", "8-2"])
     assert result.exit_code == 1 and "min_batch" in result.output
     result = cli.invoke(main, ["build", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1 and "not a model bundle" in result.output
+    assert result.exit_code == 1 and "no such file or folder, and not a model name" in result.output
 
 
 # -- infer ----------------------------------------------------------------------------------------

@@ -264,3 +264,17 @@ def test_train_under_jax_backend(manifest, tmp_path):
     assert meta["training"]["epochs_run"] == 2
     model = keras.saving.load_model(out / "model.keras")  # this process runs TensorFlow
     assert model.predict(np.zeros((2, 32, 32, 1), "float32"), verbose=0).shape == (2, 3)
+
+
+def test_threads_option_sets_tensorflow_threads_in_a_fresh_process(manifest, tmp_path):
+    import subprocess
+    import sys
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("checks the TensorFlow setting")
+    code = ("import tensorflow as tf; from edgecxr.train import set_threads; set_threads(1); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert proc.stdout.split() == ["1", "1"]

@@ -18,6 +18,7 @@ import click
 
 from edgecxr.errors import EdgeCXRError
 from edgecxr.fileutil import atomic_write_text
+from edgecxr.registry import DEFAULT_MODEL
 
 
 def _err(msg: str) -> None:
@@ -225,7 +226,7 @@ def infer(
     failed = [p for p in preds if not p.ok]
     if as_json:
         doc = {
-            "model": model or "coronet",
+            "model": model or DEFAULT_MODEL,
             "backend": info,
             "classes": classes,
             "count": len(preds),

@@ -54,6 +54,8 @@ import click
               help="Use at most N images per class and split (smoke tests).")
 @click.option("--bn-recalibration", type=click.IntRange(min=0), default=200, show_default=True,
               help="Training images used to re-estimate BatchNorm statistics before each validation (0: off).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the backend's kernels [all cores]; e.g. 1 each for two runs on 2 cores.")
 @click.option("--tiny", is_flag=True, help="Test-only miniature of the architecture (32x32, seconds per epoch).")
 @click.option("--resume/--no-resume", default=False, show_default=True,
               help="Continue an interrupted run in --out from its last saved epoch.")

@@ -212,7 +212,7 @@ def test_unreadable_keras_file_is_a_bundle_error(tmp_path, monkeypatch):
 
 
 def test_unknown_model_paths(tmp_path):
-    with pytest.raises(BundleError, match="no such model"):
+    with pytest.raises(BundleError, match="no such file or folder, and not a model name"):
         Classifier.load(tmp_path / "nope")
     (tmp_path / "model.txt").write_text("x")
     with pytest.raises(BundleError, match="expected a bundle"):

@@ -38,7 +38,7 @@ class BuildError(BundleError):
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BuildProfile:
-    """How to build an engine for one class of target machine (see build_engines/*.toml).
+    """How to build an engine for one class of target machine (see edgecxr/profiles/*.toml).
 
     Attributes:
         name: profile name (the TOML file stem unless given).

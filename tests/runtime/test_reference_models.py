@@ -1,0 +1,65 @@
+"""The shipped reference models: present, hash-checked, usable by name, and still passing their gate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgecxr import registry
+from edgecxr.bundle import Bundle
+from edgecxr.cli import main
+from edgecxr.runtime.classifier import Classifier
+from edgecxr.verify import STORED_KEY, run_gate
+
+NAMES = ("coronet", "cnn-lstm")
+#: Repository growth allowed for the shipped models together (issue: about 120 MB).
+MAX_SHIPPED_BYTES = 120 * 10**6
+
+
+@pytest.fixture(autouse=True)
+def no_user_models(tmp_path, monkeypatch):
+    monkeypatch.setenv(registry.ENV_MODELS, str(tmp_path / "models"))
+
+
+def test_both_reference_models_ship_with_hashes_and_metrics():
+    entries = registry.available()
+    total = 0
+    for name in NAMES:
+        assert entries[name].source == "reference"
+        row = registry.describe(entries[name])
+        assert row["precisions"] and row["test"]["accuracy"] > 0.5 and row["test"]["n"] == 126
+        for key, art in row["artifacts"].items():
+            assert art["sha256"], key
+            total += art["bytes"]
+        assert (entries[name].path / "reference_probs.json").is_file()
+    assert total <= MAX_SHIPPED_BYTES
+    assert registry.DEFAULT_MODEL == "coronet"
+
+
+def test_infer_default_model_on_the_examples(examples):
+    result = CliRunner().invoke(main, ["infer", str(examples / "normal"), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["classes"] == ["covid", "normal", "pneumonia_bacterial", "pneumonia_viral"]
+    assert doc["count"] >= 1 and doc["failed"] == 0
+    assert doc["backend"]["artifact"].startswith(str(registry.REFERENCE_DIR / "coronet"))
+
+
+def test_classifier_by_name_cnn_lstm(examples):
+    files = sorted((examples / "pneumonia_viral").glob("*.png"))[:2]
+    with Classifier.load("cnn-lstm") as clf:
+        preds = clf.predict(files)
+    assert clf.classes == ["covid", "pneumonia", "normal"]
+    assert all(p.ok and abs(sum(p.probabilities.values()) - 1) < 1e-3 for p in preds)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_artifacts_pass_their_gate_against_the_stored_reference(name, shared_cxr):
+    bundle = Bundle.load(registry.REFERENCE_DIR / name)
+    result = run_gate(bundle, shared_cxr / "manifest.csv", "test", bootstrap=0, progress=False, raise_on_fail=False)
+    assert result.reference == STORED_KEY and result.n == 126
+    assert result.passed, result.failures
+    recorded = bundle.meta["metrics"]["test"]["accuracy"]
+    assert result.get(STORED_KEY).metrics["accuracy"] == pytest.approx(recorded, abs=1e-9)

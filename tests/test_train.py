@@ -245,22 +245,23 @@ def test_bf16_training_saves_a_float32_model(manifest, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_under_jax_backend(manifest, tmp_path):
-    """The training loop has no tf.*: a tiny run under KERAS_BACKEND=jax writes a bundle that TF reloads."""
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_train_under_other_backends(manifest, tmp_path, backend):
+    """The training loop has no tf.*: a tiny run under KERAS_BACKEND=jax/torch writes a bundle that TF reloads."""
     import os
     import subprocess
     import sys
 
-    pytest.importorskip("jax")
-    out = tmp_path / "jax"
-    env = dict(os.environ, KERAS_BACKEND="jax")
+    pytest.importorskip(backend)
+    out = tmp_path / backend
+    env = dict(os.environ, KERAS_BACKEND=backend)
     code = ("from edgecxr.train import TrainConfig, train; "
             f"train(TrainConfig(model='cnn-lstm', data={str(manifest)!r}, out={str(out)!r}, tiny=True, epochs=2, "
             "batch_size=4))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = Bundle.load(out).meta
-    assert meta["training"]["machine"]["backend"] == "jax" and "jax" in meta["training"]["machine"]
+    assert meta["training"]["machine"]["backend"] == backend and backend in meta["training"]["machine"]
     assert meta["training"]["epochs_run"] == 2
     model = keras.saving.load_model(out / "model.keras")  # this process runs TensorFlow
     assert model.predict(np.zeros((2, 32, 32, 1), "float32"), verbose=0).shape == (2, 3)

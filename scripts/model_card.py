@@ -30,8 +30,8 @@ def auc_ci(pair: list[float] | None) -> str:
     return "" if not pair else f" (95% CI {pair[0]:.3f}-{pair[1]:.3f})"
 
 
-def card(name: str) -> str:
-    bundle = Bundle.load(REFERENCE_DIR / name)
+def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
+    bundle = Bundle.load(reference_dir / name)
     m = bundle.meta
     test = m["metrics"]["test"]
     tr = m["training"]
@@ -71,8 +71,15 @@ def card(name: str) -> str:
         f"- Machine: {tr['machine']['processor']}, {tr['machine']['cpus_usable']} usable cores, "
         f"Keras {tr['machine']['keras']} on {tr['machine']['backend']}; finished {tr['finished']}.",
     ]
-    if m.get("progressive"):
-        lines.append(f"- {m['progressive']}")
+    prog = m.get("progressive")
+    if prog:
+        lines.append(
+            f"- Progressive resizing: the weights above started from `{prog['init_from']}`, trained with recipe "
+            f"`{prog['recipe']}` (peak lr {prog['lr']:g}) at {'x'.join(map(str, prog['input_shape']))} on "
+            f"`{prog['dataset']['manifest']}` (train: "
+            f"{', '.join(f'{c} {n}' for c, n in prog['dataset']['counts']['train'].items())}) for "
+            f"{prog['epochs_run']} epochs (best {prog['best_epoch']}, {prog['train_seconds'] / 60:.0f} min); this card's "
+            "training lines describe the final fine-tuning at the full input size.")
     lines += [f"- Exact commands: see docs/REPRODUCTION.md (section `{name}`).", "", "## Test results (n="
               f"{test['n']}, patient-disjoint)", "",
               f"- Accuracy **{pct(test['accuracy'])}**{ci(test.get('accuracy_ci95'))}; macro AUC "
@@ -135,8 +142,12 @@ FAILURES = {
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        out = REPO / "docs" / "models" / f"{name}.md"
+    names = sys.argv[1:]
+    ref, docs = REFERENCE_DIR, REPO / "docs" / "models"
+    if len(names) > 2 and names[0] == "--dirs":  # testing: --dirs REFERENCE_DIR OUT_DIR NAME...
+        ref, docs, names = Path(names[1]), Path(names[2]), names[3:]
+    for name in names:
+        out = docs / f"{name}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(card(name))
+        out.write_text(card(name, ref))
         print(out)

@@ -33,12 +33,18 @@ def edgecxr(*args: str) -> None:
 
 
 def scrub_paths(bundle: Bundle) -> None:
-    """No path of the machine that trained it in a shipped bundle.json: file names only."""
-    meta = bundle.meta
-    meta["dataset"]["manifest"] = Path(meta["dataset"]["manifest"]).name
-    for row in ((meta.get("verify") or {}).get("artifacts") or {}).values():
-        if row.get("path"):
-            row["path"] = Path(row["path"]).name
+    """No path of the machine that trained it in a shipped bundle.json: absolute paths become file names."""
+
+    def scrub(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and value.startswith("/") and len(value) > 1:
+            return Path(value).name
+        return value
+
+    bundle.meta = scrub(bundle.meta)
     bundle.save()
 
 
@@ -48,6 +54,8 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", required=True, type=Path, help="manifest with the test split")
     ap.add_argument("--ship", default="onnx_fp16", help="comma-separated artifact keys to ship")
+    ap.add_argument("--reference-dir", type=Path, default=registry.REFERENCE_DIR, help="where shipped models live")
+    ap.add_argument("--init-from", type=Path, help="the bundle whose weights started this run (progressive resizing)")
     args = ap.parse_args()
     keys = tuple(k.strip() for k in args.ship.split(",") if k.strip())
 
@@ -65,8 +73,20 @@ def main() -> None:
     if Bundle.load(args.bundle).artifact("onnx_fp16", must_exist=False) is None:
         edgecxr("export", str(args.bundle), "--data", str(args.data))
     edgecxr("verify", str(args.bundle), "--data", str(args.data), "--split", "test", "--artifacts", ",".join(keys))
-    dest = registry.REFERENCE_DIR / args.name
+    dest = args.reference_dir / args.name
     shipped = registry.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
+    if args.init_from:
+        first = Bundle.load(args.init_from).meta
+        shipped.meta["progressive"] = {
+            "init_from": args.init_from.name,
+            "input_shape": first["input_shape"],
+            "dataset": {"manifest": Path(first["dataset"]["manifest"]).name, "counts": first["dataset"]["counts"]},
+            "epochs_run": first["training"]["epochs_run"],
+            "best_epoch": first["training"]["best_epoch"],
+            "train_seconds": first["training"]["train_seconds"],
+            "recipe": first["training"].get("recipe"),
+            "lr": first["training"]["config"]["lr"],
+        }
     scrub_paths(shipped)
     size = sum(p.stat().st_size for p in dest.iterdir())
     print(f"shipped {args.name}: {dest} ({size / 1e6:.1f} MB)")

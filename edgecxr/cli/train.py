@@ -1,6 +1,6 @@
 """`edgecxr train coronet|cnn-lstm`: parse options, call `edgecxr.train.train`, print the summary.
 
-Options left unset take the recipe's value (`edgecxr.train.PAPER_RECIPES` / `SCRATCH_RECIPES`), so
+Options left unset take the recipe's value (`edgecxr.recipes.PAPER_RECIPES` / `SCRATCH_RECIPES`), so
 the commands stay short and the defaults live in one place. The recipe is `scratch` when the
 initial weights are random and `paper` otherwise, unless `--recipe` says which.
 """

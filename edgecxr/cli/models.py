@@ -43,7 +43,7 @@ def format_models(rows: list[dict]) -> str:
 def models(ctx: click.Context, as_json: bool) -> None:
     """List the models you can name in `--model` / `Classifier.load(NAME)`: the shipped reference
     models and bundles registered with `edgecxr models add` (folder: $EDGECXR_MODELS, else
-    ~/.local/share/edgecxr/models). The first listed default is coronet.
+    ~/.local/share/edgecxr/models). Without --model, commands use coronet.
 
     \b
     Examples:

@@ -7,7 +7,7 @@ Stages (each printed with its outcome and time):
                 learn anything)
   2. train      a small CoroNet (the tiny separable-conv base at 96x96, 10 epochs, Adam 1e-3 constant:
                 the paper recipe at a 10x rate, which a ~50k-weight model learns fastest with) via
-                edgecxr.train: about 45 s on 2 CPU cores, ~75% test accuracy on the curated set
+                edgecxr.train: about 35 s on 2 CPU cores, 75-79% test accuracy on the curated set
   3. export     ONNX FP32 + FP16 with the parity check against Keras (edgecxr.export)
   4. calibrate  INT8 Q/DQ ONNX on the `calib` split, gated before it is published (edgecxr.quantize);
                 the first conv and the head stay in float (with them quantized this small model

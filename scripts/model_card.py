@@ -80,7 +80,7 @@ def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
             f"{', '.join(f'{c} {n}' for c, n in prog['dataset']['counts']['train'].items())}) for "
             f"{prog['epochs_run']} epochs (best {prog['best_epoch']}, {prog['train_seconds'] / 60:.0f} min); this card's "
             "training lines describe the final fine-tuning at the full input size.")
-    lines += [f"- Exact commands: see docs/REPRODUCTION.md (section `{name}`).", "", "## Test results (n="
+    lines += ["- Exact commands and wall-clock times: docs/REPRODUCTION.md, section \"The reference runs\".", "", "## Test results (n="
               f"{test['n']}, patient-disjoint)", "",
               f"- Accuracy **{pct(test['accuracy'])}**{ci(test.get('accuracy_ci95'))}; macro AUC "
               f"{test['macro_auc']:.3f}{auc_ci(test.get('macro_auc_ci95'))}.",

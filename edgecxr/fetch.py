@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from edgecxr.errors import BundleError
+from edgecxr.fileutil import sha256_file
 
 #: Largest archive accepted (the reference bundles are ~70 MB).
 MAX_BYTES = 2 * 1024**3
@@ -38,7 +39,7 @@ def download(url: str, sha256: str, timeout: float = 60.0) -> Path:
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise BundleError(f"sha256 must be 64 hex digits, got {sha256!r}")
     dest = cache_dir() / "downloads" / f"{sha256}.zip"
-    if dest.is_file() and _sha256(dest) == sha256:
+    if dest.is_file() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -93,10 +94,3 @@ def fetch_bundle(url: str, sha256: str) -> tuple[Path, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

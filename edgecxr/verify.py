@@ -41,7 +41,7 @@ from edgecxr import __version__
 from edgecxr.bundle import ARTIFACTS, Bundle
 from edgecxr.data.manifest import Record, map_label
 from edgecxr.errors import BackendUnavailableError, BundleError, EdgeCXRError, GateFailedError
-from edgecxr.fileutil import atomic_write_text, sha256_file, write_json
+from edgecxr.fileutil import atomic_write_text, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -498,8 +498,6 @@ def store_reference(bundle: Bundle, records: Sequence[Record], probs: np.ndarray
 
 def _stored_probs(bundle: Bundle, records: Sequence[Record]) -> np.ndarray:
     """The stored reference's probabilities for `records`, in order; every image must be covered."""
-    from edgecxr.fileutil import read_json
-
     path = bundle.dir / STORED_REFERENCE
     try:
         doc = read_json(path)

@@ -91,7 +91,6 @@ def build(
     bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless --no-verify.
 
     \b
-    
     Examples:
       edgecxr build --precision int8
       edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8

@@ -12,13 +12,16 @@ import sys
 
 import click
 
+from edgecxr.augment import POLICIES
+from edgecxr.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+
 
 @click.command("train")
 @click.argument("model", type=click.Choice(["coronet", "cnn-lstm"]))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle directory, e.g. runs/coronet.")
-@click.option("--recipe", type=click.Choice(["scratch", "paper"]), default=None,
+@click.option("--recipe", type=click.Choice(sorted(RECIPES, reverse=True)), default=None,
               help="Hyper-parameter set [scratch when --weights is none, else paper]. Options below override it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs [scratch 40; paper: coronet 80, cnn-lstm 200].")
@@ -26,14 +29,14 @@ import click
               help="Batch size [scratch 32; paper: coronet 10, cnn-lstm 16].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="(Peak) learning rate [scratch: coronet 1e-3, cnn-lstm 3e-4; paper 1e-4].")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default=None, help="[scratch adamw, paper adam]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[scratch adamw, paper adam]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="AdamW decoupled weight decay [0.05].")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=None,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule [scratch cosine, paper constant].")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None, help="Linear warm-up epochs [scratch 2].")
 @click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
               help="Label smoothing [scratch 0.1, paper 0].")
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Training precision [scratch auto: bf16 mixed precision on a GPU or a CPU with bf16 instructions]. "
                    "The saved model is float32 either way.")
 @click.option("--input-size", type=click.IntRange(min=16, max=4096), default=None,
@@ -46,7 +49,7 @@ import click
               help="Stop after N epochs without a lower val loss; 0 = off [scratch 12; paper: coronet 0, cnn-lstm 20].")
 @click.option("--class-weights/--no-class-weights", default=None,
               help="Balanced class weights [scratch on; paper: coronet off, cnn-lstm on].")
-@click.option("--augment", type=click.Choice(["none", "paper", "cxr"]), default=None,
+@click.option("--augment", type=click.Choice(list(POLICIES)), default=None,
               help="Augmentation policy (edgecxr.augment) [scratch cxr; paper: coronet none, cnn-lstm paper].")
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
               help="K >= 2: patient-group K-fold cross-validation over train+val instead of one model.")

@@ -183,25 +183,23 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
             raise BundleError(f"precision {precision!r} for ONNX Runtime must be one of {sorted(ONNX_PRECISIONS)}")
         path = bundle.artifact(ONNX_PRECISIONS[precision])
         return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
-    preferred = ("onnx_fp16", "fp16") if cuda else ("onnx_int8", "int8")
-    if preferred[0] == "onnx_int8" and bundle.artifact("onnx_fp32", must_exist=False) is None:
-        # a bundle shipped without FP32 (the reference models): INT8 if it passed the gate, else FP16
-        for key, prec in (("onnx_int8", "int8"), ("onnx_fp16", "fp16")):
-            path = bundle.artifact(key, must_exist=False)
-            if path is not None and gate_status(bundle.meta, key):
-                return ArtifactChoice("onnxruntime", path, prec, f"{prec} ONNX (passed the accuracy gate; no fp32 shipped)")
+    preferred, other = (("onnx_fp16", "fp16"), ("onnx_int8", "int8"))
+    if not cuda:
+        preferred, other = other, preferred
     path = bundle.artifact(preferred[0], must_exist=False)
-    if path is not None:
-        status = gate_status(bundle.meta, preferred[0])
-        if status:
-            return ArtifactChoice("onnxruntime", path, preferred[1], f"{preferred[1]} ONNX (passed the accuracy gate)")
-        why = "failed the accuracy gate" if status is False else "not verified yet (`edgecxr verify`)"
-    else:
-        why = "absent"
+    status = gate_status(bundle.meta, preferred[0]) if path is not None else None
+    if status:
+        return ArtifactChoice("onnxruntime", path, preferred[1], f"{preferred[1]} ONNX (passed the accuracy gate)")
+    why = "absent" if path is None else ("failed the accuracy gate" if status is False else "not verified yet (`edgecxr verify`)")
     fp32 = bundle.artifact("onnx_fp32", must_exist=False)
-    if fp32 is None:
-        raise BundleError(f"{bundle.dir}: bundle has no ONNX model; run `edgecxr export`")
-    return ArtifactChoice("onnxruntime", fp32, "fp32", f"fp32 ONNX ({preferred[1]} ONNX {why})")
+    if fp32 is not None:
+        return ArtifactChoice("onnxruntime", fp32, "fp32", f"fp32 ONNX ({preferred[1]} ONNX {why})")
+    # no FP32 file (the shipped reference models): the other reduced precision, if it passed the gate
+    path = bundle.artifact(other[0], must_exist=False)
+    if path is not None and gate_status(bundle.meta, other[0]):
+        return ArtifactChoice("onnxruntime", path, other[1],
+                              f"{other[1]} ONNX (passed the accuracy gate; no fp32 shipped; {preferred[1]} ONNX {why})")
+    raise BundleError(f"{bundle.dir}: bundle has no ONNX model; run `edgecxr export`")
 
 
 def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = None) -> ArtifactChoice:

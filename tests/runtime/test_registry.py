@@ -37,18 +37,11 @@ def fake_reference(tmp_path, monkeypatch) -> Path:
     return ref / "tinynet"
 
 
-def test_paths_win_over_names_and_unknown_names_list_the_models(models_dir, fake_reference, tmp_path):
+def test_paths_win_over_names_and_unknown_names_list_the_models(models_dir, fake_reference, tmp_path, monkeypatch):
     assert registry.resolve("tinynet") == fake_reference
-    other = tmp_path / "tinynet"
-    other.mkdir()
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert registry.resolve("tinynet") == Path("tinynet")  # an existing path is taken as a path
-    finally:
-        os.chdir(cwd)
+    (tmp_path / "tinynet").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert registry.resolve("tinynet") == Path("tinynet")  # an existing path is taken as a path
     with pytest.raises(BundleError, match=r"not a model name \(models: tinynet\)"):
         registry.resolve("nosuch")
 

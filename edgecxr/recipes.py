@@ -28,7 +28,7 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
 #: films within a few epochs. What helps from scratch: a 10x higher peak rate with linear warm-up
 #: and cosine decay, decoupled weight decay (AdamW), chest-film augmentation (augment.POLICIES),
 #: label smoothing, class-balanced sample weights (the extended manifest is 2:1 bacterial), and
-#: bfloat16 mixed precision where the CPU has bf16 instructions (1.7-2x faster here, same accuracy).
+#: bfloat16 mixed precision where the CPU has bf16 instructions (1.7-2x faster here, scripts/bench_train.py).
 _SCRATCH_COMMON: dict[str, Any] = {
     "epochs": 40, "batch_size": 32, "weights": "none", "patience": 12, "augment": "cxr", "class_weights": True,
     "optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2, "label_smoothing": 0.1,

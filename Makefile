@@ -30,7 +30,7 @@ test-all: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m edgecxr.demo
+	$(PY) -m edgecxr.stages.demo
 
 lint: setup
 	$(VENV)/bin/ruff check edgecxr tests

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecxr.train import TrainConfig, train
+from edgecxr.stages.train.config import TrainConfig
+from edgecxr.stages.train.run import train
 
 EPOCHS = 20
 BASE = {"model": "coronet", "tiny": True, "input_size": 96, "epochs": EPOCHS, "seed": 0, "bn_recalibration": 200}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgecxr.bundle import Bundle
-from edgecxr.registry import REFERENCE_DIR
+from edgecxr.core.bundle import Bundle
+from edgecxr.runtime.store import REFERENCE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PAPERS = {

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr import registry
-from edgecxr.bundle import Bundle
+from edgecxr.core.bundle import Bundle
 from edgecxr.data.manifest import read_manifest, select
-from edgecxr.evaluate import evaluate_bundle
-from edgecxr.verify import STORED_REFERENCE, store_reference
+from edgecxr.runtime import store as registry
+from edgecxr.stages.evaluate import evaluate_bundle
+from edgecxr.stages.gate.reference import STORED_REFERENCE, store_reference
 
 
 def edgecxr(*args: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecxr.augment import POLICIES, augment_image, batch_sequence, get_policy, one_hot
-from edgecxr.errors import EdgeCXRError
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.stages.train.augment import POLICIES, augment_image, batch_sequence, get_policy, one_hot
 
 
 def _image(size: int = 40, channels: int = 3) -> np.ndarray:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from runtime import tinymodels
 
-from edgecxr.bench import (
+from edgecxr.core.errors import BundleError
+from edgecxr.runtime.bench import (
     compare_table,
     format_report,
     parse_batch_sizes,
@@ -19,7 +20,6 @@ from edgecxr.bench import (
     summarize,
     synthetic_batch,
 )
-from edgecxr.errors import BundleError
 
 LAT_KEYS = {"min", "max", "mean", "median", "percentile(90%)", "percentile(95%)", "percentile(99%)", "std", "coefficientOfVariancePct"}
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from edgecxr.bundle import Bundle, git_commit
+from edgecxr.core.bundle import Bundle, git_commit
+from edgecxr.core.errors import BundleError
+from edgecxr.core.spec import CORONET_V1
 from edgecxr.data.manifest import CLASSES_4
-from edgecxr.errors import BundleError
-from edgecxr.preprocess import CORONET_V1
 
 
 def test_create_save_load_round_trip(tmp_path):
@@ -95,7 +95,7 @@ def test_git_commit_outside_repo(tmp_path):
 def test_atomic_write_respects_umask(tmp_path):
     import os
 
-    from edgecxr.fileutil import write_json
+    from edgecxr.core.fileutil import write_json
 
     old = os.umask(0o022)
     try:
@@ -108,7 +108,7 @@ def test_atomic_write_respects_umask(tmp_path):
 
 def test_atomic_write_under_a_file_names_the_file(tmp_path):
     """mkdir's 'File exists' hid which path component was the file."""
-    from edgecxr.fileutil import write_json
+    from edgecxr.core.fileutil import write_json
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from runtime import tinymodels
 
-from edgecxr._lazy import available
 from edgecxr.cli import main
+from edgecxr.core.lazy import available
 
 
 @pytest.fixture()
@@ -170,7 +170,7 @@ def test_infer_csv_under_a_file_is_a_usage_error_before_any_work(cli, bundle, im
 
 
 def test_infer_csv_write_failure_keeps_the_printed_results(cli, bundle, images, tmp_path, monkeypatch):
-    import edgecxr.cli.runtime as cli_runtime
+    import edgecxr.cli.output as cli_runtime
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device", str(path))
@@ -281,7 +281,7 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_no_csv(cli, bundle, images, t
 
 
 def test_unexpected_os_error_is_one_line_not_a_traceback(cli, bundle, images, monkeypatch):
-    import edgecxr.data.io as data_io
+    import edgecxr.cli.infer as data_io
 
     def denied(items):
         raise PermissionError(13, "Permission denied", "/scans/locked")

@@ -1,12 +1,12 @@
-"""`python -m edgecxr.demo` end to end on the committed example images (about 15 s on 2 cores)."""
+"""`python -m edgecxr.stages.demo` end to end on the committed example images (about 15 s on 2 cores)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgecxr._lazy import available
-from edgecxr.bundle import Bundle
-from edgecxr.demo import EXAMPLES_MANIFEST, main, pick_data, run_demo
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.lazy import available
+from edgecxr.stages.demo import EXAMPLES_MANIFEST, main, pick_data, run_demo
 
 needs_tf = pytest.mark.skipif(not (available("tensorflow") and available("tf2onnx")), reason="needs edgecxr[train]")
 
@@ -46,8 +46,8 @@ def test_demo_data_choice_and_errors(tmp_path, capsys):
 
 
 def test_stages_record_gate_failures_and_optional_failures():
-    from edgecxr.demo import Stages
-    from edgecxr.errors import BundleError, GateFailedError
+    from edgecxr.core.errors import BundleError, GateFailedError
+    from edgecxr.stages.demo import Stages
 
     lines: list[str] = []
     st = Stages(4, lines.append)

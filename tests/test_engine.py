@@ -7,36 +7,40 @@ from pathlib import Path
 
 import pytest
 
-from edgecxr.bundle import Bundle
-from edgecxr.engine import (
-    PROFILE_DIRS,
-    BuildError,
-    BuildProfile,
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BackendUnavailableError, BundleError, EngineMismatchError
+from edgecxr.core.fileutil import write_json
+from edgecxr.core.metadata import (
     check_compatibility,
-    check_precision_support,
-    check_profile_target,
-    choose_network_flags,
-    engine_filename,
     ensure_compatible,
-    gpu_slug,
-    has_fast_fp16,
-    has_int8,
-    load_profile,
     make_sidecar,
-    parse_batch,
-    parse_profile,
     read_sidecar,
     rebuild_command,
-    record_engine,
-    resolve_profile,
     sidecar_path,
+)
+from edgecxr.core.spec import CORONET_V1
+from edgecxr.runtime.select import choose_engine
+from edgecxr.stages.build.engine import (
+    choose_network_flags,
+    engine_filename,
+    gpu_slug,
+    record_engine,
     timing_cache_path,
     weak_precision_flags,
 )
-from edgecxr.errors import BackendUnavailableError, BundleError, EngineMismatchError
-from edgecxr.fileutil import write_json
-from edgecxr.preprocess import CORONET_V1
-from edgecxr.runtime.classifier import choose_engine
+from edgecxr.stages.build.profile import (
+    PROFILE_DIRS,
+    BuildError,
+    BuildProfile,
+    check_precision_support,
+    check_profile_target,
+    has_fast_fp16,
+    has_int8,
+    load_profile,
+    parse_batch,
+    parse_profile,
+    resolve_profile,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO / "edgecxr" / "profiles").glob("*.toml"))

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from edgecxr._lazy import available, require
+from edgecxr.core.errors import MissingDependencyError
+from edgecxr.core.lazy import available, require
 from edgecxr.env import env_flag
-from edgecxr.errors import MissingDependencyError
 
 
 @pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("", False)])

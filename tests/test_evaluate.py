@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecxr.bundle import Bundle
 from edgecxr.cli import main
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BundleError, DataError
+from edgecxr.core.fileutil import read_json, sha256_file
+from edgecxr.core.spec import get_spec
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import CLASSES_3, CLASSES_4, read_manifest, select
-from edgecxr.errors import BundleError, DataError
-from edgecxr.evaluate import evaluate_bundle
-from edgecxr.fileutil import read_json, sha256_file
-from edgecxr.metrics import evaluate_predictions
-from edgecxr.preprocess import get_spec
+from edgecxr.stages.evaluate import evaluate_bundle
+from edgecxr.stages.metrics import evaluate_predictions
 
 SIZE = 32
 PER_CLASS_TEST = 3

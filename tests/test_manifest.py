@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecxr.core.errors import DataError
 from edgecxr.data.manifest import (
     CLASSES_3,
     CLASSES_4,
@@ -14,7 +15,6 @@ from edgecxr.data.manifest import (
     read_manifest,
     select,
 )
-from edgecxr.errors import DataError
 
 HEADER = "relative_path,label,split,patient_id,patient_group,sha256,source\n"
 

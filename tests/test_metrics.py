@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from edgecxr import metrics
+from edgecxr.stages import metrics, metrics_report
 
 C4 = ["covid", "normal", "pneumonia_bacterial", "pneumonia_viral"]
 
@@ -302,7 +302,7 @@ def _result_4class():
 
 def test_format_report_contains_classes_and_numbers():
     r = _result_4class()
-    text = metrics.format_report(r, "CoroNet test")
+    text = metrics_report.format_report(r, "CoroNet test")
     assert text.startswith("CoroNet test (n=12)")
     for c in C4:
         assert c in text
@@ -317,7 +317,7 @@ def test_format_report_contains_classes_and_numbers():
 
 def test_format_markdown_tables():
     r = _result_4class()
-    md = metrics.format_markdown(r, "CoroNet test")
+    md = metrics_report.format_markdown(r, "CoroNet test")
     assert "### CoroNet test (n=12)" in md
     assert "| covid | 2 | 1 | 0 | 0 |" in md
     assert f"| pneumonia_viral | {r['per_class']['pneumonia_viral']['precision']:.3f} |" in md

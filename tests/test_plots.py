@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from edgecxr import plots  # noqa: E402
+from edgecxr.stages import plots  # noqa: E402
 
 C4 = ["covid", "normal", "pneumonia_bacterial", "pneumonia_viral"]
 

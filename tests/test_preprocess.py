@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecxr.errors import BundleError
-from edgecxr.preprocess import (
+from edgecxr.core.errors import BundleError
+from edgecxr.core.spec import (
     CNN_LSTM_V1,
     CORONET_V1,
     PreprocessSpec,

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecxr.bundle import Bundle
 from edgecxr.cli import main
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import EdgeCXRError
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import CLASSES_3, CLASSES_4, manifest_sha256, read_manifest, select
-from edgecxr.errors import EdgeCXRError
-from edgecxr.train import TrainConfig, balanced_class_weights, group_folds, limit_records, train
+from edgecxr.stages.train.config import TrainConfig, balanced_class_weights, group_folds, limit_records
+from edgecxr.stages.train.run import train
 
 keras = pytest.importorskip("keras")
 
@@ -193,8 +194,8 @@ def test_recalibrate_batchnorm_gives_exact_batch_statistics():
     """Precise BatchNorm: after recalibration the moving mean/variance are the average batch statistics."""
     import numpy as np
 
-    from edgecxr._lazy import require
-    from edgecxr.train import batchnorm_layers, recalibrate_batchnorm
+    from edgecxr.core.lazy import require
+    from edgecxr.stages.train.loop import batchnorm_layers, recalibrate_batchnorm
 
     keras = require("keras")
     inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.99)])
@@ -255,7 +256,7 @@ def test_train_under_other_backends(manifest, tmp_path, backend):
     pytest.importorskip(backend)
     out = tmp_path / backend
     env = dict(os.environ, KERAS_BACKEND=backend)
-    code = ("from edgecxr.train import TrainConfig, train; "
+    code = ("from edgecxr.stages.train.config import TrainConfig; from edgecxr.stages.train.run import train; "
             f"train(TrainConfig(model='cnn-lstm', data={str(manifest)!r}, out={str(out)!r}, tiny=True, epochs=2, "
             "batch_size=4))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -273,7 +274,7 @@ def test_threads_option_sets_tensorflow_threads_in_a_fresh_process(manifest, tmp
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("checks the TensorFlow setting")
-    code = ("import tensorflow as tf; from edgecxr.train import set_threads; set_threads(1); "
+    code = ("import tensorflow as tf; from edgecxr.stages.train.recipes import set_threads; set_threads(1); "
             "print(tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -13,7 +13,7 @@ import sys
 import click
 
 from edgecxr import __version__
-from edgecxr.errors import EdgeCXRError
+from edgecxr.core.errors import EdgeCXRError
 
 #: command name -> "module:attribute" (module relative to edgecxr.cli), with a one-line help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,12 +21,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train:train", "Train CoroNet or the CNN-LSTM on a manifest; writes a model bundle."),
     "evaluate": ("evaluate:evaluate", "Evaluate a bundle's Keras model on a split (metrics, CIs, confusion matrix)."),
     "export": ("export:export", "Export a bundle to ONNX (FP32 and FP16) with a parity check against Keras."),
-    "calibrate": ("export:calibrate", "Calibrate an INT8 Q/DQ ONNX model on the held-out calib split."),
-    "verify": ("export:verify", "Accuracy regression gate: every artifact vs the FP32 reference on held-out images."),
-    "build": ("runtime:build", "Build a TensorRT engine (FP16 or INT8) for this GPU, with a metadata sidecar."),
-    "infer": ("runtime:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),
-    "bench": ("runtime:bench", "Benchmark latency and throughput of a model on the available backends."),
-    "info": ("runtime:info", "Show installed backends, GPU and TensorRT versions."),
+    "calibrate": ("calibrate:calibrate", "Calibrate an INT8 Q/DQ ONNX model on the held-out calib split."),
+    "verify": ("verify:verify", "Accuracy regression gate: every artifact vs the FP32 reference on held-out images."),
+    "build": ("build:build", "Build a TensorRT engine (FP16 or INT8) for this GPU, with a metadata sidecar."),
+    "infer": ("infer:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),
+    "bench": ("bench:bench", "Benchmark latency and throughput of a model on the available backends."),
+    "info": ("info:info", "Show installed backends, GPU and TensorRT versions."),
     "models": ("models:models", "List the shipped reference models and registered bundles; register one."),
 }
 

@@ -6,10 +6,10 @@ import json
 
 import click
 
+from edgecxr.core.errors import DataError
 from edgecxr.data.check import TOTAL, CheckReport, check_manifest
 from edgecxr.data.manifest import SPLITS
 from edgecxr.data.prepare import DEFAULT_SEED, parse_fractions, prepare_dataset
-from edgecxr.errors import DataError
 
 #: Problems listed in the text report; --json lists all.
 MAX_LISTED = 50

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from edgecxr.bundle import ARTIFACTS
+from edgecxr.core.bundle import ARTIFACTS
 from edgecxr.data.manifest import SPLITS
 
 
@@ -63,8 +63,8 @@ def evaluate(
     appended for non-Keras artifacts) and a summary under "evaluations" in bundle.json.
     Example:  edgecxr evaluate runs/coronet --data ../shared/data/cxr/manifest.csv
     """
-    from edgecxr.evaluate import evaluate_bundle
-    from edgecxr.metrics import format_report
+    from edgecxr.stages.evaluate import evaluate_bundle
+    from edgecxr.stages.metrics_report import format_report
 
     backend = "keras" if artifact == "keras" else "onnxruntime"
     with warnings.catch_warnings(record=True) as caught:

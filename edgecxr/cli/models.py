@@ -53,7 +53,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgecxr import registry
+    from edgecxr.runtime import store as registry
 
     rows = [registry.describe(e) for e in registry.available().values()]
     click.echo(json.dumps({"default": registry.DEFAULT_MODEL, "models": rows}, indent=2) if as_json
@@ -77,7 +77,8 @@ def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
     """
     import shutil
 
-    from edgecxr import fetch, registry
+    from edgecxr.runtime import fetch
+    from edgecxr.runtime import store as registry
 
     if bundle.startswith(("http://", "https://")):
         if not sha256:

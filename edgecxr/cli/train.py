@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from edgecxr.augment import POLICIES
-from edgecxr.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from edgecxr.stages.train.augment import POLICIES
+from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 @click.command("train")
@@ -73,8 +73,8 @@ def train(model: str, data: str, out: str, as_json: bool, **options: object) -> 
       edgecxr train coronet  --data data/manifest.csv --out runs/coronet-paper --recipe paper --weights none
       edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm-cv --folds 5
     """
-    from edgecxr.train import TrainConfig
-    from edgecxr.train import train as run_training
+    from edgecxr.stages.train.config import TrainConfig
+    from edgecxr.stages.train.run import train as run_training
 
     if options.get("folds") == 1:
         raise click.UsageError("--folds must be 0 (no cross-validation) or at least 2")

@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from edgecxr.core.errors import ImageLoadError
+from edgecxr.core.fileutil import sha256_file
 from edgecxr.data.io import load_image
 from edgecxr.data.manifest import CLASSES_4, SPLITS, Record, read_manifest
-from edgecxr.errors import ImageLoadError
-from edgecxr.fileutil import sha256_file
 
 TOTAL = "total"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

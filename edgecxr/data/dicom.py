@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import ImageLoadError, MissingDependencyError
+from edgecxr.core.errors import ImageLoadError, MissingDependencyError
 
 #: Packages that decode each family of compressed transfer syntaxes (beyond pydicom alone).
 _JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg: pip install 'edgecxr[dicom]'"
@@ -63,7 +63,7 @@ def load_dicom(path: str | Path) -> np.ndarray:
         ImageLoadError: not a readable DICOM image, or one this function does not decode.
         MissingDependencyError: pydicom itself is not installed.
     """
-    from edgecxr.data.io import MAX_SIDE, MIN_SIDE
+    from edgecxr.data.raster import MAX_SIDE, MIN_SIDE
 
     path = Path(path)
     pydicom = _pydicom()
@@ -232,7 +232,7 @@ def _voi_output_range(ds) -> tuple[float, float] | None:
 
 
 def _color_to_unit(path: Path, ds, arr: np.ndarray) -> np.ndarray:
-    from edgecxr.preprocess import to_gray
+    from edgecxr.core.spec import to_gray
 
     if arr.shape[-1] != 3:
         raise ImageLoadError(path, f"color DICOM with {arr.shape[-1]} samples per pixel is not supported")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import DataError
-from edgecxr.fileutil import sha256_file
+from edgecxr.core.errors import DataError
+from edgecxr.core.fileutil import sha256_file
 
 CLASSES_4 = ("covid", "normal", "pneumonia_bacterial", "pneumonia_viral")
 CLASSES_3 = ("covid", "pneumonia", "normal")

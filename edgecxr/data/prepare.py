@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from edgecxr.core.errors import DataError
+from edgecxr.core.fileutil import atomic_write_text, sha256_file
 from edgecxr.data.manifest import CLASSES_4, SPLITS
-from edgecxr.errors import DataError
-from edgecxr.fileutil import atomic_write_text, sha256_file
 
 DEFAULT_SEED = 1729
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.1, 0.1)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edgecxr.errors import EdgeCXRError
-from edgecxr.preprocess import PreprocessSpec, get_spec
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.spec import PreprocessSpec, get_spec
 
 MODEL_NAMES = ("coronet", "cnn-lstm")
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecxr._lazy import require
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.lazy import require
 from edgecxr.data.manifest import CLASSES_3
-from edgecxr.errors import EdgeCXRError
 
 DEFAULT_INPUT_SIZE = 224
 #: Convolutions per block and filters per block (VGG16's layout).

@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecxr._lazy import require
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.lazy import require
 from edgecxr.data.manifest import CLASSES_4
-from edgecxr.errors import EdgeCXRError
 
 #: The paper's configuration.
 DEFAULT_INPUT_SIZE = 150

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgecxr.errors import BackendUnavailableError
+from edgecxr.core.errors import BackendUnavailableError
 
 _REGISTRY: dict[str, type[Runner]] = {}
 

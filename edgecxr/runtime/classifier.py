@@ -27,18 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.errors import (
+from edgecxr.core.errors import (
     BackendUnavailableError,
     BundleError,
-    EdgeCXRError,
-    EngineMismatchError,
     ImageLoadError,
 )
-from edgecxr.preprocess import PreprocessSpec, preprocess
-
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "keras")
-ONNX_PRECISIONS = {"fp32": "onnx_fp32", "fp16": "onnx_fp16", "int8": "onnx_int8"}
-ENGINE_SUFFIXES = (".engine", ".plan")
+from edgecxr.core.metadata import read_onnx_metadata
+from edgecxr.core.spec import PreprocessSpec, preprocess
+from edgecxr.data.io import load_image
+from edgecxr.runtime.select import BACKENDS, ENGINE_SUFFIXES, ArtifactChoice, _ort_has_cuda, choose_artifact
 
 
 @dataclass
@@ -89,187 +86,6 @@ class Prediction:
         return data
 
 
-@dataclass(frozen=True)
-class ArtifactChoice:
-    """Which file runs on which backend, and why (shown to the user)."""
-
-    backend: str
-    path: Path
-    precision: str
-    reason: str
-
-
-# ------------------------------------------------------------------------------------------------
-# Choosing an artifact
-# ------------------------------------------------------------------------------------------------
-def gate_status(meta: dict[str, Any], artifact: str) -> bool | None:
-    """Whether `artifact` (e.g. 'onnx_int8') passed the accuracy gate per bundle.json; None if never gated.
-
-    Two places record a verdict: bundle.meta['verify'] (`edgecxr verify`) and, for the INT8 file,
-    bundle.meta['calibration']['gate'] (`edgecxr calibrate` gates before publishing). Both hold
-    {'time': ..., 'artifacts': {key: {'passed': bool}}}; the most recent verdict wins, so a later
-    failing `verify` run withdraws an INT8 model and a re-calibration supersedes an old verify.
-    """
-    verdicts: list[tuple[str, bool]] = []
-    for section in (meta.get("verify"), (meta.get("calibration") or {}).get("gate")):
-        if not isinstance(section, dict):
-            continue
-        entries = section.get("artifacts", section)
-        entry = entries.get(artifact) if isinstance(entries, dict) else None
-        if isinstance(entry, dict) and isinstance(entry.get("passed"), bool):
-            verdicts.append((str(section.get("time", "")), entry["passed"]))
-        elif isinstance(entry, bool):
-            verdicts.append((str(section.get("time", "")), entry))
-    if not verdicts:
-        return None
-    return max(verdicts, key=lambda v: v[0])[1]
-
-
-def _engine_candidates(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for key, entry in (meta.get("engines") or {}).items():
-        path = Path(key) if Path(key).is_absolute() else bundle_dir / key
-        out.append((path, entry if isinstance(entry, dict) else {}))
-    return out
-
-
-def choose_engine(
-    bundle_dir: Path,
-    meta: dict[str, Any],
-    platform: dict[str, Any],
-    precision: str | None = None,
-) -> tuple[Path | None, list[str]]:
-    """The bundle's best engine for `platform`, or None with the reason each engine was passed over.
-
-    Engines that failed the gate are skipped; among the rest an INT8 engine that passed the gate
-    wins over FP16, then the most recently built.
-    """
-    from edgecxr.engine import check_compatibility, read_sidecar
-
-    rejected: list[str] = []
-    usable: list[tuple[tuple[bool, bool, str], Path]] = []
-    for path, entry in _engine_candidates(bundle_dir, meta):
-        if not path.is_file():
-            rejected.append(f"{path.name}: file missing")
-            continue
-        try:
-            side = read_sidecar(path)
-        except BundleError as exc:
-            rejected.append(str(exc))
-            continue
-        if precision and side.get("precision") != precision:
-            rejected.append(f"{path.name}: {side.get('precision')}, not {precision}")
-            continue
-        reasons = check_compatibility(side, platform)
-        if reasons:
-            rejected.append(f"{path.name}: " + "; ".join(reasons))
-            continue
-        verified = entry.get("verified")
-        if verified is False:
-            rejected.append(f"{path.name}: failed the accuracy gate")
-            continue
-        rank = (verified is True, side.get("precision") == "int8", str(side.get("built_at", "")))
-        usable.append((rank, path))
-    if not usable:
-        return None, rejected
-    usable.sort(key=lambda item: item[0], reverse=True)
-    return usable[0][1], rejected
-
-
-def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> ArtifactChoice:
-    """The bundle's ONNX for ONNX Runtime: `precision` if given, else by the rule in the module docstring."""
-    if precision is not None:
-        if precision not in ONNX_PRECISIONS:
-            raise BundleError(f"precision {precision!r} for ONNX Runtime must be one of {sorted(ONNX_PRECISIONS)}")
-        path = bundle.artifact(ONNX_PRECISIONS[precision])
-        return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
-    preferred, other = (("onnx_fp16", "fp16"), ("onnx_int8", "int8"))
-    if not cuda:
-        preferred, other = other, preferred
-    path = bundle.artifact(preferred[0], must_exist=False)
-    status = gate_status(bundle.meta, preferred[0]) if path is not None else None
-    if status:
-        return ArtifactChoice("onnxruntime", path, preferred[1], f"{preferred[1]} ONNX (passed the accuracy gate)")
-    why = "absent" if path is None else ("failed the accuracy gate" if status is False else "not verified yet (`edgecxr verify`)")
-    fp32 = bundle.artifact("onnx_fp32", must_exist=False)
-    if fp32 is not None:
-        return ArtifactChoice("onnxruntime", fp32, "fp32", f"fp32 ONNX ({preferred[1]} ONNX {why})")
-    # no FP32 file (the shipped reference models): the other reduced precision, if it passed the gate
-    path = bundle.artifact(other[0], must_exist=False)
-    if path is not None and gate_status(bundle.meta, other[0]):
-        return ArtifactChoice("onnxruntime", path, other[1],
-                              f"{other[1]} ONNX (passed the accuracy gate; no fp32 shipped; {preferred[1]} ONNX {why})")
-    raise BundleError(f"{bundle.dir}: bundle has no ONNX model; run `edgecxr export`")
-
-
-def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = None) -> ArtifactChoice:
-    """Pick what runs a bundle on this machine (see the module docstring for the rule)."""
-    from edgecxr.runtime.base import backends
-
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    if backend == "keras":
-        if precision not in (None, "fp32"):
-            raise BundleError(f"the Keras reference model is fp32; --precision {precision} needs another backend")
-        return ArtifactChoice("keras", bundle.artifact("keras"), "fp32", "Keras reference model (asked for)")
-    notes: list[str] = []
-    if backend in ("auto", "tensorrt"):
-        trt_cls = backends()["tensorrt"]
-        reason = trt_cls.availability()
-        if reason is None:
-            from edgecxr.engine import current_platform
-
-            try:
-                platform = current_platform()
-            except EdgeCXRError as exc:
-                reason = str(exc)
-        if reason is None:
-            engine, rejected = choose_engine(bundle.dir, bundle.meta, platform, precision)
-            if engine is not None:
-                from edgecxr.engine import read_sidecar
-
-                prec = read_sidecar(engine)["precision"]
-                return ArtifactChoice("tensorrt", engine, prec, f"TensorRT engine matching {platform['gpu']['name']}")
-            if backend == "tensorrt":
-                detail = "; ".join(rejected) if rejected else "the bundle has no engine"
-                raise EngineMismatchError(
-                    f"{bundle.dir}: no usable TensorRT engine for {platform['gpu']['name']} with TensorRT "
-                    f"{platform['tensorrt']} ({detail}). Build one here with: "
-                    f"edgecxr build {bundle.dir} --precision {precision or 'fp16'}"
-                )
-            notes.append("no matching TensorRT engine" + (f" ({'; '.join(rejected)})" if rejected else ""))
-        elif backend == "tensorrt":
-            raise BackendUnavailableError(f"TensorRT backend not available here: {reason}")
-        else:
-            notes.append(f"TensorRT unavailable: {reason}")
-    if precision in ("fp16", "int8", "fp32") or precision is None:
-        cuda = _ort_has_cuda()
-        choice = choose_onnx(bundle, precision, cuda=cuda)
-        reason = "; ".join([*notes, choice.reason])
-        return ArtifactChoice(choice.backend, choice.path, choice.precision, reason)
-    raise BundleError(f"unknown precision {precision!r}")
-
-
-def _ort_has_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """classes / preprocess / model / precision from an ONNX file's metadata_props (written by `edgecxr export`)."""
-    from edgecxr.export.onnx import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, read_metadata
-
-    try:
-        props = read_metadata(path)
-    except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
-        raise BundleError(f"{path}: not a readable ONNX model ({exc})") from exc
-    names = {META_CLASSES: "classes", META_PREPROCESS: "preprocess", META_MODEL: "model", META_PRECISION: "precision"}
-    return {name: props[key] for key, name in names.items() if key in props}
-
-
 # ------------------------------------------------------------------------------------------------
 # Classifier
 # ------------------------------------------------------------------------------------------------
@@ -300,8 +116,8 @@ class Classifier:
             precision: restrict to "fp32" / "fp16" / "int8" artifacts (bundles only).
             options: passed to the runner (e.g. cuda_graph=True for TensorRT, threads=2 for ORT).
         """
-        from edgecxr import registry
-        from edgecxr.bundle import Bundle
+        from edgecxr.core.bundle import Bundle
+        from edgecxr.runtime import store as registry
         from edgecxr.runtime.base import create_runner
 
         if backend not in BACKENDS:
@@ -315,7 +131,7 @@ class Classifier:
         elif path.suffix.lower() in ENGINE_SUFFIXES:
             if backend not in ("auto", "tensorrt"):
                 raise BackendUnavailableError(f"{path}: a TensorRT engine runs only on the tensorrt backend")
-            from edgecxr.engine import read_sidecar
+            from edgecxr.core.metadata import read_sidecar
 
             side = read_sidecar(path)
             classes, spec = side["classes"], PreprocessSpec.from_dict(side["preprocess"])
@@ -388,7 +204,6 @@ class Classifier:
             yield self._predict_batch(items[start : start + batch_size], start)
 
     def _predict_batch(self, items: list[Any], offset: int) -> list[Prediction]:
-        from edgecxr.data.io import load_image
 
         preds: list[Prediction] = []
         tensors: list[np.ndarray] = []

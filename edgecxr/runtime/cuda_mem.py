@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr._lazy import available
-from edgecxr.errors import BackendUnavailableError, MissingDependencyError
+from edgecxr.core.errors import BackendUnavailableError, MissingDependencyError
+from edgecxr.core.lazy import available
 
 
 def format_cuda_version(version: int | None) -> str | None:

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from edgecxr._lazy import available, require
-from edgecxr.errors import BundleError
+from edgecxr.core.errors import BundleError
+from edgecxr.core.lazy import available, require
 from edgecxr.runtime.base import Runner, register
 
 

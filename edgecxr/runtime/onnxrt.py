@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.errors import BackendUnavailableError, BundleError
+from edgecxr.core.errors import BackendUnavailableError, BundleError
 from edgecxr.runtime.base import Runner, register
 
 

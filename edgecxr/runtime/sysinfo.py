@@ -15,7 +15,27 @@ import subprocess
 from typing import Any
 
 from edgecxr import __version__
-from edgecxr._lazy import available
+from edgecxr.core.errors import BackendUnavailableError
+from edgecxr.core.lazy import available, require
+
+# Profiles and GPU facts live in build_profile.py; re-exported so `edgecxr.engine` is the one entry point.
+
+
+def current_platform() -> dict[str, Any]:
+    """TensorRT version and GPU of this machine; MissingDependencyError/BackendUnavailableError if absent."""
+    from edgecxr.runtime import cuda_mem
+    from edgecxr.runtime.sysinfo import tensorrt_version
+
+    version = tensorrt_version() if available("tensorrt") else None
+    if version is None:
+        require("tensorrt", "TensorRT engines")  # raises MissingDependencyError with the install hint
+    reason = cuda_mem.gpu_availability()
+    if reason:
+        raise BackendUnavailableError(f"TensorRT engines need an NVIDIA GPU: {reason}")
+    api = cuda_mem.cuda_api()
+    gpu = api.device_properties(0)
+    gpu.update(api.versions())
+    return {"tensorrt": version, "gpu": gpu}
 
 
 def tensorrt_version() -> str | None:

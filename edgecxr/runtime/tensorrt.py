@@ -14,7 +14,7 @@ execute_async_v3 is captured on the stream and replayed with a single graph laun
 Buffers never move, so the captured addresses stay valid.
 
 Before deserializing, the engine's sidecar is compared with this machine's TensorRT version and
-GPU (edgecxr.engine.ensure_compatible); a mismatch raises EngineMismatchError naming both sides and
+GPU (edgecxr.core.metadata.ensure_compatible); a mismatch raises EngineMismatchError naming both sides and
 the rebuild command, instead of TensorRT's opaque deserialization failure.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr._lazy import available, require
-from edgecxr.errors import BackendUnavailableError, BundleError
+from edgecxr.core.errors import BackendUnavailableError, BundleError
+from edgecxr.core.lazy import available, require
 from edgecxr.runtime.base import Runner, register
 
 log = logging.getLogger("edgecxr.runtime.tensorrt")
@@ -53,8 +53,9 @@ class TensorRTRunner(Runner):
         return cuda_mem.gpu_availability()
 
     def load(self) -> None:
-        from edgecxr.engine import current_platform, ensure_compatible, read_sidecar
+        from edgecxr.core.metadata import ensure_compatible, read_sidecar
         from edgecxr.runtime import cuda_mem
+        from edgecxr.runtime.sysinfo import current_platform
 
         if not self.path.is_file():
             raise BundleError(f"{self.path}: engine not found")

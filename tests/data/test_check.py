@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edgecxr.core.errors import DataError
 from edgecxr.data.check import TOTAL, check_manifest
-from edgecxr.errors import DataError
 
 
 def test_curated_set_has_no_problem_and_documented_counts(shared_cxr: Path) -> None:

@@ -15,10 +15,10 @@ from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 
+from edgecxr.core.errors import ImageLoadError
+from edgecxr.core.spec import CNN_LSTM_V1, preprocess
 from edgecxr.data.dicom import load_dicom
 from edgecxr.data.io import load_image
-from edgecxr.errors import ImageLoadError
-from edgecxr.preprocess import CNN_LSTM_V1, preprocess
 
 
 def ramp12() -> np.ndarray:

@@ -13,9 +13,10 @@ import pytest
 from cxr_fixtures import example_pngs, make_dicom, write_jpeg, xray
 from PIL import Image, ImageOps
 
-from edgecxr.data.io import MAX_SIDE, expand_inputs, iter_images, load_image
-from edgecxr.errors import DataError, ImageLoadError
-from edgecxr.preprocess import CORONET_V1, preprocess, to_gray
+from edgecxr.core.errors import DataError, ImageLoadError
+from edgecxr.core.spec import CORONET_V1, preprocess, to_gray
+from edgecxr.data.io import expand_inputs, iter_images, load_image
+from edgecxr.data.raster import MAX_SIDE
 
 # --- real files ----------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cxr_fixtures import COVID_ROWS, KERMANY_FILES
 
+from edgecxr.core.errors import DataError
 from edgecxr.data.check import check_manifest
 from edgecxr.data.manifest import read_manifest
 from edgecxr.data.prepare import assign_splits, parse_fractions, prepare_dataset
-from edgecxr.errors import DataError
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecxr.data.io import REDUCED_DECODE_MARGIN, load_image, reduced_decode_factor
-from edgecxr.preprocess import CNN_LSTM_V1, CORONET_V1, preprocess
+from edgecxr.core.spec import CNN_LSTM_V1, CORONET_V1, preprocess
+from edgecxr.data.io import load_image
+from edgecxr.data.raster import REDUCED_DECODE_MARGIN, reduced_decode_factor
 
 BIG = "covid__covid-19-pneumonia-23-day1.jpg"  # 4280x3520 RGB JPEG
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr._lazy import require
-from edgecxr.bundle import Bundle
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.lazy import require
+from edgecxr.core.spec import get_spec
 from edgecxr.data.manifest import CLASSES_3, CLASSES_4
-from edgecxr.preprocess import get_spec
 
 SIZE = 32
 
@@ -103,7 +103,7 @@ def keras_lstm_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_cnn(keras_cnn_bundle, tmp_path_factory) -> Path:
     """The tiny CNN exported (FP32 + FP16) with random parity inputs."""
-    from edgecxr.export.onnx import export_bundle
+    from edgecxr.stages.export.onnx import export_bundle
 
     directory = tmp_path_factory.mktemp("cnn-exported") / "bundle"
     shutil.copytree(keras_cnn_bundle, directory)
@@ -113,7 +113,7 @@ def exported_cnn(keras_cnn_bundle, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_lstm(keras_lstm_bundle, tmp_path_factory) -> Path:
-    from edgecxr.export.onnx import export_bundle
+    from edgecxr.stages.export.onnx import export_bundle
 
     directory = tmp_path_factory.mktemp("lstm-exported") / "bundle"
     shutil.copytree(keras_lstm_bundle, directory)

@@ -10,18 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecxr.bundle import Bundle
-from edgecxr.errors import BundleError, GateFailedError
-from edgecxr.export.onnx import META_CALIBRATION, META_PRECISION, read_metadata
-from edgecxr.fileutil import read_json, sha256_file
-from edgecxr.quantize import (
-    calibrate_bundle,
-    check_tensorrt_qdq,
-    quantize_qdq,
-    resolve_keep_float,
-    weight_quantization,
-)
-from edgecxr.verify import Gates
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.fileutil import read_json, sha256_file
+from edgecxr.core.metadata import META_CALIBRATION, META_PRECISION, read_metadata
+from edgecxr.stages.export.int8 import calibrate_bundle, quantize_qdq
+from edgecxr.stages.export.qdq_check import check_tensorrt_qdq, resolve_keep_float, weight_quantization
+from edgecxr.stages.gate.config import Gates
 
 LENIENT = Gates(max_acc_drop=100.0, min_agreement=0.0, covid_sensitivity_not_lower=False)
 
@@ -187,7 +182,7 @@ def test_calibrate_needs_fp32_onnx(keras_cnn_bundle, copy_bundle, synthetic_mani
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_methods_with_ragged_image_count(exported_cnn, tmp_path, method):
     """7 images in batches of 4 (ragged last batch) used to fail inside quantize_static."""
-    from edgecxr.quantize import equal_batch_size
+    from edgecxr.stages.export.calib_set import equal_batch_size
 
     bundle = Bundle.load(exported_cnn)
     out = tmp_path / f"{method}.int8.onnx"

@@ -6,9 +6,9 @@ import json
 
 from click.testing import CliRunner
 
-from edgecxr.bundle import Bundle
 from edgecxr.cli import main
-from edgecxr.quantize import check_tensorrt_qdq
+from edgecxr.core.bundle import Bundle
+from edgecxr.stages.export.qdq_check import check_tensorrt_qdq
 
 
 def _run(*args: str):

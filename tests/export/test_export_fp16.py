@@ -7,10 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecxr.bundle import Bundle
-from edgecxr.errors import GateFailedError
-from edgecxr.export.fp16 import convert_fp16
-from edgecxr.export.onnx import META_PRECISION, export_bundle, read_metadata
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import GateFailedError
+from edgecxr.core.metadata import META_PRECISION, read_metadata
+from edgecxr.stages.export.fp16 import convert_fp16
+from edgecxr.stages.export.onnx import export_bundle
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

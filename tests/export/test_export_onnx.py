@@ -11,22 +11,21 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecxr.bundle import Bundle
-from edgecxr.errors import BundleError, GateFailedError
-from edgecxr.export.onnx import (
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.metadata import (
     META_BUNDLE_FORMAT,
     META_CLASSES,
     META_MODEL,
     META_PRECISION,
     META_PREPROCESS,
     META_VERSION,
-    ExportError,
-    check_lstm_ops,
-    export_bundle,
-    op_counts,
     read_metadata,
 )
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.core.spec import PreprocessSpec
+from edgecxr.stages.export.keras_io import check_lstm_ops
+from edgecxr.stages.export.onnx import export_bundle
+from edgecxr.stages.export.onnx_tools import ExportError, op_counts
 
 
 def _session(path):
@@ -121,8 +120,8 @@ def test_parity_failure_publishes_nothing(keras_cnn_bundle, copy_bundle):
 
 
 def test_export_needs_keras_artifact(tmp_path):
+    from edgecxr.core.spec import get_spec
     from edgecxr.data.manifest import CLASSES_4
-    from edgecxr.preprocess import get_spec
 
     bundle = Bundle.create(tmp_path / "b", "coronet", CLASSES_4, get_spec("coronet").with_size(32))
     bundle.save()
@@ -138,7 +137,8 @@ def test_parity_split_without_manifest_is_an_error(exported_cnn):
 def test_modules_import_without_tensorflow():
     """The export/calibrate/verify modules and their CLI must not pull TensorFlow in at import."""
     code = (
-        "import sys, edgecxr.export, edgecxr.export.fp16, edgecxr.quantize, edgecxr.verify, edgecxr.cli.export; "
+        "import sys, edgecxr.stages.export.onnx, edgecxr.stages.export.fp16, edgecxr.stages.export.int8, "
+        "edgecxr.stages.gate.run, edgecxr.cli.export, edgecxr.cli.calibrate, edgecxr.cli.verify; "
         "import json; print(json.dumps([m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

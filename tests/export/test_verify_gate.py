@@ -7,11 +7,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgecxr.bundle import Bundle
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.fileutil import read_json
+from edgecxr.data.dataset import subset_records
 from edgecxr.data.manifest import read_manifest, select
-from edgecxr.errors import BundleError, GateFailedError
-from edgecxr.fileutil import read_json
-from edgecxr.verify import GateConfigError, Gates, run_gate, subset_records
+from edgecxr.stages.gate.config import GateConfigError, Gates
+from edgecxr.stages.gate.run import run_gate
 
 
 def _permute_head(src, dst, perm) -> None:
@@ -179,8 +181,8 @@ def test_subset_records_is_class_balanced_and_ordered(synthetic_manifest):
 
 def test_stale_int8_is_reported(exported_lstm, copy_bundle, synthetic_manifest, tmp_path):
     """An INT8 model calibrated from another model.onnx than the current one is flagged by export and verify."""
-    from edgecxr.export.onnx import export_bundle
-    from edgecxr.quantize import calibrate_bundle
+    from edgecxr.stages.export.int8 import calibrate_bundle
+    from edgecxr.stages.export.onnx import export_bundle
 
     bundle = copy_bundle(exported_lstm)
     calibrate_bundle(bundle, synthetic_manifest, verify=False, calib_manifest_out=tmp_path, progress=False)
@@ -199,13 +201,13 @@ def test_stored_reference_gates_a_bundle_shipped_without_fp32(exported_cnn, copy
     """A shipped model carries only FP16 + the Keras probabilities per image sha256; the gate uses them."""
     import shutil
 
-    from edgecxr.verify import STORED_KEY, STORED_REFERENCE, store_reference
+    from edgecxr.stages.gate.reference import STORED_KEY, STORED_REFERENCE, store_reference
 
     bundle = copy_bundle(exported_cnn)
     full = run_gate(bundle, synthetic_manifest, "test", bootstrap=0, progress=False, raise_on_fail=False)
     records = select(read_manifest(synthetic_manifest), "test")
+    from edgecxr.data.dataset import load_split
     from edgecxr.runtime.base import create_runner
-    from edgecxr.verify import load_split
 
     _, x, _ = load_split(bundle, synthetic_manifest, "test", progress=False)
     with create_runner("keras", bundle.artifact("keras")) as runner:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgecxr.core.errors import EdgeCXRError
 from edgecxr.data.manifest import CLASSES_3
-from edgecxr.errors import EdgeCXRError
 from edgecxr.models import build_model, default_spec
 
 keras = pytest.importorskip("keras")
@@ -52,8 +52,8 @@ def test_weights_file_of_same_architecture(tmp_path):
 def test_exports_to_one_onnx_lstm_op():
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
-    from edgecxr.export.onnx import keras_to_onnx
     from edgecxr.models import default_spec
+    from edgecxr.stages.export.keras_io import keras_to_onnx
 
     model = build_model("cnn-lstm", tiny=True)
     # the product's own conversion path (what `edgecxr export` runs)
@@ -67,7 +67,7 @@ def test_exports_to_one_onnx_lstm_op():
 
 def test_convolutions_use_he_init():
     """Glorot init collapsed the signal of the 13-conv ReLU stack (pre-LSTM std ~5e-4); He keeps it."""
-    from edgecxr._lazy import require
+    from edgecxr.core.lazy import require
     from edgecxr.models import build_model
 
     keras = require("keras")

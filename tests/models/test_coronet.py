@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecxr.errors import EdgeCXRError
+from edgecxr.core.errors import EdgeCXRError
 from edgecxr.models import build_model, default_spec
 from edgecxr.models.coronet import build_coronet
 
@@ -78,8 +78,8 @@ def test_imagenet_download_failure_says_use_weights_none(monkeypatch):
 def test_tiny_coronet_exports_to_onnx_and_matches_keras():
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
-    from edgecxr.export.onnx import keras_to_onnx
     from edgecxr.models import default_spec
+    from edgecxr.stages.export.keras_io import keras_to_onnx
 
     model = build_model("coronet", tiny=True)
     # the product's own conversion path (what `edgecxr export` runs)

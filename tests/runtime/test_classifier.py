@@ -9,21 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr._lazy import available
-from edgecxr.bundle import Bundle
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BackendUnavailableError, BundleError
+from edgecxr.core.fileutil import write_json
+from edgecxr.core.lazy import available
+from edgecxr.core.metadata import make_sidecar, read_onnx_metadata, sidecar_path
+from edgecxr.core.spec import preprocess
 from edgecxr.data.io import load_image
-from edgecxr.engine import make_sidecar, sidecar_path
-from edgecxr.errors import BackendUnavailableError, BundleError
-from edgecxr.fileutil import write_json
-from edgecxr.preprocess import preprocess
-from edgecxr.runtime.classifier import (
-    Classifier,
-    Prediction,
-    choose_artifact,
-    choose_onnx,
-    gate_status,
-    read_onnx_metadata,
-)
+from edgecxr.runtime.classifier import Classifier, Prediction
+from edgecxr.runtime.select import choose_artifact, choose_onnx, gate_status
 from runtime import tinymodels
 
 trt_missing = pytest.mark.skipif(available("tensorrt"), reason="these check the CPU-only path; tensorrt is installed here")
@@ -158,7 +152,7 @@ def test_engine_file_needs_a_sidecar_then_tensorrt(tmp_path):
     engine.write_bytes(b"\0" * 64)
     with pytest.raises(BundleError, match="no sidecar"):
         Classifier.load(engine)
-    from edgecxr.engine import BuildProfile
+    from edgecxr.stages.build.profile import BuildProfile
 
     side = make_sidecar(
         bundle_meta=bundle.meta,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgecxr._lazy import available
-from edgecxr.errors import MissingDependencyError
+from edgecxr.core.errors import MissingDependencyError
+from edgecxr.core.lazy import available
 from edgecxr.runtime import cuda_mem
 from edgecxr.runtime.tensorrt import TensorRTRunner
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgecxr import fetch, registry
 from edgecxr.cli import main
-from edgecxr.errors import BundleError
+from edgecxr.core.errors import BundleError
+from edgecxr.runtime import fetch
+from edgecxr.runtime import store as registry
 from runtime import tinymodels
 
 

@@ -7,11 +7,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgecxr import registry
-from edgecxr.bundle import Bundle
 from edgecxr.cli import main
+from edgecxr.core.bundle import Bundle
+from edgecxr.runtime import store as registry
 from edgecxr.runtime.classifier import Classifier
-from edgecxr.verify import STORED_KEY, run_gate
+from edgecxr.stages.gate.reference import STORED_KEY
+from edgecxr.stages.gate.run import run_gate
 
 NAMES = ("coronet", "cnn-lstm")
 #: Repository growth allowed for the shipped models together (issue: about 120 MB).

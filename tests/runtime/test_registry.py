@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecxr import registry
-from edgecxr.bundle import Bundle
 from edgecxr.cli import main
-from edgecxr.errors import BundleError
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.errors import BundleError
+from edgecxr.runtime import store as registry
 from edgecxr.runtime.classifier import Classifier
 from runtime import tinymodels
 

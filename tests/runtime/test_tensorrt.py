@@ -22,14 +22,17 @@ pytestmark = [
     pytest.mark.skipif(_NO_GPU is not None, reason=f"no usable NVIDIA GPU: {_NO_GPU}"),
 ]
 
-from edgecxr.bundle import Bundle  # noqa: E402
+from edgecxr.core.bundle import Bundle  # noqa: E402
+from edgecxr.core.errors import EngineMismatchError  # noqa: E402
+from edgecxr.core.fileutil import write_json  # noqa: E402
+from edgecxr.core.metadata import read_sidecar, sidecar_path  # noqa: E402
+from edgecxr.core.spec import preprocess  # noqa: E402
 from edgecxr.data.io import load_image  # noqa: E402
-from edgecxr.engine import build_engine, current_platform, read_sidecar, resolve_profile, sidecar_path  # noqa: E402
-from edgecxr.errors import EngineMismatchError  # noqa: E402
-from edgecxr.fileutil import write_json  # noqa: E402
-from edgecxr.preprocess import preprocess  # noqa: E402
 from edgecxr.runtime import create_runner  # noqa: E402
 from edgecxr.runtime.classifier import Classifier  # noqa: E402
+from edgecxr.runtime.sysinfo import current_platform  # noqa: E402
+from edgecxr.stages.build.engine import build_engine  # noqa: E402
+from edgecxr.stages.build.profile import resolve_profile  # noqa: E402
 from runtime import tinymodels  # noqa: E402
 
 
@@ -107,7 +110,7 @@ def test_mismatched_sidecar_is_refused(built, tmp_path):
 def test_int8_qdq_engine_builds_and_agrees(built, images):
     bundle, _ = built
     here = current_platform()
-    from edgecxr.engine import has_int8
+    from edgecxr.stages.build.profile import has_int8
 
     if not has_int8(here["gpu"]["compute_capability"]):
         pytest.skip("GPU without INT8")

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecxr.bundle import Bundle
+from edgecxr.core.bundle import Bundle
+from edgecxr.core.metadata import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS
+from edgecxr.core.spec import CORONET_V1, PreprocessSpec
 from edgecxr.data.manifest import CLASSES_4
-from edgecxr.export.onnx import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS
-from edgecxr.preprocess import CORONET_V1, PreprocessSpec
 
 SPEC: PreprocessSpec = CORONET_V1.with_size(32)
 CLASSES = list(CLASSES_4)

@@ -1,0 +1,98 @@
+"""bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgecxr.cli.output import _check_output, _err, _write_output
+
+
+# ------------------------------------------------------------------------------------------------
+# bench
+# ------------------------------------------------------------------------------------------------
+@click.command()
+@click.option("--model", "-m", default=None,
+              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--batch", "batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--iterations", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--warmup-s", type=click.FloatRange(0), default=2.0, show_default=True, help="Warm-up time per batch size.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Real image: batches use it, and end-to-end latency (decode+preprocess+infer) is measured.")
+@click.option("--compare", help="Bundle artifacts to compare, first is the reference (e.g. keras,onnx_fp32,onnx_int8,engine).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs.")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
+def bench(
+    model: str | None,
+    backend: str,
+    precision: str | None,
+    batch: str,
+    iterations: int,
+    warmup_s: float,
+    image: Path | None,
+    compare: str | None,
+    cuda_graph: bool,
+    threads: int | None,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Measure latency and throughput like trtexec: warm-up by time, then iterations.
+
+    Reports min/median/mean/p90/p95/p99 latency and throughput per batch size, the H2D / compute /
+    D2H split where the backend can time it, and warns when the coefficient of variation exceeds 2.5%.
+
+    \b
+    Examples:
+      edgecxr bench --model runs/coronet --batch 1,8 --image scan.png
+      edgecxr bench --model runs/coronet --compare onnx_fp32,onnx_int8,engine --json --out bench.json
+    """
+    from edgecxr.runtime.bench import COMPARE_NAMES, format_report, parse_batch_sizes, run_bench
+
+    try:
+        sizes = parse_batch_sizes(batch)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--batch") from None
+    items = [c.strip() for c in compare.split(",") if c.strip()] if compare is not None else None
+    if items is not None:
+        unknown = [c for c in items if c not in COMPARE_NAMES]
+        if unknown or not items:
+            raise click.BadParameter(
+                f"unknown item(s) {unknown or [compare]}; choose from {', '.join(COMPARE_NAMES)}", param_hint="--compare"
+            )
+        if backend != "auto" or precision is not None:
+            raise click.UsageError("--compare picks backend and precision per item; drop --backend/--precision")
+    if cuda_graph and backend in ("onnxruntime", "keras"):
+        raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
+    if threads and backend in ("tensorrt", "keras"):
+        raise click.UsageError(f"--threads sets ONNX Runtime threads; it does nothing on the {backend} backend")
+    _check_output(out, "--out")
+    options: dict[str, Any] = {}
+    if cuda_graph:
+        options["cuda_graph"] = True
+    if threads:
+        options["threads"] = threads
+    report = run_bench(
+        model,
+        backend=backend,
+        precision=precision,
+        batch_sizes=sizes,
+        iterations=iterations,
+        warmup_s=warmup_s,
+        image=image,
+        compare=items,
+        options=options,
+        log=_err,
+    )
+    text = json.dumps(report, indent=2)
+    if as_json:
+        click.echo(text)
+    else:
+        click.echo(format_report(report))
+    if out is not None:  # after printing, so the measurements are not lost if the file cannot be written
+        _write_output(out, text + "\n", "--out")

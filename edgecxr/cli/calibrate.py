@@ -1,0 +1,101 @@
+"""calibrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgecxr.cli.options import _BUNDLE, _MANIFEST, _gates, _given_options, _load_bundle, _split_list
+from edgecxr.cli.output import _err
+from edgecxr.data.manifest import SPLITS
+from edgecxr.stages.export.int8 import calibrate_bundle
+
+
+@click.command("calibrate")
+@click.argument("bundle", type=_BUNDLE)
+@click.option("--data", "manifest", required=True, type=_MANIFEST, help="Manifest CSV with a calib split.")
+@click.option("--split", type=click.Choice(SPLITS), default="calib", show_default=True, help="Calibration images.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=99.99, show_default=True, help="For --method percentile.")
+@click.option(
+    "--keep-float",
+    default="",
+    help="Comma-separated nodes to leave in float: first-conv, head, lstm, depthwise, or ONNX node names.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Calibrate on a class-balanced subset of N images.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Run the accuracy gate before publishing.")
+@click.option("--verify-split", type=click.Choice(SPLITS), default="test", show_default=True)
+@click.option("--verify-limit", type=click.IntRange(min=1), default=None, help="Gate on a class-balanced subset (quick checks only).")
+@click.option("--gates", "gates_file", type=_MANIFEST, default=None, help="TOML file of gate thresholds.")
+@click.option(
+    "--calib-manifest-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder or .csv for the calibration manifest  [default: calibration/]",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def calibrate(
+    bundle: Path,
+    manifest: Path,
+    split: str,
+    method: str,
+    percentile: float,
+    keep_float: str,
+    limit: int | None,
+    verify: bool,
+    verify_split: str,
+    verify_limit: int | None,
+    gates_file: Path | None,
+    calib_manifest_out: Path | None,
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Calibrate BUNDLE's FP32 ONNX into a Q/DQ INT8 model (model.int8.onnx) for TensorRT and ONNX Runtime.
+
+    \b
+    The INT8 file is published only if it is TensorRT-compatible and passes the accuracy gate on
+    --verify-split (exit 3 otherwise; the file is kept as model.int8.rejected.onnx).
+    Example:  edgecxr calibrate runs/coronet --data ../shared/data/cxr/manifest.csv --method percentile
+    """
+
+    if verify_split == split and verify:
+        raise click.UsageError(f"--verify-split {verify_split} is the calibration split; the gate needs held-out images")
+    given = _given_options(click.get_current_context())
+    if method != "percentile" and "percentile" in given:
+        raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
+    if not verify and given & {"verify_split", "verify_limit", "gates_file"}:
+        raise click.UsageError("--verify-split/--verify-limit/--gates configure the gate that --no-verify skips")
+    b = _load_bundle(bundle)
+    section = calibrate_bundle(
+        b,
+        manifest,
+        split=split,
+        method=method,
+        percentile=percentile,
+        keep_float=_split_list(keep_float),
+        limit=limit,
+        verify=verify,
+        verify_split=verify_split,
+        verify_limit=verify_limit,
+        gates=_gates(gates_file),
+        calib_manifest_out=calib_manifest_out,
+        batch_size=batch_size,
+        progress=not quiet,
+    )
+    click.echo(
+        f"wrote {b.default_path('onnx_int8')} ({method}, {section['images']} {split} images; "
+        f"calibration manifest {section['manifest']} sha256 {section['manifest_sha256'][:12]})"
+    )
+    if section.get("excluded_nodes"):
+        click.echo(f"  kept in float: {', '.join(section['excluded_nodes'])}")
+    gate = section.get("gate", {})
+    if "skipped" in gate:
+        _err(f"warning: accuracy gate skipped ({gate['skipped']})")
+    else:
+        a = gate["artifacts"]["onnx_int8"]
+        click.echo(
+            f"  gate on {gate['split']} (n={gate['n']}) vs {gate['reference']}: passed; accuracy {a['accuracy']:.2%}, "
+            f"top-1 agreement {a['top1_agreement']:.2%}"
+        )

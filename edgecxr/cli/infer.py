@@ -1,0 +1,126 @@
+"""infer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgecxr.cli.output import _check_output, _err, _write_output
+from edgecxr.data.io import expand_inputs
+from edgecxr.runtime.classifier import Classifier
+from edgecxr.runtime.store import DEFAULT_MODEL
+
+
+# ------------------------------------------------------------------------------------------------
+# infer
+# ------------------------------------------------------------------------------------------------
+def predictions_csv(preds: list[Any], classes: list[str]) -> str:
+    """CSV text: source, label, top1, one probability column per class, timings, error."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error"])
+    for p in preds:
+        probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes]
+        top1 = "" if p.top1 is None else f"{p.top1:.6f}"
+        writer.writerow(
+            [p.source, p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or ""]
+        )
+    return buf.getvalue()
+
+
+def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
+    """Aligned text table for people: file, label, probability (or the top-k), or the error."""
+    rows = []
+    for p in preds:
+        if not p.ok:
+            rows.append((str(p.source), "ERROR", p.error or ""))
+        elif top_k:
+            rows.append((str(p.source), p.label or "", "  ".join(f"{c} {v:.3f}" for c, v in p.top_k(top_k))))
+        else:
+            rows.append((str(p.source), p.label or "", f"{p.top1:.3f}"))
+    header = ("file", "label", f"top-{top_k}" if top_k else "probability")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in [header, *rows])
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "-m", default=None,
+              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Restrict a bundle to this precision.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV file (atomically).")
+@click.option("--top-k", type=click.IntRange(1), help="Show the k most likely classes.")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs per batch size.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: for 16+ files on a terminal).")
+def infer(
+    inputs: tuple[str, ...],
+    model: str | None,
+    backend: str,
+    precision: str | None,
+    batch_size: int,
+    as_json: bool,
+    csv_path: Path | None,
+    top_k: int | None,
+    cuda_graph: bool,
+    progress: bool | None,
+) -> None:
+    """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
+
+    A file that cannot be read is reported with its reason and the others are still classified;
+    the exit code is then 1 (0 when every file was classified). The backend used is printed to
+    stderr. A missing path, a glob matching nothing or a folder without images stops the run.
+
+    \b
+    Examples:
+      edgecxr infer scan.png                      (the reference CoroNet)
+      edgecxr infer --model cnn-lstm scans/ --json
+      edgecxr infer --model runs/coronet scan.dcm
+      edgecxr infer --model runs/coronet 'scans/**/*.png' --json > predictions.json
+      edgecxr infer --model runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
+    """
+    from tqdm import tqdm
+
+
+    if cuda_graph and backend in ("onnxruntime", "keras"):
+        raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
+    _check_output(csv_path, "--csv")
+    paths = expand_inputs(inputs)
+    options = {"cuda_graph": True} if cuda_graph else {}
+    with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
+        _err(f"using {clf.describe()}")
+        if cuda_graph and clf.backend_info["backend"] != "tensorrt":
+            _err(f"warning: --cuda-graph ignored: it needs TensorRT and {clf.backend_info['backend']} was picked")
+        show = progress if progress is not None else (len(paths) >= 16 and sys.stderr.isatty())
+        preds = []
+        with tqdm(total=len(paths), file=sys.stderr, disable=not show, unit="img") as bar:
+            for chunk in clf.predict_iter(paths, batch_size=batch_size):
+                preds.extend(chunk)
+                bar.update(len(chunk))
+        classes, info = clf.classes, dict(clf.backend_info)
+    failed = [p for p in preds if not p.ok]
+    if as_json:
+        doc = {
+            "model": model or DEFAULT_MODEL,
+            "backend": info,
+            "classes": classes,
+            "count": len(preds),
+            "failed": len(failed),
+            "predictions": [p.to_dict(top_k) for p in preds],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(predictions_table(preds, top_k))
+    if csv_path is not None:  # after printing, so the results are not lost if the file cannot be written
+        _write_output(csv_path, predictions_csv(preds, classes), "--csv")
+    _err(f"{len(preds) - len(failed)} of {len(preds)} image(s) classified" + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        sys.exit(1)

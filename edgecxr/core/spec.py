@@ -1,0 +1,202 @@
+"""The one preprocessing function, shared by training, calibration, export checks and every runtime.
+
+A model is only as good as the agreement between how its training images and its deployed inputs
+were prepared. So there is exactly one implementation (`preprocess`), parameterised by a frozen,
+versioned `PreprocessSpec` that is written into every bundle, ONNX file and engine sidecar. A
+runtime rebuilds the spec from that metadata and refuses versions it does not implement, instead
+of silently preparing images differently.
+
+Pipeline (version 1), applied to a decoded image (see `edgecxr.data.io.load_image`):
+  1. to grayscale: RGB/RGBA -> ITU-R BT.601 luma (the same weights Pillow's "L" conversion used to
+     build the curated data set); alpha is dropped.
+  2. resize to (height, width) ignoring aspect ratio ("stretch", what both papers did); cv2
+     INTER_AREA when the output has fewer pixels than the input (anti-aliased shrink), INTER_LINEAR
+     otherwise. Done in the input's own dtype, before any float conversion, because that is the
+     cheap order for a 4280x3520 scanner image. Integer resizing rounds to the input's step
+     (1/255 for 8-bit), well below anything a classifier resolves; training and deployment both
+     feed decoded 8/16-bit images, so they round identically.
+  3. to [0, 1]: uint8 / 255, uint16 / 65535; float input must already lie in [0, 1].
+  4. x * scale + offset  (CoroNet: Xception's [-1, 1]; CNN-LSTM: [0, 1]).
+  5. replicate to `channels` (3 for CoroNet's ImageNet-shaped Xception, 1 for the CNN-LSTM).
+Output is float32 NHWC, the layout the Keras models, their ONNX exports and TensorRT engines take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgecxr.core.errors import BundleError
+
+#: Preprocessing versions this code implements. Bump (and keep the old branch) on any change to
+#: `preprocess` that alters its output, and record it in docs/ARCHITECTURE.md.
+IMPLEMENTED_VERSIONS = (1,)
+
+#: BT.601 luma weights in RGB order (Pillow "L" mode, used to build ../shared/data/cxr).
+_LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+#: Tolerance for float input that should be in [0, 1] (accumulated rounding from decoders).
+_FLOAT_RANGE_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything needed to turn a decoded X-ray into a model input tensor.
+
+    Attributes:
+        family: model family the constants belong to ("coronet" or "cnn-lstm").
+        version: version of the `preprocess` algorithm (see IMPLEMENTED_VERSIONS).
+        height, width, channels: model input size (NHWC).
+        resize: resize policy; only "stretch" (no aspect preservation, as in the papers).
+        scale, offset: affine map applied to [0, 1] intensities.
+    """
+
+    family: str
+    version: int
+    height: int
+    width: int
+    channels: int
+    resize: str = "stretch"
+    scale: float = 1.0
+    offset: float = 0.0
+    layout: str = "NHWC"
+
+    def __post_init__(self) -> None:
+        if self.version not in IMPLEMENTED_VERSIONS:
+            raise BundleError(
+                f"preprocessing version {self.version} is not implemented by this edgecxr "
+                f"(implements {list(IMPLEMENTED_VERSIONS)}); upgrade edgecxr or re-export the model"
+            )
+        if self.resize != "stretch":
+            raise BundleError(f"unknown resize policy {self.resize!r} (only 'stretch')")
+        if self.layout != "NHWC":
+            raise BundleError(f"unknown layout {self.layout!r} (only 'NHWC')")
+        if not (8 <= self.height <= 4096 and 8 <= self.width <= 4096):
+            raise BundleError(f"input size {self.height}x{self.width} outside 8..4096")
+        if self.channels not in (1, 3):
+            raise BundleError(f"channels must be 1 or 3, got {self.channels}")
+
+    @property
+    def id(self) -> str:
+        """Short identifier, e.g. 'coronet-v1@150x150x3', for logs and metadata."""
+        return f"{self.family}-v{self.version}@{self.height}x{self.width}x{self.channels}"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    @property
+    def output_range(self) -> tuple[float, float]:
+        lo, hi = self.offset, self.scale + self.offset
+        return (min(lo, hi), max(lo, hi))
+
+    def with_size(self, height: int, width: int | None = None) -> PreprocessSpec:
+        """Same constants at another input size (tiny test variants, CoroNet at 224)."""
+        return dataclasses.replace(self, height=height, width=width if width is not None else height)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        """Rebuild a spec from bundle/ONNX/engine metadata; unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise BundleError(f"preprocessing metadata has unknown fields {sorted(unknown)}; written by a newer edgecxr?")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BundleError(f"incomplete preprocessing metadata: {exc}") from exc
+
+
+#: CoroNet (Khan et al. 2020): Xception input in [-1, 1] ("tf" mode of keras' xception.preprocess_input),
+#: 150x150 as in the paper's Table III (5x5x2048 base output).
+CORONET_V1 = PreprocessSpec("coronet", 1, 150, 150, 3, scale=2.0, offset=-1.0)
+
+#: CNN-LSTM (Islam et al. 2020): 224x224 resized, normalised to [0, 1]; X-rays are gray, so one channel.
+CNN_LSTM_V1 = PreprocessSpec("cnn-lstm", 1, 224, 224, 1, scale=1.0, offset=0.0)
+
+SPECS: dict[str, PreprocessSpec] = {"coronet": CORONET_V1, "cnn-lstm": CNN_LSTM_V1}
+
+
+def get_spec(family: str) -> PreprocessSpec:
+    """The default spec of a model family."""
+    try:
+        return SPECS[family]
+    except KeyError:
+        raise BundleError(f"unknown model family {family!r}; known: {sorted(SPECS)}") from None
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Collapse RGB/RGBA (HxWx3/4, RGB order) to a 2-D luma image in the input's dtype."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        rgb = image[:, :, :3].astype(np.float32)
+        gray = rgb @ _LUMA_RGB
+        if np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            return np.clip(np.rint(gray), info.min, info.max).astype(image.dtype)
+        return gray.astype(image.dtype)
+    raise ValueError(f"expected a 2-D gray or HxWx3/4 color image, got shape {image.shape}")
+
+
+def _to_unit(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1.0 / 255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if np.issubdtype(image.dtype, np.floating):
+        out = image.astype(np.float32, copy=False)
+        lo, hi = float(out.min()), float(out.max())
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise ValueError("image contains NaN or infinite values")
+        if lo < -_FLOAT_RANGE_SLACK or hi > 1.0 + _FLOAT_RANGE_SLACK:
+            raise ValueError(
+                f"float image must be scaled to [0, 1] but spans [{lo:.4g}, {hi:.4g}]; "
+                "pass uint8/uint16 pixels or divide by the bit depth's maximum first"
+            )
+        return np.clip(out, 0.0, 1.0)
+    raise ValueError(f"unsupported pixel dtype {image.dtype} (use uint8, uint16 or float in [0, 1])")
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Turn one decoded image (2-D gray or HxWx3/4 RGB[A]; uint8, uint16 or float in [0,1]) into HxWxC float32."""
+    if spec.version != 1:  # pragma: no cover - guarded by PreprocessSpec.__post_init__
+        raise BundleError(f"preprocessing version {spec.version} not implemented")
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError("empty image")
+    if image.dtype == np.float64 or image.dtype == np.float16:
+        image = image.astype(np.float32)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"unsupported pixel dtype {image.dtype} (use uint8, uint16 or float in [0, 1])")
+    gray = np.ascontiguousarray(to_gray(image))
+    src_h, src_w = gray.shape
+    if (src_h, src_w) != (spec.height, spec.width):
+        shrink = spec.height * spec.width < src_h * src_w
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        gray = cv2.resize(gray, (spec.width, spec.height), interpolation=interp)
+    x = _to_unit(gray)
+    if spec.scale != 1.0 or spec.offset != 0.0:
+        x = x * np.float32(spec.scale) + np.float32(spec.offset)
+    x = x[:, :, None]
+    if spec.channels == 3:
+        x = np.repeat(x, 3, axis=2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """Preprocess several images into one NHWC float32 batch."""
+    arrays = [preprocess(im, spec) for im in images]
+    if not arrays:
+        return np.zeros((0, *spec.input_shape), dtype=np.float32)
+    return np.stack(arrays, axis=0)

@@ -1,0 +1,392 @@
+"""Latency and throughput benchmarks, measured the way trtexec does.
+
+For each batch size: warm up for a fixed time (clocks, caches, lazy initialisation, cuDNN/TensorRT
+tactic loading all settle), then run a fixed number of iterations and report min / max / mean /
+median / p90 / p95 / p99 latency and throughput, with the H2D / compute / D2H split where the
+backend can time it (`Runner.timings()`: CUDA events for TensorRT, only compute for ONNX Runtime
+and Keras). A coefficient of variation above 2.5% is flagged: such numbers are not stable enough to
+compare (another process, thermal throttling, too few iterations).
+
+JSON field names follow trtexec's (`latencyMs`, `h2dMs`, `computeMs`, `d2hMs`, `throughputQps`,
+`percentile(90%)`...), so results can be read next to `trtexec --exportTimes` output.
+
+With `image=` a full-size X-ray is also measured end to end (decode + preprocess + batch-1
+inference), which is what a scanner-side user waits for. `compare=` runs several artifacts of one
+bundle (e.g. keras, onnx_fp32, onnx_int8, engine) in one process and reports ratios against the
+first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecxr import __version__
+from edgecxr.core.errors import BundleError, EdgeCXRError
+from edgecxr.core.spec import PreprocessSpec, preprocess
+from edgecxr.runtime.store import DEFAULT_MODEL
+from edgecxr.stages.build.profile import MAX_BATCH_LIMIT
+
+#: coefficient of variation (std / mean of latency) above which results are flagged as unstable
+CV_WARN_PCT = 2.5
+PERCENTILES = (90, 95, 99)
+#: largest batch size benchmarked: the largest an engine profile allows (as for `infer --batch-size`)
+MAX_BATCH = MAX_BATCH_LIMIT
+#: what `--compare` accepts besides bundle artifact keys
+COMPARE_NAMES = ("keras", "onnx_fp32", "onnx_fp16", "onnx_int8", "engine")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """q-th percentile (0..100) with linear interpolation between order statistics (numpy's default).
+
+    Written out rather than calling np.percentile so the definition in the JSON is unambiguous and
+    tested; it matches np.percentile(values, q, method="linear").
+    """
+    if not len(values):
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    data = sorted(float(v) for v in values)
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """trtexec-style summary of a list of milliseconds; empty input gives {}."""
+    if not len(values):
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    std = float(arr.std())
+    out = {
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "mean": mean,
+        "median": percentile(values, 50),
+    }
+    for q in PERCENTILES:
+        out[f"percentile({q}%)"] = percentile(values, q)
+    out["std"] = std
+    out["coefficientOfVariancePct"] = 100.0 * std / mean if mean > 0 else 0.0
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def stability_warnings(name: str, stats: dict[str, float], threshold: float = CV_WARN_PCT) -> list[str]:
+    cv = stats.get("coefficientOfVariancePct")
+    if cv is not None and cv > threshold:
+        return [
+            f"{name} is unstable: coefficient of variance {cv:.1f}% > {threshold}% "
+            "(close other programs, check thermal throttling, or raise --iterations / --warmup-s)"
+        ]
+    return []
+
+
+def synthetic_batch(spec: PreprocessSpec, batch: int, seed: int = 0) -> np.ndarray:
+    """A deterministic batch inside the spec's output range (what real preprocessed images occupy)."""
+    lo, hi = spec.output_range
+    rng = np.random.default_rng(seed)
+    return rng.uniform(lo, hi, size=(batch, *spec.input_shape)).astype(np.float32)
+
+
+def bench_runner(
+    runner: Any,
+    batch: np.ndarray,
+    iterations: int = 200,
+    warmup_s: float = 2.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Warm up `runner` on `batch` for warmup_s, then time `iterations` calls (one batch each)."""
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
+    t_end = clock() + max(0.0, warmup_s)
+    warm = 0
+    while True:
+        runner.infer(batch)
+        warm += 1
+        if clock() >= t_end:
+            break
+    latency: list[float] = []
+    split: dict[str, list[float]] = {}
+    t_start = clock()
+    for _ in range(iterations):
+        t0 = clock()
+        runner.infer(batch)
+        latency.append((clock() - t0) * 1e3)
+        for key, value in runner.timings().items():
+            split.setdefault(key, []).append(value)
+    total = clock() - t_start
+    n = int(batch.shape[0])
+    result: dict[str, Any] = {
+        "batch": n,
+        "iterations": iterations,
+        "warmupIterations": warm,
+        "warmupS": warmup_s,
+        "totalHostWalltimeS": round(total, 4),
+        "throughputQps": round(iterations / total, 3) if total > 0 else None,
+        "throughputImagesPerS": round(iterations * n / total, 3) if total > 0 else None,
+        "latencyMs": summarize(latency),
+    }
+    names = {"h2d_ms": "h2dMs", "compute_ms": "computeMs", "d2h_ms": "d2hMs"}
+    for key, values in split.items():
+        result[names.get(key, key)] = summarize(values)
+    result["warnings"] = stability_warnings(f"latency at batch {n}", result["latencyMs"])
+    return result
+
+
+def bench_end_to_end(
+    runner: Any,
+    spec: PreprocessSpec,
+    image: str | Path,
+    iterations: int = 50,
+    warmup_s: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
+    full_decode: bool = False,
+) -> dict[str, Any]:
+    """Decode + preprocess + batch-1 inference of one real (full-size) image, per iteration.
+
+    Decodes as `edgecxr infer` does (large JPEGs at a reduced scale, see edgecxr.data.io) unless
+    `full_decode`, which measures the full-resolution decode for comparison.
+    """
+    from edgecxr.data.io import load_image
+
+    image = Path(image)
+    min_size = None if full_decode else (spec.height, spec.width)
+    first = load_image(image)  # raises ImageLoadError up front for a bad --image; gives the full size
+    t_end = clock() + max(0.0, warmup_s)
+    while True:
+        runner.infer(preprocess(load_image(image, min_size), spec)[None])
+        if clock() >= t_end:
+            break
+    decode, prep, infer, total = [], [], [], []
+    for _ in range(iterations):
+        t0 = clock()
+        pixels = load_image(image, min_size)
+        t1 = clock()
+        x = preprocess(pixels, spec)[None]
+        t2 = clock()
+        runner.infer(x)
+        t3 = clock()
+        decode.append((t1 - t0) * 1e3)
+        prep.append((t2 - t1) * 1e3)
+        infer.append((t3 - t2) * 1e3)
+        total.append((t3 - t0) * 1e3)
+    result = {
+        "image": str(image),
+        "imageSize": [int(first.shape[1]), int(first.shape[0])],
+        "decodedSize": [int(pixels.shape[1]), int(pixels.shape[0])],
+        "decode": "full" if full_decode else "reduced-if-large",
+        "iterations": iterations,
+        "decodeMs": summarize(decode),
+        "preprocessMs": summarize(prep),
+        "inferMs": summarize(infer),
+        "endToEndMs": summarize(total),
+    }
+    result["warnings"] = stability_warnings("end-to-end latency", result["endToEndMs"])
+    return result
+
+
+def _bench_classifier(
+    clf: Any,
+    batch_sizes: Iterable[int],
+    iterations: int,
+    warmup_s: float,
+    image: str | Path | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from edgecxr.data.io import load_image
+
+    base = preprocess(load_image(image, (clf.spec.height, clf.spec.width)), clf.spec)[None] if image else None
+    results = []
+    for b in batch_sizes:
+        batch = np.repeat(base, b, axis=0) if base is not None else synthetic_batch(clf.spec, b)
+        log(f"  batch {b}: warm-up {warmup_s:g} s, {iterations} iterations")
+        results.append(bench_runner(clf.runner, batch, iterations, warmup_s))
+    out: dict[str, Any] = {"backend": dict(clf.backend_info), "results": results}
+    if image:
+        e2e_iters = max(1, min(iterations, 50))
+        log(f"  end to end on {image}: {e2e_iters} iterations")
+        out["endToEnd"] = bench_end_to_end(clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0))
+        if out["endToEnd"]["decodedSize"] != out["endToEnd"]["imageSize"]:
+            log(f"  end to end with full-resolution decode (for comparison): {e2e_iters} iterations")
+            out["endToEndFullDecode"] = bench_end_to_end(
+                clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0), full_decode=True
+            )
+    out["warnings"] = [w for r in results for w in r["warnings"]]
+    for key in ("endToEnd", "endToEndFullDecode"):
+        out["warnings"] += list((out.get(key) or {}).get("warnings", []))
+    return out
+
+
+def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
+    """'1,8' -> [1, 8]; every size must be in 1..MAX_BATCH (a typo like 10000 would exhaust memory)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        sizes = [int(str(s).strip()) for s in items if str(s).strip()]
+    except ValueError:
+        raise ValueError(f"batch sizes must be integers like 1,8; got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1; got {text!r}")
+    if max(sizes) > MAX_BATCH:
+        raise ValueError(f"batch sizes must be <= {MAX_BATCH} (the largest engine batch); got {text!r}")
+    return sizes
+
+
+def compare_table(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch size, each entry's median latency and throughput and its ratios against the first entry.
+
+    `speedup` > 1 means faster than the first (reference) entry. Entries that were skipped or lack a
+    batch size are left out of that batch's rows.
+    """
+    ran = [e for e in entries if "results" in e]
+    if not ran:
+        return []
+    ref = ran[0]
+    rows = []
+    ref_by_batch = {r["batch"]: r for r in ref["results"]}
+    for entry in ran:
+        for r in entry["results"]:
+            base = ref_by_batch.get(r["batch"])
+            med = r["latencyMs"]["median"]
+            row = {
+                "name": entry["name"],
+                "batch": r["batch"],
+                "medianLatencyMs": med,
+                "throughputImagesPerS": r["throughputImagesPerS"],
+                "reference": ref["name"],
+            }
+            if base is not None and med > 0:
+                row["latencyRatio"] = round(med / base["latencyMs"]["median"], 4)
+                row["speedup"] = round(base["latencyMs"]["median"] / med, 4)
+            rows.append(row)
+    return rows
+
+
+def _load_for_compare(bundle_dir: Path, name: str, **options: Any) -> Any:
+    from edgecxr.core.bundle import Bundle
+    from edgecxr.runtime.classifier import Classifier
+    from edgecxr.runtime.select import choose_engine
+
+    if name not in COMPARE_NAMES:
+        raise BundleError(f"--compare item {name!r} unknown; choose from {COMPARE_NAMES}")
+    if name == "keras":
+        return Classifier.load(bundle_dir, backend="keras", **options)
+    if name.startswith("onnx_"):
+        return Classifier.load(bundle_dir, backend="onnxruntime", precision=name.split("_", 1)[1], **options)
+    from edgecxr.runtime.sysinfo import current_platform
+
+    bundle = Bundle.load(bundle_dir)
+    engine, rejected = choose_engine(bundle.dir, bundle.meta, current_platform())
+    if engine is None:
+        raise BundleError("no usable engine" + (f": {'; '.join(rejected)}" if rejected else " in the bundle"))
+    return Classifier.load(engine, backend="tensorrt", **options)
+
+
+def run_bench(
+    model: str | Path,
+    *,
+    backend: str = "auto",
+    precision: str | None = None,
+    batch_sizes: Sequence[int] = (1, 8),
+    iterations: int = 200,
+    warmup_s: float = 2.0,
+    image: str | Path | None = None,
+    compare: Sequence[str] | None = None,
+    options: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Benchmark a model (bundle, engine or ONNX), or with `compare` several artifacts of one bundle."""
+    from edgecxr.runtime.classifier import Classifier
+    from edgecxr.runtime.sysinfo import cpu_info
+
+    options = options or {}
+    report: dict[str, Any] = {
+        "model": str(model or DEFAULT_MODEL),
+        "edgecxrVersion": __version__,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": {"cpu": cpu_info()},
+        "batchSizes": list(batch_sizes),
+        "iterations": iterations,
+        "warmupS": warmup_s,
+    }
+    if compare:
+        from edgecxr.runtime import store as registry
+
+        model = registry.resolve(model)
+        if not Path(model).is_dir():
+            raise BundleError(f"{model}: --compare needs a bundle directory")
+        entries = []
+        for name in compare:
+            log(f"{name}:")
+            try:
+                clf = _load_for_compare(Path(model), name, **options)
+            except EdgeCXRError as exc:
+                log(f"  skipped: {exc}")
+                entries.append({"name": name, "skipped": str(exc)})
+                continue
+            with clf:
+                entry = _bench_classifier(clf, batch_sizes, iterations, warmup_s, image, log)
+            entries.append({"name": name, **entry})
+        report["entries"] = entries
+        report["comparison"] = compare_table(entries)
+        report["warnings"] = [f"{e['name']}: {w}" for e in entries for w in e.get("warnings", [])]
+        return report
+    with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
+        log(clf.describe())
+        report.update(_bench_classifier(clf, batch_sizes, iterations, warmup_s, image, log))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable summary (the JSON has everything)."""
+    lines = []
+
+    def block(title: str, entry: dict[str, Any]) -> None:
+        lines.append(title)
+        for r in entry.get("results", []):
+            lat = r["latencyMs"]
+            line = (
+                f"  batch {r['batch']:>3}: throughput {r['throughputImagesPerS']:.1f} img/s "
+                f"({r['throughputQps']:.1f} qps); latency ms min {lat['min']:.3f} median {lat['median']:.3f} "
+                f"mean {lat['mean']:.3f} p90 {lat['percentile(90%)']:.3f} p95 {lat['percentile(95%)']:.3f} "
+                f"p99 {lat['percentile(99%)']:.3f} (CV {lat['coefficientOfVariancePct']:.1f}%)"
+            )
+            lines.append(line)
+            split = [f"{k[:-2]} {r[k]['median']:.3f}" for k in ("h2dMs", "computeMs", "d2hMs") if r.get(k)]
+            if split:
+                lines.append("             median split ms: " + ", ".join(split))
+        for key, how in (("endToEnd", ""), ("endToEndFullDecode", ", full-resolution decode")):
+            e2e = entry.get(key)
+            if not e2e:
+                continue
+            lines.append(
+                f"  end to end ({e2e['imageSize'][0]}x{e2e['imageSize'][1]} image decoded at "
+                f"{e2e['decodedSize'][0]}x{e2e['decodedSize'][1]}{how}), median ms: "
+                f"decode {e2e['decodeMs']['median']:.2f} + preprocess {e2e['preprocessMs']['median']:.2f} "
+                f"+ infer {e2e['inferMs']['median']:.2f} = {e2e['endToEndMs']['median']:.2f}"
+            )
+
+    if "entries" in report:
+        for e in report["entries"]:
+            if "skipped" in e:
+                lines.append(f"{e['name']}: skipped ({e['skipped']})")
+            else:
+                block(f"{e['name']}: {e['backend'].get('backend')} {e['backend'].get('artifact')}", e)
+        if report.get("comparison"):
+            lines.append(f"ratios against {report['comparison'][0]['reference']} (speedup > 1 = faster):")
+            for row in report["comparison"]:
+                if "speedup" in row:
+                    lines.append(f"  {row['name']:>10} batch {row['batch']:>3}: speedup {row['speedup']:.2f}x")
+    else:
+        b = report.get("backend", {})
+        block(f"{b.get('backend')} ({b.get('precision')}): {b.get('artifact')}", report)
+    for w in report.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

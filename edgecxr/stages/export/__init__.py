@@ -1,0 +1,1 @@
+"""edgecxr/stages/export."""

@@ -1,0 +1,141 @@
+"""Training-time augmentation and batching in NumPy/OpenCV, so training runs on any Keras 3 backend.
+
+Why NumPy and not `tf.data` or Keras' random layers: the training loop must run under JAX and
+PyTorch too (a GPU machine without TensorFlow is where long runs happen), and on ~900 cached
+150-224 px images an OpenCV affine warp costs well under a millisecond, far below one training step.
+Augmentation never enters the model graph, so the exported ONNX is the same with or without it.
+
+Policies (`POLICIES`), all in the preprocessed tensor's own units:
+  * `none`: no augmentation.
+  * `paper`: the CNN-LSTM paper's list: rotation +-10 deg, shift +-5 %, zoom +-10 %, black fill.
+  * `cxr`: chosen for from-scratch training on chest films (see docs/REPRODUCTION.md, ablation):
+    rotation +-10 deg, shift +-8 %, zoom +-12 %, brightness +-0.1 and contrast x[0.85, 1.15] on the
+    [0, 1] intensity scale (exposure and detector differences between sites). No left/right flip:
+    the heart and the aortic knob sit on the patient's left, and laterality markers are text; a
+    flipped film is not a film the scanner produces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.lazy import require
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """Magnitudes of one augmentation policy (0 disables a transform)."""
+
+    rotation_deg: float = 0.0
+    shift: float = 0.0  #: fraction of the side, each axis
+    zoom: float = 0.0  #: scale drawn from [1 - zoom, 1 + zoom]
+    brightness: float = 0.0  #: added on the [0, 1] intensity scale
+    contrast: float = 0.0  #: contrast factor drawn from [1 - contrast, 1 + contrast]
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotation_deg or self.shift or self.zoom)
+
+    @property
+    def photometric(self) -> bool:
+        return bool(self.brightness or self.contrast)
+
+
+POLICIES: dict[str, AugmentPolicy] = {
+    "none": AugmentPolicy(),
+    "paper": AugmentPolicy(rotation_deg=10.0, shift=0.05, zoom=0.10),
+    "cxr": AugmentPolicy(rotation_deg=10.0, shift=0.08, zoom=0.12, brightness=0.10, contrast=0.15),
+}
+
+
+def get_policy(name: str) -> AugmentPolicy:
+    if name not in POLICIES:
+        raise EdgeCXRError(f"unknown augmentation policy {name!r}; expected one of {sorted(POLICIES)}")
+    return POLICIES[name]
+
+
+def augment_image(img: np.ndarray, rng: np.random.Generator, policy: AugmentPolicy,
+                  scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """One random view of a preprocessed HxWxC float32 image (value = v * scale + offset, v in [0, 1]).
+
+    Geometric transforms fill with intensity 0 (black, as the papers' "constant" fill); photometric
+    ones act on v and clip it to [0, 1], so the output stays in the model's input range.
+    """
+    out = img
+    h, w = img.shape[:2]
+    if policy.geometric:
+        angle = rng.uniform(-policy.rotation_deg, policy.rotation_deg)
+        zoom = rng.uniform(1.0 - policy.zoom, 1.0 + policy.zoom)
+        tx, ty = rng.uniform(-policy.shift, policy.shift, size=2) * (w, h)
+        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
+        m[:, 2] += (tx, ty)
+        out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=(offset, offset, offset, offset))
+        if out.ndim == 2:  # OpenCV drops a single channel axis
+            out = out[..., None]
+    if policy.photometric:
+        v = (out - offset) / scale
+        c = rng.uniform(1.0 - policy.contrast, 1.0 + policy.contrast)
+        b = rng.uniform(-policy.brightness, policy.brightness)
+        v = np.clip((v - 0.5) * c + 0.5 + b, 0.0, 1.0)
+        out = v * scale + offset
+    return np.asarray(out, dtype=np.float32)
+
+
+def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, policy: AugmentPolicy,
+                   seed: int, class_weights: dict[int, float] | None = None,
+                   scale: float = 1.0, offset: float = 0.0) -> Any:
+    """A `keras.utils.PyDataset` of shuffled (images, one-hot labels[, sample weights]) batches.
+
+    One-hot labels let the loss apply label smoothing; class weights become per-sample weights
+    (works the same on every backend). The order is reshuffled every epoch from `seed` + epoch,
+    so a resumed run sees the same sequence of epochs as an uninterrupted one would.
+    """
+    keras = require("keras", "training")
+    weights = None
+    if class_weights:
+        table = np.array([class_weights.get(c, 1.0) for c in range(num_classes)], dtype=np.float32)
+        weights = table[np.asarray(y, dtype=np.int64)]
+    labels = one_hot(y, num_classes)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+            self._order = self._shuffle(0)
+
+        def _shuffle(self, epoch: int) -> np.ndarray:
+            return np.random.default_rng([seed, epoch]).permutation(len(x))
+
+        def __len__(self) -> int:
+            return math.ceil(len(x) / batch_size)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
+            idx = self._order[i * batch_size : (i + 1) * batch_size]
+            rng = np.random.default_rng([seed, self.epoch, i])
+            xb = x[idx]
+            if policy.geometric or policy.photometric:
+                xb = np.stack([augment_image(im, rng, policy, scale, offset) for im in xb])
+            if weights is None:
+                return xb, labels[idx]
+            return xb, labels[idx], weights[idx]
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+            self._order = self._shuffle(epoch)
+
+        def on_epoch_end(self) -> None:
+            self.set_epoch(self.epoch + 1)
+
+    return Batches()
+

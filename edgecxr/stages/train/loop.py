@@ -1,0 +1,222 @@
+"""The fitting loop: resumable state checkpoints, BatchNorm recalibration, validation metrics."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.fileutil import read_json, write_json
+from edgecxr.core.lazy import require
+from edgecxr.models import build_model, default_spec
+from edgecxr.stages.metrics import evaluate_predictions
+from edgecxr.stages.train.augment import batch_sequence, get_policy, one_hot
+from edgecxr.stages.train.config import (
+    CKPT_DIR,
+    MONITOR,
+    TrainConfig,
+    _arch_options,
+    _identity,
+    balanced_class_weights,
+)
+from edgecxr.stages.train.recipes import (
+    dtype_policy,
+    dtype_scope,
+    make_optimizer,
+)
+
+
+# -- one training run (also one CV fold) ------------------------------------------------------------
+def _atomic_save(save: Any, path: Path, suffix: str) -> None:
+    """Keras picks the format from the suffix, so the temp file keeps it; then os.replace."""
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{suffix}")
+    save(str(tmp))
+    os.replace(tmp, path)
+
+
+def batchnorm_layers(model: Any) -> list[Any]:
+    """Every BatchNormalization layer, including those inside nested models (Xception)."""
+    keras = require("keras", "training")
+    found: list[Any] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(batchnorm_layers(layer))
+    return found
+
+
+def recalibrate_batchnorm(model: Any, x: np.ndarray, batch_size: int, images: int, seed: int) -> int:
+    """Replace BatchNorm moving statistics by the exact mean of batch statistics over training images.
+
+    Why: trained from scratch, Xception's weights move faster than BatchNorm's moving averages
+    (momentum 0.99, batch 10) can follow, and the lag compounds through its 40 BatchNorm layers:
+    in our first CoroNet run the model scored 88% on val images with batch statistics but chance
+    with its moving statistics, so inference (and val-loss model selection) saw a broken model.
+    This is "precise BatchNorm" (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): with the
+    weights frozen, forward passes in training mode with momentum k/(k+1) for the k-th batch make
+    each moving statistic the plain average over the batches. Returns the number of batches used.
+    """
+    layers = batchnorm_layers(model)
+    if not layers or images <= 0 or len(x) == 0:
+        return 0
+    idx = np.random.default_rng(seed).permutation(len(x))[: min(images, len(x))]
+    saved = [layer.momentum for layer in layers]
+    batches = 0
+    try:
+        for k, start in enumerate(range(0, len(idx), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            model(x[np.sort(idx[start : start + batch_size])], training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+    return batches
+
+
+class _StateCheckpoint:
+    """Keras callback (built lazily): best weights, last model + state, early stopping, one log line per epoch."""
+
+    @staticmethod
+    def create(
+        ckpt: Path,
+        state: dict[str, Any],
+        patience: int,
+        total: int,
+        log: TextIO,
+        twin: Any,
+        recalibrate: Callable[[Any], int] | None = None,
+    ) -> Any:
+        """`twin` is an uncompiled model of the same architecture: saving the best weights through it
+        keeps Adam's moments (2x the model size) out of best.weights.h5. `recalibrate(model)` runs
+        before each validation (precise BatchNorm statistics, see recalibrate_batchnorm)."""
+        keras = require("keras", "training")
+
+        class StateCheckpoint(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self._t0 = time.perf_counter()
+
+            def on_test_begin(self, logs: dict | None = None) -> None:
+                if recalibrate is not None:
+                    recalibrate(self.model)
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                logs = dict(logs or {})
+                seconds = time.perf_counter() - self._t0
+                for key, value in logs.items():
+                    state["history"].setdefault(key, []).append(float(value))
+                state["epoch_seconds"].append(seconds)
+                current = float(logs.get(MONITOR, math.nan))
+                improved = math.isfinite(current) and (state["best"] is None or current < state["best"])
+                if improved:
+                    state.update(best=current, best_epoch=epoch + 1, wait=0)
+                    twin.set_weights(self.model.get_weights())
+                    _atomic_save(twin.save_weights, ckpt / "best.weights.h5", ".weights.h5")
+                else:
+                    state["wait"] += 1
+                state["epoch"] = epoch + 1
+                if patience and state["wait"] >= patience:
+                    self.model.stop_training = True
+                    state["stopped_early"] = True
+                _atomic_save(self.model.save, ckpt / "last.keras", ".keras")
+                write_json(ckpt / "state.json", state)
+                parts = [f"epoch {epoch + 1}/{total}"]
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    if key in logs:
+                        parts.append(f"{key} {logs[key]:.4f}")
+                parts.append(f"{seconds:.1f}s")
+                if improved:
+                    parts.append("* best")
+                if state.get("stopped_early"):
+                    parts.append(f"(early stop: no better {MONITOR} in {patience} epochs)")
+                print("  ".join(parts), file=log, flush=True)
+
+        return StateCheckpoint()
+
+
+def fit(
+    workdir: Path,
+    cfg: TrainConfig,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    classes: Sequence[str],
+    seed: int,
+    log: TextIO,
+    verbose: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Train (or resume) one model in `workdir`; return the best-val-loss model (uncompiled) and the run state."""
+    keras = require("keras", "training")
+    x_train, y_train, x_val, y_val = arrays
+    ckpt = workdir / CKPT_DIR
+    state_path = ckpt / "state.json"
+    spec = default_spec(cfg.model, cfg.input_size)
+    opts = _arch_options(cfg, classes)
+    session_t0 = time.perf_counter()
+    if state_path.is_file() and cfg.resume:
+        state = read_json(state_path)
+        if state["identity"] != _identity(cfg):
+            raise EdgeCXRError(
+                f"{workdir}: --resume with different options than the saved run "
+                f"(saved {state['identity']}, now {_identity(cfg)})"
+            )
+        model = keras.saving.load_model(ckpt / "last.keras")
+        if state.get("stopped_early") and (not cfg.patience or state["wait"] < cfg.patience):
+            state.pop("stopped_early")  # resumed with a longer (or no) patience: training goes on
+        state["resumed_at_epoch"].append(state["epoch"])
+        print(f"resuming {workdir} after epoch {state['epoch']}", file=log, flush=True)
+    elif state_path.is_file() or (workdir / "bundle.json").is_file():
+        if cfg.resume:
+            raise EdgeCXRError(f"{workdir}: cannot resume, {state_path} is missing; choose another --out")
+        raise EdgeCXRError(f"{workdir} already holds a training run; pass --resume to continue it, or choose another --out")
+    else:
+        if cfg.resume:
+            print(f"nothing to resume in {workdir}; starting a new run", file=log, flush=True)
+        keras.utils.set_random_seed(seed)
+        with dtype_scope(dtype_policy(cfg.precision)):
+            model = build_model(cfg.model, weights=cfg.weights, **opts)
+        model.compile(
+            optimizer=make_optimizer(cfg, math.ceil(len(x_train) / cfg.batch_size)),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+        state = {"identity": _identity(cfg), "epoch": 0, "best": None, "best_epoch": None, "wait": 0,
+                 "history": {}, "epoch_seconds": [], "resumed_at_epoch": [], "wall_seconds": 0.0}
+        ckpt.mkdir(parents=True, exist_ok=True)
+    state["config"] = cfg.to_dict()
+    start = int(state["epoch"])
+    best = build_model(cfg.model, weights=None, **opts)  # uncompiled: the deployable artifact has no optimizer
+    if start < cfg.epochs and not state.get("stopped_early"):
+        keras.utils.set_random_seed(seed + start)
+        cw = balanced_class_weights(y_train, len(classes)) if cfg.class_weights else None
+        batches = batch_sequence(x_train, y_train, len(classes), cfg.batch_size, get_policy(cfg.augment), seed,
+                                 class_weights=cw, scale=spec.scale, offset=spec.offset)
+        batches.set_epoch(start)
+        def recalibrate(m: Any) -> int:
+            return recalibrate_batchnorm(m, x_train, cfg.batch_size, cfg.bn_recalibration, seed)
+
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            _StateCheckpoint.create(ckpt, state, cfg.patience, cfg.epochs, log, twin=best, recalibrate=recalibrate),
+        ]
+        model.fit(batches, validation_data=(x_val, one_hot(y_val, len(classes))), validation_batch_size=cfg.batch_size,
+                  epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=verbose)
+    state["wall_seconds"] = float(state.get("wall_seconds", 0.0)) + time.perf_counter() - session_t0
+    write_json(state_path, state)
+    if not (ckpt / "best.weights.h5").is_file():
+        raise EdgeCXRError(f"{workdir}: no epoch produced a finite {MONITOR}; nothing to save")
+    best.load_weights(ckpt / "best.weights.h5")
+    return best, state
+
+
+# -- reporting --------------------------------------------------------------------------------------
+def val_metrics(model: Any, x: np.ndarray, y: np.ndarray, classes: Sequence[str], seed: int) -> dict[str, Any]:
+    """Metrics of `model` on (x, y), the same report `edgecxr evaluate` writes."""
+
+    probs = model.predict(x, batch_size=32, verbose=0)
+    return evaluate_predictions(y, probs, classes, bootstrap=1000, seed=seed)

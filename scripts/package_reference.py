@@ -22,7 +22,7 @@ import numpy as np
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.data.manifest import read_manifest, select
-from edgecxr.runtime import store as registry
+from edgecxr.runtime import store
 from edgecxr.stages.evaluate import evaluate_bundle
 from edgecxr.stages.gate.reference import STORED_REFERENCE, store_reference
 
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", required=True, type=Path, help="manifest with the test split")
     ap.add_argument("--ship", default="onnx_fp16", help="comma-separated artifact keys to ship")
-    ap.add_argument("--reference-dir", type=Path, default=registry.REFERENCE_DIR, help="where shipped models live")
+    ap.add_argument("--reference-dir", type=Path, default=store.REFERENCE_DIR, help="where shipped models live")
     ap.add_argument("--init-from", type=Path, help="the bundle whose weights started this run (progressive resizing)")
     args = ap.parse_args()
     keys = tuple(k.strip() for k in args.ship.split(",") if k.strip())
@@ -74,7 +74,7 @@ def main() -> None:
         edgecxr("export", str(args.bundle), "--data", str(args.data))
     edgecxr("verify", str(args.bundle), "--data", str(args.data), "--split", "test", "--artifacts", ",".join(keys))
     dest = args.reference_dir / args.name
-    shipped = registry.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
+    shipped = store.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
     if args.init_from:
         first = Bundle.load(args.init_from).meta
         shipped.meta["progressive"] = {

@@ -39,7 +39,7 @@ def test_cli_help_does_not_import_tensorflow():
         "from edgecxr.cli import main\n"
         "r = CliRunner().invoke(main, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "import edgecxr, edgecxr.runtime.base as b\n"
+        "import edgecxr, edgecxr.runtime.backends as b\n"
         "b.backends()\n"
         "from edgecxr import Classifier\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tensorrt', 'tf2onnx') if m in sys.modules]\n"

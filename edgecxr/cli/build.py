@@ -59,7 +59,7 @@ def build(
       edgecxr build --precision int8
       edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
     """
-    from edgecxr.runtime import store as registry
+    from edgecxr.runtime import store
     from edgecxr.stages.build.profile import load_profile, resolve_profile
 
     if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
@@ -80,16 +80,16 @@ def build(
         timing_cache=timing_cache,
         dla_core=dla_core,
     )
-    path = registry.resolve(bundle)
-    if registry.is_reference(path):
+    path = store.resolve(bundle)
+    if store.is_reference(path):
         current_platform()  # no TensorRT or GPU: refuse (exit 2) before copying anything
+        from edgecxr.core.artifacts import onnx_key
         from edgecxr.core.bundle import Bundle
-        from edgecxr.stages.build.engine import ONNX_ARTIFACT
 
-        if Bundle.load(path).artifact(ONNX_ARTIFACT[settings.precision], must_exist=False) is None:
+        if Bundle.load(path).artifact(onnx_key(settings.precision), must_exist=False) is None:
             raise EdgeCXRError(f"the reference model {path.name} ships no {settings.precision} ONNX that passed the "
                                "accuracy gate; see `edgecxr models` for its precisions")
-        path = registry.writable(path)
+        path = store.writable(path)
         _err(f"building into {path} (a writable copy of the reference model {path.name})")
     result = build_engine(path, settings, out=out, verify=not no_verify, manifest=manifest, split=split, log=_err)
     click.echo(str(result.engine))

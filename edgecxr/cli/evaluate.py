@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from edgecxr.core.bundle import ARTIFACTS
+from edgecxr.core.artifacts import BUNDLE_FILES
 from edgecxr.data.manifest import SPLITS
 
 
@@ -29,7 +29,7 @@ from edgecxr.data.manifest import SPLITS
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to score.")
 @click.option(
     "--artifact",
-    type=click.Choice(list(ARTIFACTS)),
+    type=click.Choice(list(BUNDLE_FILES)),
     default="keras",
     show_default=True,
     help="Which bundle artifact to run; ONNX artifacts run on onnxruntime (no TensorFlow needed).",

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from edgecxr.runtime.sysinfo import system_info
+from edgecxr.runtime.backends import system_info
 
 
 # ------------------------------------------------------------------------------------------------

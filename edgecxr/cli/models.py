@@ -53,10 +53,10 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgecxr.runtime import store as registry
+    from edgecxr.runtime import store
 
-    rows = [registry.describe(e) for e in registry.available().values()]
-    click.echo(json.dumps({"default": registry.DEFAULT_MODEL, "models": rows}, indent=2) if as_json
+    rows = [store.describe(e) for e in store.available().values()]
+    click.echo(json.dumps({"default": store.DEFAULT_MODEL, "models": rows}, indent=2) if as_json
                else format_models(rows))
 
 
@@ -77,15 +77,14 @@ def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
     """
     import shutil
 
-    from edgecxr.runtime import fetch
-    from edgecxr.runtime import store as registry
+    from edgecxr.runtime import fetch, store
 
     if bundle.startswith(("http://", "https://")):
         if not sha256:
             raise click.UsageError("a URL needs --sha256 (the archive is checked against it)")
         tmp, folder = fetch.fetch_bundle(bundle, sha256)
         try:
-            entry = registry.add(folder, name, replace=replace)
+            entry = store.add(folder, name, replace=replace)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -93,5 +92,5 @@ def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
             raise click.UsageError("--sha256 is for URLs; a local bundle's files are hashed when registered")
         if not Path(bundle).is_dir():
             raise click.BadParameter(f"{bundle}: not a folder or an http(s) URL", param_hint="BUNDLE")
-        entry = registry.add(bundle, name, replace=replace)
+        entry = store.add(bundle, name, replace=replace)
     click.echo(str(entry.path))

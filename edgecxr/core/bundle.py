@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgecxr.core.artifacts import BUNDLE_FILES, kind
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import read_json, write_json
 from edgecxr.core.spec import PreprocessSpec
@@ -27,13 +28,6 @@ BUNDLE_FILE = "bundle.json"
 FORMAT = "edgecxr-bundle"
 FORMAT_VERSION = 1
 
-#: Artifact keys and their default file names inside a bundle.
-ARTIFACTS = {
-    "keras": "model.keras",
-    "onnx_fp32": "model.onnx",
-    "onnx_fp16": "model.fp16.onnx",
-    "onnx_int8": "model.int8.onnx",
-}
 
 
 class Bundle:
@@ -120,17 +114,14 @@ class Bundle:
         if path is not None and path.exists():
             return path
         if must_exist:
-            hint = {
-                "keras": "train it with `edgecxr train`",
-                "onnx_fp32": "run `edgecxr export`",
-                "onnx_fp16": "run `edgecxr export`",
-                "onnx_int8": "run `edgecxr calibrate`",
-            }.get(key, "")
-            raise BundleError(f"{self.dir}: bundle has no {key} artifact" + (f"; {hint}" if hint else ""))
+            stage = kind(key).made_by
+            raise BundleError(f"{self.dir}: bundle has no {key} artifact; the {stage} stage makes it (`edgecxr {stage}`)")
         return None
 
     def default_path(self, key: str) -> Path:
-        return self.dir / ARTIFACTS[key]
+        if key not in BUNDLE_FILES:
+            raise BundleError(f"artifact {key!r} has no default file name; known: {', '.join(BUNDLE_FILES)}")
+        return self.dir / BUNDLE_FILES[key]
 
     def set_artifact(self, key: str, path: str | Path) -> None:
         path = Path(path)

@@ -1,5 +1,5 @@
-"""Inference backends behind one interface (see base.Runner) and the workstation `Classifier`."""
+"""Inference backends behind one interface (base.Runner, table in backends) and the workstation `Classifier`.
 
-from edgecxr.runtime.base import Runner, availability, backends, create_runner, register
-
-__all__ = ["Runner", "availability", "backends", "create_runner", "register"]
+Nothing here imports a pipeline stage or the CLI: the runtime needs neither TensorFlow nor the
+exporters, and reads what the stages wrote through edgecxr.core.
+"""

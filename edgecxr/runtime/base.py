@@ -1,55 +1,89 @@
-"""The backend interface every runtime implements, and the registry `auto` chooses from.
+"""The backend interface every runtime implements; the base class owns the lifecycle.
 
 Modelled on Polygraphy's BaseRunner: a runner wraps one model file, is a context manager,
 `load()`s once and then `infer(batch)`s many times. Input is a preprocessed float32 NHWC batch
-(see edgecxr.preprocess); output is float32 class probabilities (N, n_classes).
+(see edgecxr.core.spec); output is float32 class probabilities (N, n_classes).
+
+A backend implements `_load`, `_infer` and (if it holds resources) `_close`. The public
+`load` / `infer` / `close` here do what every backend needs the same way: the file check, loading
+once, loading on first use, the compute timing, and releasing exactly once.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edgecxr.core.errors import BackendUnavailableError
-
-_REGISTRY: dict[str, type[Runner]] = {}
+from edgecxr.core.errors import BundleError
 
 
 class Runner(abc.ABC):
     """One loaded model on one backend."""
 
-    #: registry name, e.g. "onnxruntime", "tensorrt", "keras"
+    #: backend name, e.g. "onnxruntime", "tensorrt", "keras" (the artifact table's `backend`)
     name: ClassVar[str] = ""
-    #: file suffixes this backend can load
-    suffixes: ClassVar[tuple[str, ...]] = ()
+    #: what the file is, for "not found" messages
+    kind: ClassVar[str] = "model"
 
     def __init__(self, path: str | Path, **options: Any):
         self.path = Path(path)
         self.options = options
         self.loaded = False
+        self._last: dict[str, float] = {}
 
-    # -- required -----------------------------------------------------------------------------
+    # -- for backends to implement ---------------------------------------------------------------
     @classmethod
     @abc.abstractmethod
     def availability(cls) -> str | None:
         """None when this backend can run here, else a one-line reason why not."""
 
     @abc.abstractmethod
-    def load(self) -> None:
-        """Load the model / build the session; called once before infer."""
+    def _load(self) -> None:
+        """Load the model / build the session (the file exists)."""
 
     @abc.abstractmethod
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C) float32 for a preprocessed NHWC float32 batch."""
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a preprocessed NHWC float32 batch (any float array)."""
 
-    # -- optional -----------------------------------------------------------------------------
-    def close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release sessions, buffers and streams."""
-        self.loaded = False
+
+    # -- the lifecycle -----------------------------------------------------------------------------
+    def load(self) -> Runner:
+        """Load once; a second call does nothing."""
+        if not self.loaded:
+            if not self.path.is_file():
+                raise BundleError(f"{self.path}: {self.kind} not found")
+            try:
+                self._load()
+            except BaseException:
+                self._close()  # a half-done load (buffers, a stream) is released, not leaked
+                raise
+            self.loaded = True
+        return self
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) float32; loads on first use."""
+        self.load()
+        t0 = time.perf_counter()
+        probs = np.asarray(self._infer(batch), dtype=np.float32)
+        if self._timed_by_base:
+            self._last = {"compute_ms": (time.perf_counter() - t0) * 1e3}
+        return probs
+
+    #: False where `_infer` records its own split of the time (TensorRT: h2d / compute / d2h)
+    _timed_by_base: ClassVar[bool] = True
+
+    def close(self) -> None:
+        """Release what `load` took; safe to call twice."""
+        if self.loaded:
+            self._close()
+            self.loaded = False
 
     def describe(self) -> dict[str, Any]:
         """What ran: backend, device, precision; recorded in verify/bench output."""
@@ -57,49 +91,13 @@ class Runner(abc.ABC):
 
     def timings(self) -> dict[str, float]:
         """Milliseconds of the last infer split into h2d/compute/d2h where the backend can tell."""
-        return {}
+        return dict(self._last)
 
     def __enter__(self) -> Runner:
-        if not self.loaded:
-            self.load()
-            self.loaded = True
-        return self
+        return self.load()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def register(cls: type[Runner]) -> type[Runner]:
-    """Class decorator adding a runner to the registry under `cls.name`."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _ensure_registered() -> None:
-    # Importing the modules registers their runners; none of them imports its framework at import time.
-    from edgecxr.runtime import keras_runner, onnxrt, tensorrt  # noqa: F401
-
-
-def backends() -> dict[str, type[Runner]]:
-    _ensure_registered()
-    return dict(_REGISTRY)
-
-
-def availability() -> dict[str, str | None]:
-    """Backend name -> None if usable here, else the reason it is not."""
-    return {name: cls.availability() for name, cls in backends().items()}
-
-
-def create_runner(name: str, path: str | Path, **options: Any) -> Runner:
-    """Instantiate a registered backend (not yet loaded; use it as a context manager)."""
-    registry = backends()
-    if name not in registry:
-        raise BackendUnavailableError(f"unknown backend {name!r}; known: {sorted(registry)}")
-    cls = registry[name]
-    reason = cls.availability()
-    if reason:
-        raise BackendUnavailableError(f"backend {name!r} is not available here: {reason}")
-    return cls(path, **options)
 
 
 def infer_in_batches(

@@ -28,18 +28,17 @@ from typing import Any
 import numpy as np
 
 from edgecxr import __version__
+from edgecxr.core.artifacts import BY_KEY, MAX_BATCH
 from edgecxr.core.errors import BundleError, EdgeCXRError
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.runtime.store import DEFAULT_MODEL
-from edgecxr.stages.build.profile import MAX_BATCH_LIMIT
 
 #: coefficient of variation (std / mean of latency) above which results are flagged as unstable
 CV_WARN_PCT = 2.5
 PERCENTILES = (90, 95, 99)
 #: largest batch size benchmarked: the largest an engine profile allows (as for `infer --batch-size`)
-MAX_BATCH = MAX_BATCH_LIMIT
 #: what `--compare` accepts besides bundle artifact keys
-COMPARE_NAMES = ("keras", "onnx_fp32", "onnx_fp16", "onnx_int8", "engine")
+COMPARE_NAMES = tuple(BY_KEY)  #: keras, onnx_fp32, onnx_fp16, onnx_int8, engine
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -317,9 +316,9 @@ def run_bench(
         "warmupS": warmup_s,
     }
     if compare:
-        from edgecxr.runtime import store as registry
+        from edgecxr.runtime import store
 
-        model = registry.resolve(model)
+        model = store.resolve(model)
         if not Path(model).is_dir():
             raise BundleError(f"{model}: --compare needs a bundle directory")
         entries = []

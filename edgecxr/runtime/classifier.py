@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.core.artifacts import KINDS, backend_for
 from edgecxr.core.errors import (
     BackendUnavailableError,
     BundleError,
     ImageLoadError,
 )
-from edgecxr.core.metadata import read_onnx_metadata
+from edgecxr.core.metadata import read_onnx_metadata, read_sidecar
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import load_image
-from edgecxr.runtime.select import BACKENDS, ENGINE_SUFFIXES, ArtifactChoice, _ort_has_cuda, choose_artifact
+from edgecxr.runtime.select import BACKENDS, ArtifactChoice, _ort_has_cuda, choose_artifact
 
 
 @dataclass
@@ -117,49 +118,26 @@ class Classifier:
             options: passed to the runner (e.g. cuda_graph=True for TensorRT, threads=2 for ORT).
         """
         from edgecxr.core.bundle import Bundle
-        from edgecxr.runtime import store as registry
-        from edgecxr.runtime.base import create_runner
+        from edgecxr.runtime import store
+        from edgecxr.runtime.backends import create_runner
 
         if backend not in BACKENDS:
             raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-        path = registry.resolve(path)
+        path = store.resolve(path)
         if path.is_dir():
             bundle = Bundle.load(path)
             choice = choose_artifact(bundle, backend, precision)
-            registry.verify_artifact(bundle, choice.path)
+            store.verify_artifact(bundle, choice.path)
             classes, spec = bundle.classes, bundle.spec
-        elif path.suffix.lower() in ENGINE_SUFFIXES:
-            if backend not in ("auto", "tensorrt"):
-                raise BackendUnavailableError(f"{path}: a TensorRT engine runs only on the tensorrt backend")
-            from edgecxr.core.metadata import read_sidecar
-
-            side = read_sidecar(path)
-            classes, spec = side["classes"], PreprocessSpec.from_dict(side["preprocess"])
-            choice = ArtifactChoice("tensorrt", path, side["precision"], "TensorRT engine given")
-        elif path.suffix.lower() == ".onnx":
-            if backend not in ("auto", "onnxruntime"):
-                raise BackendUnavailableError(f"{path}: an ONNX file runs on the onnxruntime backend")
-            meta = read_onnx_metadata(path)
-            if "classes" not in meta or "preprocess" not in meta:
-                sibling = path.parent / "bundle.json"
-                if not sibling.is_file():
-                    raise BundleError(
-                        f"{path}: ONNX has no edgecxr metadata (classes, preprocessing) and no bundle.json beside it"
-                    )
-                bmeta = Bundle.load(path.parent).meta
-                meta.setdefault("classes", bmeta["classes"])
-                meta.setdefault("preprocess", bmeta["preprocess"])
-            classes, spec = meta["classes"], PreprocessSpec.from_dict(meta["preprocess"])
-            prec = str(meta.get("precision") or "fp32")
-            choice = ArtifactChoice("onnxruntime", path, prec, "ONNX file given")
-        elif path.suffix.lower() == ".keras":
-            if backend not in ("auto", "keras"):
-                raise BackendUnavailableError(f"{path}: a Keras model runs only on the keras backend")
-            bundle = Bundle.load(path.parent)
-            classes, spec = bundle.classes, bundle.spec
-            choice = ArtifactChoice("keras", path, "fp32", "Keras model given")
         else:
-            raise BundleError(f"{path}: expected a bundle directory, .engine/.plan, .onnx or .keras file")
+            try:
+                runs_on = backend_for(path)
+            except BundleError:
+                known = ", ".join(s for k in KINDS for s in k.suffixes)
+                raise BundleError(f"{path}: expected a bundle directory or a model file ({known})") from None
+            if backend not in ("auto", runs_on):
+                raise BackendUnavailableError(f"{path}: this file runs only on the {runs_on} backend, not {backend}")
+            classes, spec, choice = _FILE_MODELS[runs_on](path)
         if precision is not None and not path.is_dir() and precision != choice.precision:
             # never run another precision than the one asked for without saying so
             raise BundleError(
@@ -170,7 +148,7 @@ class Classifier:
         if choice.backend == "onnxruntime" and "device" not in options and _ort_has_cuda():
             options["device"] = "cuda"  # onnxruntime-gpu: run on the GPU (the FP16 choice above assumed it)
         runner = create_runner(choice.backend, choice.path, **options)
-        runner.__enter__()
+        runner.load()
         info = {
             "backend": choice.backend,
             "requested": backend,
@@ -251,6 +229,38 @@ class Classifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _engine_file(path: Path) -> tuple[list[str], PreprocessSpec, ArtifactChoice]:
+    side = read_sidecar(path)
+    return side["classes"], PreprocessSpec.from_dict(side["preprocess"]), ArtifactChoice(
+        "tensorrt", path, side["precision"], "TensorRT engine given")
+
+
+def _onnx_file(path: Path) -> tuple[list[str], PreprocessSpec, ArtifactChoice]:
+    from edgecxr.core.bundle import BUNDLE_FILE, Bundle
+
+    meta = read_onnx_metadata(path)
+    if "classes" not in meta or "preprocess" not in meta:
+        if not (path.parent / BUNDLE_FILE).is_file():
+            raise BundleError(f"{path}: ONNX has no edgecxr metadata (classes, preprocessing) and no {BUNDLE_FILE} beside it")
+        bmeta = Bundle.load(path.parent).meta
+        meta.setdefault("classes", bmeta["classes"])
+        meta.setdefault("preprocess", bmeta["preprocess"])
+    prec = str(meta.get("precision") or "fp32")
+    return meta["classes"], PreprocessSpec.from_dict(meta["preprocess"]), ArtifactChoice(
+        "onnxruntime", path, prec, "ONNX file given")
+
+
+def _keras_file(path: Path) -> tuple[list[str], PreprocessSpec, ArtifactChoice]:
+    from edgecxr.core.bundle import Bundle
+
+    bundle = Bundle.load(path.parent)
+    return bundle.classes, bundle.spec, ArtifactChoice("keras", path, "fp32", "Keras model given")
+
+
+#: how a model file given directly (not a bundle) yields its classes, spec and choice, by backend
+_FILE_MODELS = {"tensorrt": _engine_file, "onnxruntime": _onnx_file, "keras": _keras_file}
 
 
 def _as_items(inputs: Any) -> list[Any]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from edgecxr.core.errors import BackendUnavailableError, BundleError
-from edgecxr.runtime.base import Runner, register
+from edgecxr.runtime.base import Runner
 
 
-@register
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file (FP32, FP16 with FP32 I/O, or Q/DQ INT8) with onnxruntime.
 
@@ -21,7 +19,7 @@ class OnnxRuntimeRunner(Runner):
     """
 
     name = "onnxruntime"
-    suffixes = (".onnx",)
+    kind = "ONNX model"
 
     @classmethod
     def availability(cls) -> str | None:
@@ -31,11 +29,9 @@ class OnnxRuntimeRunner(Runner):
             return "onnxruntime is not installed (pip install onnxruntime)"
         return None
 
-    def load(self) -> None:
+    def _load(self) -> None:
         import onnxruntime as ort
 
-        if not self.path.is_file():
-            raise BundleError(f"{self.path}: ONNX model not found")
         device = self.options.get("device", "cpu")
         available = ort.get_available_providers()
         if device == "cuda":
@@ -63,24 +59,13 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.input_shape = tuple(inputs[0].shape)
-        self.loaded = True
-        self._last: dict[str, float] = {}
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if not self.loaded:
-            self.load()
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        t0 = time.perf_counter()
-        (probs,) = self.session.run([self.output_name], {self.input_name: batch})
-        self._last = {"compute_ms": (time.perf_counter() - t0) * 1e3}
-        return np.asarray(probs, dtype=np.float32)
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        (probs,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return probs
 
-    def timings(self) -> dict[str, float]:
-        return dict(self._last)
-
-    def close(self) -> None:
+    def _close(self) -> None:
         self.session = None
-        self.loaded = False
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecxr.core.artifacts import KINDS, PRECISIONS, onnx_key
 from edgecxr.core.errors import (
     BackendUnavailableError,
     BundleError,
@@ -24,13 +25,12 @@ from edgecxr.core.errors import (
 )
 from edgecxr.core.metadata import check_compatibility, read_sidecar
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "keras")
+#: what `backend=` accepts: auto, then the fastest first (tensorrt, onnxruntime, keras)
+BACKENDS = ("auto", *reversed(dict.fromkeys(k.backend for k in KINDS)))
 
 
-ONNX_PRECISIONS = {"fp32": "onnx_fp32", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 
 
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,9 @@ def choose_engine(
 def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> ArtifactChoice:
     """The bundle's ONNX for ONNX Runtime: `precision` if given, else by the rule in the module docstring."""
     if precision is not None:
-        if precision not in ONNX_PRECISIONS:
-            raise BundleError(f"precision {precision!r} for ONNX Runtime must be one of {sorted(ONNX_PRECISIONS)}")
-        path = bundle.artifact(ONNX_PRECISIONS[precision])
+        path = bundle.artifact(onnx_key(precision))
         return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
-    preferred, other = (("onnx_fp16", "fp16"), ("onnx_int8", "int8"))
+    preferred, other = ((onnx_key("fp16"), "fp16"), (onnx_key("int8"), "int8"))
     if not cuda:
         preferred, other = other, preferred
     path = bundle.artifact(preferred[0], must_exist=False)
@@ -134,7 +132,7 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
     if status:
         return ArtifactChoice("onnxruntime", path, preferred[1], f"{preferred[1]} ONNX (passed the accuracy gate)")
     why = "absent" if path is None else ("failed the accuracy gate" if status is False else "not verified yet (`edgecxr verify`)")
-    fp32 = bundle.artifact("onnx_fp32", must_exist=False)
+    fp32 = bundle.artifact(onnx_key("fp32"), must_exist=False)
     if fp32 is not None:
         return ArtifactChoice("onnxruntime", fp32, "fp32", f"fp32 ONNX ({preferred[1]} ONNX {why})")
     # no FP32 file (the shipped reference models): the other reduced precision, if it passed the gate
@@ -147,7 +145,7 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
 
 def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = None) -> ArtifactChoice:
     """Pick what runs a bundle on this machine (see the module docstring for the rule)."""
-    from edgecxr.runtime.base import backends
+    from edgecxr.runtime.backends import backends
 
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
@@ -185,7 +183,7 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
             raise BackendUnavailableError(f"TensorRT backend not available here: {reason}")
         else:
             notes.append(f"TensorRT unavailable: {reason}")
-    if precision in ("fp16", "int8", "fp32") or precision is None:
+    if precision in PRECISIONS or precision is None:
         cuda = _ort_has_cuda()
         choice = choose_onnx(bundle, precision, cuda=cuda)
         reason = "; ".join([*notes, choice.reason])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecxr.core.artifacts import DEPLOYABLE
 from edgecxr.core.bundle import BUNDLE_FILE, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
@@ -30,7 +31,6 @@ DEFAULT_MODEL = "coronet"
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 ENV_MODELS = "EDGECXR_MODELS"
 #: Artifacts a registered copy keeps (the Keras file and training checkpoints stay behind).
-DEPLOYABLE = ("onnx_fp32", "onnx_fp16", "onnx_int8")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 

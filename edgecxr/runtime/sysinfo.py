@@ -14,17 +14,13 @@ import shutil
 import subprocess
 from typing import Any
 
-from edgecxr import __version__
 from edgecxr.core.errors import BackendUnavailableError
 from edgecxr.core.lazy import available, require
-
-# Profiles and GPU facts live in build_profile.py; re-exported so `edgecxr.engine` is the one entry point.
 
 
 def current_platform() -> dict[str, Any]:
     """TensorRT version and GPU of this machine; MissingDependencyError/BackendUnavailableError if absent."""
     from edgecxr.runtime import cuda_mem
-    from edgecxr.runtime.sysinfo import tensorrt_version
 
     version = tensorrt_version() if available("tensorrt") else None
     if version is None:
@@ -119,30 +115,3 @@ def onnxruntime_info() -> dict[str, Any]:
     except ImportError as exc:
         return {"version": None, "providers": [], "error": str(exc)}
     return {"version": ort.__version__, "providers": ort.get_available_providers()}
-
-
-def system_info() -> dict[str, Any]:
-    """Everything `edgecxr info` prints: backends with reasons, providers, TensorRT, GPU, CPU."""
-    from edgecxr.runtime import cuda_mem
-    from edgecxr.runtime.base import availability
-
-    trt_version = tensorrt_version()
-    trt_reason = None
-    if trt_version is None:
-        trt_reason = "tensorrt Python package not installed" if not available("tensorrt") else "tensorrt fails to import"
-    try:
-        gpu = gpu_info()
-    except Exception as exc:  # never let a driver problem crash `info`
-        gpu = {"error": str(exc)}
-    return {
-        "edgecxr": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "backends": {name: {"available": reason is None, "reason": reason} for name, reason in availability().items()},
-        "onnxruntime": onnxruntime_info(),
-        "tensorrt": {"version": trt_version, "reason": trt_reason},
-        "cuda_binding": cuda_mem.which_cuda_binding(),
-        "gpu": gpu,
-        "gpu_reason": cuda_mem.gpu_availability(),
-        "cpu": cpu_info(),
-    }

@@ -27,12 +27,11 @@ import numpy as np
 
 from edgecxr.core.errors import BackendUnavailableError, BundleError
 from edgecxr.core.lazy import available, require
-from edgecxr.runtime.base import Runner, register
+from edgecxr.runtime.base import Runner
 
 log = logging.getLogger("edgecxr.runtime.tensorrt")
 
 
-@register
 class TensorRTRunner(Runner):
     """One TensorRT engine on one GPU.
 
@@ -42,7 +41,8 @@ class TensorRTRunner(Runner):
     """
 
     name = "tensorrt"
-    suffixes = (".engine", ".plan")
+    kind = "engine"
+    _timed_by_base = False  # _infer records h2d / compute / d2h from CUDA events
 
     @classmethod
     def availability(cls) -> str | None:
@@ -52,13 +52,11 @@ class TensorRTRunner(Runner):
 
         return cuda_mem.gpu_availability()
 
-    def load(self) -> None:
+    def _load(self) -> None:
         from edgecxr.core.metadata import ensure_compatible, read_sidecar
         from edgecxr.runtime import cuda_mem
         from edgecxr.runtime.sysinfo import current_platform
 
-        if not self.path.is_file():
-            raise BundleError(f"{self.path}: engine not found")
         self.sidecar = read_sidecar(self.path)
         self.platform = current_platform()
         ensure_compatible(self.path, self.sidecar, self.platform)
@@ -110,13 +108,10 @@ class TensorRTRunner(Runner):
             log.warning("CUDA graphs need cuda-python; %s in use, running without graphs", self.api.name)
             self.use_graph = False
         self.graphs: dict[int, Any] = {}
-        self._last: dict[str, float] = {}
-        self.loaded = True
+        self._last = {}
 
     # -- inference ------------------------------------------------------------------------------
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if not self.loaded:
-            self.load()
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.sample_shape:
             raise ValueError(f"expected a batch of shape (N, {self.sample_shape}), got {batch.shape}")
@@ -202,10 +197,7 @@ class TensorRTRunner(Runner):
         self.graphs[n] = graph
         return graph
 
-    def timings(self) -> dict[str, float]:
-        return dict(getattr(self, "_last", {}))
-
-    def close(self) -> None:
+    def _close(self) -> None:
         if getattr(self, "api", None) is not None:
             for graph in getattr(self, "graphs", {}).values():
                 self.api.free_graph(graph)
@@ -222,7 +214,6 @@ class TensorRTRunner(Runner):
         for name in ("context", "engine", "runtime"):
             if hasattr(self, name):
                 setattr(self, name, None)
-        self.loaded = False
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -203,7 +203,7 @@ def run_demo(
 
 
 def _build_stage(st: Stages, bundle_dir: Path, manifest: Path, log: Callable[[str], None]) -> None:
-    from edgecxr.runtime.base import backends
+    from edgecxr.runtime.backends import backends
 
     title = "build a TensorRT engine (edgecxr.stages.build.engine)"
     reason = backends()["tensorrt"].availability()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr import __version__
+from edgecxr.core.artifacts import backend_for
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError, MissingDependencyError
 from edgecxr.core.fileutil import sha256_file, write_json
@@ -40,22 +41,10 @@ def resolve_backend(backend: str, artifact_path: Path) -> str:
     An explicit backend that cannot read the file is an error rather than a silent switch
     (STYLE.md: never downgrade silently).
     """
-    from edgecxr.runtime.base import backends
-
-    registry = backends()
-    suffix = artifact_path.suffix.lower()
-    if backend == "auto":
-        for name, cls in registry.items():
-            if suffix in cls.suffixes:
-                return name
-        raise BundleError(f"{artifact_path}: no backend reads '{suffix}' files; known: {sorted(registry)}")
-    cls = registry.get(backend)
-    if cls is not None and cls.suffixes and suffix not in cls.suffixes:
-        raise BundleError(
-            f"backend {backend!r} reads {list(cls.suffixes)} files, not {artifact_path.name}; "
-            "use backend='auto' (CLI: --artifact picks it)"
-        )
-    return backend
+    by_suffix = backend_for(artifact_path)
+    if backend not in ("auto", by_suffix):
+        raise BundleError(f"backend {backend!r} cannot read {artifact_path.name}; {by_suffix} reads it (or use auto)")
+    return by_suffix
 
 
 def evaluate_bundle(
@@ -112,7 +101,7 @@ def evaluate_bundle(
         records, spec, classes, progress=f"loading {split} ({len(records)} images)" if progress else False
     )
 
-    from edgecxr.runtime.base import create_runner
+    from edgecxr.runtime.backends import create_runner
 
     with create_runner(backend, model_path) as runner:
         probs = infer_in_batches(runner.infer, x, batch_size=batch_size, progress=progress)

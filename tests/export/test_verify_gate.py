@@ -96,7 +96,7 @@ def test_onnx_reference_without_keras(exported_cnn, copy_bundle, synthetic_manif
 
 
 def test_engines_are_skipped_with_a_reason_or_fail_when_named(exported_cnn, copy_bundle, synthetic_manifest):
-    from edgecxr.runtime.base import availability
+    from edgecxr.runtime.backends import availability
 
     if availability().get("tensorrt") is None:
         pytest.skip("TensorRT is available here; this test covers machines without it")
@@ -207,7 +207,7 @@ def test_stored_reference_gates_a_bundle_shipped_without_fp32(exported_cnn, copy
     full = run_gate(bundle, synthetic_manifest, "test", bootstrap=0, progress=False, raise_on_fail=False)
     records = select(read_manifest(synthetic_manifest), "test")
     from edgecxr.data.dataset import load_split
-    from edgecxr.runtime.base import create_runner
+    from edgecxr.runtime.backends import create_runner
 
     _, x, _ = load_split(bundle, synthetic_manifest, "test", progress=False)
     with create_runner("keras", bundle.artifact("keras")) as runner:

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from edgecxr.cli import main
 from edgecxr.core.errors import BundleError
-from edgecxr.runtime import fetch
-from edgecxr.runtime import store as registry
+from edgecxr.runtime import fetch, store
 from runtime import tinymodels
 
 
@@ -43,7 +42,7 @@ def server(tmp_path):
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECXR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(registry.ENV_MODELS, str(tmp_path / "models"))
+    monkeypatch.setenv(store.ENV_MODELS, str(tmp_path / "models"))
 
 
 def _zip_bundle(src: Path, out: Path, prefix: str = "mine/") -> str:

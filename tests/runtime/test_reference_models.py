@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from edgecxr.cli import main
 from edgecxr.core.bundle import Bundle
-from edgecxr.runtime import store as registry
+from edgecxr.runtime import store
 from edgecxr.runtime.classifier import Classifier
 from edgecxr.stages.gate.reference import STORED_KEY
 from edgecxr.stages.gate.run import run_gate
@@ -21,22 +21,22 @@ MAX_SHIPPED_BYTES = 120 * 10**6
 
 @pytest.fixture(autouse=True)
 def no_user_models(tmp_path, monkeypatch):
-    monkeypatch.setenv(registry.ENV_MODELS, str(tmp_path / "models"))
+    monkeypatch.setenv(store.ENV_MODELS, str(tmp_path / "models"))
 
 
 def test_both_reference_models_ship_with_hashes_and_metrics():
-    entries = registry.available()
+    entries = store.available()
     total = 0
     for name in NAMES:
         assert entries[name].source == "reference"
-        row = registry.describe(entries[name])
+        row = store.describe(entries[name])
         assert row["precisions"] and row["test"]["accuracy"] > 0.5 and row["test"]["n"] == 126
         for key, art in row["artifacts"].items():
             assert art["sha256"], key
             total += art["bytes"]
         assert (entries[name].path / "reference_probs.json").is_file()
     assert total <= MAX_SHIPPED_BYTES
-    assert registry.DEFAULT_MODEL == "coronet"
+    assert store.DEFAULT_MODEL == "coronet"
 
 
 def test_infer_default_model_on_the_examples(examples):
@@ -45,7 +45,7 @@ def test_infer_default_model_on_the_examples(examples):
     doc = json.loads(result.stdout)
     assert doc["classes"] == ["covid", "normal", "pneumonia_bacterial", "pneumonia_viral"]
     assert doc["count"] >= 1 and doc["failed"] == 0
-    assert doc["backend"]["artifact"].startswith(str(registry.REFERENCE_DIR / "coronet"))
+    assert doc["backend"]["artifact"].startswith(str(store.REFERENCE_DIR / "coronet"))
 
 
 def test_classifier_by_name_cnn_lstm(examples):
@@ -58,7 +58,7 @@ def test_classifier_by_name_cnn_lstm(examples):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_artifacts_pass_their_gate_against_the_stored_reference(name, shared_cxr):
-    bundle = Bundle.load(registry.REFERENCE_DIR / name)
+    bundle = Bundle.load(store.REFERENCE_DIR / name)
     result = run_gate(bundle, shared_cxr / "manifest.csv", "test", bootstrap=0, progress=False, raise_on_fail=False)
     assert result.reference == STORED_KEY and result.n == 126
     assert result.passed, result.failures

@@ -28,7 +28,7 @@ from edgecxr.core.fileutil import write_json  # noqa: E402
 from edgecxr.core.metadata import read_sidecar, sidecar_path  # noqa: E402
 from edgecxr.core.spec import preprocess  # noqa: E402
 from edgecxr.data.io import load_image  # noqa: E402
-from edgecxr.runtime import create_runner  # noqa: E402
+from edgecxr.runtime.backends import create_runner  # noqa: E402
 from edgecxr.runtime.classifier import Classifier  # noqa: E402
 from edgecxr.runtime.sysinfo import current_platform  # noqa: E402
 from edgecxr.stages.build.engine import build_engine  # noqa: E402

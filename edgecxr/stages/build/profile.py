@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.lazy import require
+from edgecxr.core.artifacts import MAX_BATCH
 from edgecxr.core.errors import BackendUnavailableError, BundleError
 
 try:  # Python 3.11+; on 3.10 the API-identical backport (pip install tomli)
@@ -24,7 +25,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = None  # type: ignore[assignment]
 
 PRECISIONS = ("fp16", "int8")
-MAX_BATCH_LIMIT = 256
 #: where `--profile NAME` is looked up when NAME is not a path
 PROFILE_DIRS = (Path(__file__).resolve().parents[2] / "profiles",)  #: shipped inside the package
 
@@ -76,9 +76,9 @@ class BuildProfile:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise BuildError(f"profile {self.name!r}: {key} must be an integer, got {value!r}")
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch <= MAX_BATCH_LIMIT:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch <= MAX_BATCH:
             raise BuildError(
-                f"profile {self.name!r}: need 1 <= min_batch <= opt_batch <= max_batch <= {MAX_BATCH_LIMIT}, "
+                f"profile {self.name!r}: need 1 <= min_batch <= opt_batch <= max_batch <= {MAX_BATCH}, "
                 f"got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
             )
         if not 16 <= self.workspace_mb <= 1 << 20:

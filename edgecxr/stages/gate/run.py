@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.core.bundle import ARTIFACTS, Bundle
+from edgecxr.core.artifacts import BUNDLE_FILES, KINDS, backend_for, is_engine
+from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BackendUnavailableError, BundleError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.data.dataset import load_split
@@ -47,19 +48,17 @@ from edgecxr.stages.metrics import agreement, evaluate_predictions
 log = logging.getLogger(__name__)
 
 #: What `edgecxr verify` runs by default ("engines" expands to bundle.meta["engines"]).
-DEFAULT_ARTIFACTS = ("keras", "onnx_fp32", "onnx_fp16", "onnx_int8", "engines")
+DEFAULT_ARTIFACTS = (*BUNDLE_FILES, "engines")
 
 
-#: Backend per artifact file suffix.
-SUFFIX_BACKEND = {".keras": "keras", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 def _registry() -> tuple[dict[str, Any], str | None]:
     """Runner classes by name, and why the registry is incomplete (a backend module failed to import)."""
-    from edgecxr.runtime import base
-
     try:
-        return base.backends(), None
+        from edgecxr.runtime.backends import backends
+
+        return backends(), None
     except ImportError as exc:  # e.g. edgecxr.runtime.tensorrt absent from this installation
         from edgecxr.runtime.keras_runner import KerasRunner
         from edgecxr.runtime.onnxrt import OnnxRuntimeRunner
@@ -67,19 +66,10 @@ def _registry() -> tuple[dict[str, Any], str | None]:
         return {"keras": KerasRunner, "onnxruntime": OnnxRuntimeRunner}, f"backend module not importable: {exc}"
 
 
-def backend_for(path: str | Path) -> str:
-    """Runner name for an artifact file, by suffix."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return SUFFIX_BACKEND[suffix]
-    except KeyError:
-        raise BundleError(f"{path}: no backend runs '{suffix}' files (known: {sorted(SUFFIX_BACKEND)})") from None
-
-
 def file_key(path: str | Path) -> str:
     """Result key of an artifact given as a file: "engine:<file name>" for TensorRT engines."""
     path = Path(path)
-    kind = "engine" if path.suffix.lower() in (".engine", ".plan") else "file"
+    kind = "engine" if is_engine(path) else "file"
     return f"{kind}:{path.name}"
 
 
@@ -120,14 +110,14 @@ def _artifact_paths(
             if artifacts is not None and not engines:
                 raise BundleError(f"{bundle.dir}: asked to verify engines but bundle.json lists none; run `edgecxr build`")
             continue
-        if item in ARTIFACTS:
+        if item in BUNDLE_FILES:
             key, path = item, bundle.artifact(item, must_exist=False)
         elif item.startswith("engine:"):
             key, path = item, engines.get(item)
         else:
             found = [p for p in (Path(item), bundle.dir / item) if p.is_file()]
-            if not found and Path(item).suffix.lower() not in SUFFIX_BACKEND:
-                raise BundleError(f"unknown artifact {item!r}; known: {[*ARTIFACTS, 'engines']} or an artifact file")
+            if not found and not any(Path(item).suffix.lower() in k.suffixes for k in KINDS):
+                raise BundleError(f"unknown artifact {item!r}; known: {[*BUNDLE_FILES, 'engines']} or an artifact file")
             key, path = file_key(item), (found[0] if found else Path(item))
         out[key] = path
         if artifacts is not None:

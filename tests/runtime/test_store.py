@@ -1,4 +1,4 @@
-"""Model names (edgecxr.registry): resolution, registration, hash checks, `edgecxr models`, writable copies."""
+"""The model store (edgecxr.runtime.store): name resolution, registration, hash checks, `edgecxr models`, writable copies."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edgecxr.cli import main
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError
-from edgecxr.runtime import store as registry
+from edgecxr.runtime import store
 from edgecxr.runtime.classifier import Classifier
 from runtime import tinymodels
 
@@ -20,7 +20,7 @@ from runtime import tinymodels
 @pytest.fixture()
 def models_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "models"
-    monkeypatch.setenv(registry.ENV_MODELS, str(folder))
+    monkeypatch.setenv(store.ENV_MODELS, str(folder))
     return folder
 
 
@@ -32,18 +32,18 @@ def fake_reference(tmp_path, monkeypatch) -> Path:
     src.meta["verify"] = {"artifacts": {"onnx_fp16": {"passed": True}}}
     src.meta["metrics"] = {"test": {"n": 10, "accuracy": 0.9, "per_class": {"covid": {"recall": 1.0}}}}
     src.save()
-    registry.copy_deployable(src.dir, ref / "tinynet", ("onnx_fp16",))
-    monkeypatch.setattr(registry, "REFERENCE_DIR", ref)
+    store.copy_deployable(src.dir, ref / "tinynet", ("onnx_fp16",))
+    monkeypatch.setattr(store, "REFERENCE_DIR", ref)
     return ref / "tinynet"
 
 
 def test_paths_win_over_names_and_unknown_names_list_the_models(models_dir, fake_reference, tmp_path, monkeypatch):
-    assert registry.resolve("tinynet") == fake_reference
+    assert store.resolve("tinynet") == fake_reference
     (tmp_path / "tinynet").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert registry.resolve("tinynet") == Path("tinynet")  # an existing path is taken as a path
+    assert store.resolve("tinynet") == Path("tinynet")  # an existing path is taken as a path
     with pytest.raises(BundleError, match=r"not a model name \(models: tinynet\)"):
-        registry.resolve("nosuch")
+        store.resolve("nosuch")
 
 
 def test_reference_model_loads_by_name_on_fp16_and_predicts(models_dir, fake_reference):
@@ -65,17 +65,17 @@ def test_tampered_artifact_is_refused(models_dir, fake_reference):
 
 def test_add_registers_a_copy_with_hashes_and_refuses_reserved_names(models_dir, fake_reference, tmp_path):
     src = tinymodels.make_bundle(tmp_path / "mine")
-    entry = registry.add(src.dir, "mine")
+    entry = store.add(src.dir, "mine")
     copy = Bundle.load(entry.path)
     assert set(copy.meta["artifacts"]) == {"onnx_fp32", "onnx_fp16", "onnx_int8"}
     assert set(copy.meta["artifact_sha256"]) == set(copy.meta["artifacts"])
-    assert registry.resolve("mine") == models_dir / "mine"
+    assert store.resolve("mine") == models_dir / "mine"
     with pytest.raises(BundleError, match="exists"):
-        registry.add(src.dir, "mine")
+        store.add(src.dir, "mine")
     with pytest.raises(BundleError, match="reference model's name"):
-        registry.add(src.dir, "tinynet")
+        store.add(src.dir, "tinynet")
     with pytest.raises(BundleError, match="model name"):
-        registry.add(src.dir, "../evil")
+        store.add(src.dir, "../evil")
     with Classifier.load("mine") as clf:
         assert clf.backend_info["precision"] == "fp32"
 
@@ -100,15 +100,15 @@ def test_models_cli_lists_reference_and_user_models(models_dir, fake_reference, 
 
 
 def test_writable_copy_of_a_reference_model(models_dir, fake_reference):
-    path = registry.writable(fake_reference)
+    path = store.writable(fake_reference)
     assert path == models_dir / "tinynet" and Bundle.load(path).meta["overlay_of"] == "tinynet"
-    assert registry.available()["tinynet"].source == "reference+local"
-    assert registry.resolve("tinynet") == path
-    assert registry.writable(fake_reference) == path  # made once
+    assert store.available()["tinynet"].source == "reference+local"
+    assert store.resolve("tinynet") == path
+    assert store.writable(fake_reference) == path  # made once
 
 
 def test_infer_without_model_uses_the_default_reference(models_dir, fake_reference, monkeypatch, images):
-    monkeypatch.setattr(registry, "DEFAULT_MODEL", "tinynet")
+    monkeypatch.setattr(store, "DEFAULT_MODEL", "tinynet")
     result = CliRunner().invoke(main, ["infer", str(images[0]), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -20,7 +20,7 @@ from edgecxr.core.metadata import (
 )
 from edgecxr.core.spec import CORONET_V1
 from edgecxr.runtime.select import choose_engine
-from edgecxr.stages.build.engine import (
+from edgecxr.stages.engine.build import (
     choose_network_flags,
     engine_filename,
     gpu_slug,
@@ -28,7 +28,7 @@ from edgecxr.stages.build.engine import (
     timing_cache_path,
     weak_precision_flags,
 )
-from edgecxr.stages.build.profile import (
+from edgecxr.stages.engine.profile import (
     PROFILE_DIRS,
     BuildError,
     BuildProfile,

@@ -9,7 +9,7 @@ import click
 from edgecxr.cli.output import _check_output, _err
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.runtime.sysinfo import current_platform
-from edgecxr.stages.build.engine import build_engine
+from edgecxr.stages.engine.build import build_engine
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def build(
       edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
     """
     from edgecxr.runtime import store
-    from edgecxr.stages.build.profile import load_profile, resolve_profile
+    from edgecxr.stages.engine.profile import load_profile, resolve_profile
 
     if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
         raise click.UsageError("give either --batch or --min-batch/--opt-batch/--max-batch, not both")

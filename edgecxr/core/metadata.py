@@ -138,7 +138,7 @@ def make_sidecar(
     onnx_sha256: str,
     platform: dict[str, Any],
     io: dict[str, Any],
-    profile: Any,  # a stages.build.profile.BuildProfile (to_dict(), dla_core)
+    profile: Any,  # a stages.engine.profile.BuildProfile (to_dict(), dla_core)
     build_seconds: float,
     strongly_typed: bool,
     built_at: str | None = None,

@@ -13,7 +13,7 @@ Stages (each printed with its outcome and time):
                 the first conv and the head stay in float (with them quantized this small model
                 failed the gate: -3 pp accuracy, 94% agreement)
   5. verify     the accuracy regression gate on `test` for every artifact (edgecxr.verify)
-  6. build      a TensorRT engine when TensorRT and a GPU exist (edgecxr.stages.build.engine); else the reason
+  6. build      a TensorRT engine when TensorRT and a GPU exist (edgecxr.stages.engine.build); else the reason
   7. infer      one example image through `Classifier` (TensorRT engine or ONNX Runtime)
 
 A model trained for ten epochs on a 96-pixel tiny network is not a diagnostic tool: its numbers
@@ -205,7 +205,7 @@ def run_demo(
 def _build_stage(st: Stages, bundle_dir: Path, manifest: Path, log: Callable[[str], None]) -> None:
     from edgecxr.runtime.backends import backends
 
-    title = "build a TensorRT engine (edgecxr.stages.build.engine)"
+    title = "build a TensorRT engine (edgecxr.stages.engine.build)"
     reason = backends()["tensorrt"].availability()
     if reason:
         st.skip("build", title, f"{reason}; inference uses ONNX Runtime")
@@ -214,8 +214,8 @@ def _build_stage(st: Stages, bundle_dir: Path, manifest: Path, log: Callable[[st
     def build() -> Any:
         from edgecxr.core.bundle import Bundle
         from edgecxr.runtime.select import gate_status
-        from edgecxr.stages.build.engine import build_engine
-        from edgecxr.stages.build.profile import resolve_profile
+        from edgecxr.stages.engine.build import build_engine
+        from edgecxr.stages.engine.profile import resolve_profile
 
         b = Bundle.load(bundle_dir)
         precision = "int8" if b.artifact("onnx_int8", must_exist=False) and gate_status(b.meta, "onnx_int8") else "fp16"

@@ -152,7 +152,7 @@ def test_engine_file_needs_a_sidecar_then_tensorrt(tmp_path):
     engine.write_bytes(b"\0" * 64)
     with pytest.raises(BundleError, match="no sidecar"):
         Classifier.load(engine)
-    from edgecxr.stages.build.profile import BuildProfile
+    from edgecxr.stages.engine.profile import BuildProfile
 
     side = make_sidecar(
         bundle_meta=bundle.meta,

@@ -31,8 +31,8 @@ from edgecxr.data.io import load_image  # noqa: E402
 from edgecxr.runtime.backends import create_runner  # noqa: E402
 from edgecxr.runtime.classifier import Classifier  # noqa: E402
 from edgecxr.runtime.sysinfo import current_platform  # noqa: E402
-from edgecxr.stages.build.engine import build_engine  # noqa: E402
-from edgecxr.stages.build.profile import resolve_profile  # noqa: E402
+from edgecxr.stages.engine.build import build_engine  # noqa: E402
+from edgecxr.stages.engine.profile import resolve_profile  # noqa: E402
 from runtime import tinymodels  # noqa: E402
 
 
@@ -110,7 +110,7 @@ def test_mismatched_sidecar_is_refused(built, tmp_path):
 def test_int8_qdq_engine_builds_and_agrees(built, images):
     bundle, _ = built
     here = current_platform()
-    from edgecxr.stages.build.profile import has_int8
+    from edgecxr.stages.engine.profile import has_int8
 
     if not has_int8(here["gpu"]["compute_capability"]):
         pytest.skip("GPU without INT8")

@@ -22,8 +22,6 @@ from datetime import datetime, timezone
 from edgecxr.core.errors import EngineMismatchError
 from edgecxr.core.fileutil import read_json
 
-# Profiles and GPU facts live in build_profile.py; re-exported so `edgecxr.engine` is the one entry point.
-
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"

@@ -1,30 +1,87 @@
-"""Candidate -> check -> publish or reject: the one policy for writing a derived artifact.
+"""Candidate -> check -> publish or reject: the one policy for writing a derived model file.
 
-A stage writes its new file beside the final path, checks it, and only then renames it into place
-(atomic on one file system); a file that fails its check is kept as `*.rejected.*` for inspection
-and never published.
+Every stage that derives a model file (export FP32 and FP16, calibrate INT8, build an engine) writes
+it as a candidate beside its final path, checks it, and then either publishes it (an atomic rename
+into place, so a reader never sees half a file and a failing file never replaces a good one) or
+rejects it: the file is kept as `NAME.rejected.SUFFIX` for inspection, with an optional note of why,
+and the final path keeps whatever was published before.
+
+    with Candidate(bundle.default_path("onnx_int8")) as c:
+        write(c.path)
+        if check(c.path):
+            c.publish()
+        else:
+            c.reject(note={...})
+
+A candidate that is neither published nor rejected (an exception on the way) is deleted on exit.
+Companion files that travel with the model (an engine's sidecar, `ENGINE.json`) are moved with it.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-log = logging.getLogger(__name__)
+from edgecxr.core.fileutil import atomic_write_text
 
 
-def candidate_path(final: Path) -> Path:
-    """A temp file beside `final` with the same suffix (runners choose by suffix)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".candidate.onnx", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
+def rejected_path(final: str | Path) -> Path:
+    """Where a failing file is kept: model.int8.onnx -> model.int8.rejected.onnx, x.engine -> x.rejected.engine."""
+    final = Path(final)
+    return final.with_name(f"{final.stem}.rejected{final.suffix}")
 
 
-def rejected_path(final: Path) -> Path:
-    """Where a failing artifact is kept for inspection: model.int8.onnx -> model.int8.rejected.onnx."""
-    return final.with_name(final.name[: -len(".onnx")] + ".rejected.onnx")
+class Candidate:
+    """A new model file on its way to `final`.
+
+    Args:
+        final: where the file goes when it passes.
+        companions: name suffixes of files that belong to it (".json" for an engine's sidecar,
+            `ENGINE` + ".json"): written by the stage beside `path`, moved with it.
+    """
+
+    def __init__(self, final: str | Path, companions: Sequence[str] = ()):
+        self.final = Path(final)
+        self.companions = tuple(companions)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        # Same suffix as the final file: backends are chosen by suffix, and the checks run this file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=f".candidate{self.final.suffix}",
+                                   dir=self.final.parent)
+        os.close(fd)
+        self.path = Path(tmp)
+        self.outcome: str | None = None
+
+    def _move(self, dest: Path) -> Path:
+        for suffix in self.companions:
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, dest.with_name(dest.name + suffix))
+        os.replace(self.path, dest)
+        return dest
+
+    def publish(self) -> Path:
+        """Rename the candidate (and its companions) into place; returns the final path."""
+        self.outcome = "published"
+        return self._move(self.final)
+
+    def reject(self, note: dict[str, Any] | None = None) -> Path:
+        """Keep the candidate as NAME.rejected.SUFFIX (and `note` as NAME.rejected.json); returns that path."""
+        self.outcome = "rejected"
+        dest = self._move(rejected_path(self.final))
+        if note is not None:
+            text = json.dumps({"rejected": True, **note}, indent=2, sort_keys=True, default=str) + "\n"
+            atomic_write_text(dest.with_suffix(".json"), text)
+        return dest
+
+    def __enter__(self) -> Candidate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.outcome is None:
+            for suffix in self.companions:
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)

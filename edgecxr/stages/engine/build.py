@@ -24,19 +24,22 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from edgecxr import __version__
-from edgecxr.core.lazy import available, require
-# Profiles and GPU facts live in build_profile.py; re-exported so `edgecxr.engine` is the one entry point.
-from edgecxr.stages.engine.profile import PRECISIONS, PROFILE_DIRS, BuildError, BuildProfile, check_precision_support, check_profile_target, has_fast_fp16, has_int8, load_profile, parse_batch, parse_profile, resolve_profile
-from edgecxr.core.errors import BackendUnavailableError, BundleError, EngineMismatchError, GateFailedError
-from edgecxr.core.fileutil import atomic_write_bytes, read_json, sha256_file, write_json
-from edgecxr.core.artifacts import onnx_key
-from edgecxr.core.metadata import make_sidecar, sidecar_path
-from edgecxr.runtime.sysinfo import current_platform
 
+from edgecxr.core.artifacts import onnx_key
+from edgecxr.core.errors import BackendUnavailableError, BundleError, GateFailedError
+from edgecxr.core.fileutil import atomic_write_bytes, sha256_file, write_json
+from edgecxr.core.lazy import require
+from edgecxr.core.metadata import make_sidecar, sidecar_path
+from edgecxr.core.publish import Candidate
+from edgecxr.runtime.sysinfo import current_platform
+from edgecxr.stages.engine.profile import (
+    BuildError,
+    BuildProfile,
+    check_precision_support,
+    check_profile_target,
+)
 
 #: bundle artifact each engine precision is built from
 
@@ -193,7 +196,6 @@ def build_engine(
     if serialized is None:
         raise BuildError(f"TensorRT failed to build {engine_path.name} (see the TensorRT messages above)")
     build_seconds = time.perf_counter() - t0
-    atomic_write_bytes(engine_path, bytes(serialized))
     if cache_file is not None:
         atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
 
@@ -207,33 +209,45 @@ def build_engine(
             for t in (network.get_output(i) for i in range(network.num_outputs))
         ],
     }
-    sidecar = make_sidecar(
-        bundle_meta=bundle.meta,
-        engine_file=engine_path.name,
-        engine_sha256=sha256_file(engine_path),
+    # Candidate -> gate -> publish or reject (core.publish): a failing engine never takes the final path.
+    with Candidate(engine_path, companions=(".json", ".verify.json")) as candidate:
+        candidate.path.write_bytes(bytes(serialized))
+        return _check_and_publish(bundle, candidate, serialized_sidecar=dict(
+            bundle_meta=bundle.meta,
+            engine_file=engine_path.name,
+            engine_sha256=sha256_file(candidate.path),
         precision=precision,
         onnx_file=onnx_path.name,
         onnx_sha256=sha256_file(onnx_path),
         platform=platform,
         io=io,
         profile=profile,
-        build_seconds=build_seconds,
-        strongly_typed=strongly_typed,
-    )
-    side = write_json(sidecar_path(engine_path), sidecar)
-    log(f"wrote {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB, {build_seconds:.0f} s) and {side.name}")
+            build_seconds=build_seconds,
+            strongly_typed=strongly_typed,
+        ), verify=verify, manifest=manifest, split=split, log=log)
 
-    result = BuildResult(engine_path, side, sidecar)
-    if not verify:
-        record_engine(bundle, engine_path, sidecar, verified=None)
-        return result
-    try:
-        result.gate = _verify_engine(bundle, engine_path, manifest, split, log)
-    except GateFailedError:
-        # Keep the file for inspection, but record the failure so `auto` never picks this engine.
-        record_engine(bundle, engine_path, sidecar, verified=False)
-        raise
-    record_engine(bundle, engine_path, sidecar, verified=True)
+
+def _check_and_publish(
+    bundle: Any, candidate: Candidate, serialized_sidecar: dict[str, Any], *, verify: bool,
+    manifest: str | Path | None, split: str, log: Callable[[str], None],
+) -> BuildResult:
+    """Write the candidate's sidecar, run the accuracy gate on it, then publish (or reject) both."""
+    sidecar = make_sidecar(**serialized_sidecar)
+    write_json(sidecar_path(candidate.path), sidecar)
+    size_mb = candidate.path.stat().st_size / 1e6
+    gate = None
+    if verify:
+        try:
+            gate = _verify_engine(bundle, candidate.path, manifest, split, log)
+        except GateFailedError as exc:
+            kept = candidate.reject()
+            raise GateFailedError(f"{exc}; engine not published (kept as {kept.name})") from None
+    engine = candidate.publish()
+    side = sidecar_path(engine)
+    log(f"wrote {engine} ({size_mb:.1f} MB, {sidecar['build_seconds']:.0f} s) and {side.name}")
+    record_engine(bundle, engine, sidecar, verified=True if verify else None)
+    result = BuildResult(engine, side, sidecar)
+    result.gate = gate
     return result
 
 

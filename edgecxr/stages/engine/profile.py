@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecxr.core.lazy import require
 from edgecxr.core.artifacts import MAX_BATCH
 from edgecxr.core.errors import BackendUnavailableError, BundleError
+from edgecxr.core.lazy import require
 
 try:  # Python 3.11+; on 3.10 the API-identical backport (pip install tomli)
     import tomllib

@@ -29,7 +29,6 @@ producer, casts back to float32.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.core.lazy import require
 from edgecxr.core.metadata import bundle_metadata, set_metadata
-from edgecxr.core.publish import candidate_path, rejected_path
+from edgecxr.core.publish import Candidate
 from edgecxr.stages.export.onnx_tools import (
     check_standard,
     onnx_predict,
@@ -204,11 +203,9 @@ def export_fp16(
     if summary["io"] != {"image": "float", "probs": "float"}:
         raise BundleError(f"FP16 conversion changed the I/O types: {summary['io']}")
 
-    final = bundle.default_path("onnx_fp16")
-    tmp = candidate_path(final)
-    try:
-        write_model(model, tmp)
-        probs = onnx_predict(tmp, x, batch_size)  # raises BundleError if ONNX Runtime cannot run it
+    with Candidate(bundle.default_path("onnx_fp16")) as candidate:
+        write_model(model, candidate.path)
+        probs = onnx_predict(candidate.path, x, batch_size)  # raises BundleError if ONNX Runtime cannot run it
         section: dict[str, Any] = {
             "block_list": "onnxconverter_common DEFAULT_OP_BLOCK_LIST + "
             + ", ".join(dict.fromkeys([*SENSITIVE_OPS, *extra_block_ops])),
@@ -220,12 +217,9 @@ def export_fp16(
         if keras_probs is not None:
             section["parity_vs_keras"] = parity_stats(keras_probs, probs, atol)
         if section["parity_vs_fp32"]["passed"]:
-            os.replace(tmp, final)
+            final = candidate.publish()
             section["sha256"] = sha256_file(final)
             bundle.set_artifact("onnx_fp16", final)
         else:
-            os.replace(tmp, rejected_path(final))
-            section["rejected"] = rejected_path(final).name
-    finally:
-        tmp.unlink(missing_ok=True)
+            section["rejected"] = candidate.reject(note={"fp16": section}).name
     return section

@@ -35,9 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
-import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -49,9 +47,9 @@ import numpy as np
 from edgecxr import __version__
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError, EdgeCXRError, GateFailedError
-from edgecxr.core.fileutil import atomic_write_bytes, atomic_write_text, sha256_file
+from edgecxr.core.fileutil import atomic_write_bytes, sha256_file
 from edgecxr.core.metadata import META_CALIBRATION, bundle_metadata, set_metadata
-from edgecxr.core.publish import candidate_path, rejected_path
+from edgecxr.core.publish import Candidate
 from edgecxr.data.manifest import manifest_sha256
 from edgecxr.stages.export.onnx_tools import op_counts
 
@@ -261,9 +259,8 @@ def calibrate_bundle(
         },
     )
 
-    final = bundle.default_path("onnx_int8")
-    tmp = candidate_path(final)
-    try:
+    with Candidate(bundle.default_path("onnx_int8")) as candidate:
+        tmp = candidate.path
         options = quantize_qdq(
             fp32_path,
             tmp,
@@ -303,11 +300,11 @@ def calibrate_bundle(
         section["tensorrt_compatible"] = not violations
         if violations:
             section["tensorrt_violations"] = violations
-            _reject(tmp, final, section, None)
+            kept = candidate.reject(note={"calibration": section})
             raise GateFailedError(
                 "the INT8 model is not TensorRT-compatible: " + "; ".join(violations[:5])
                 + (f" (+{len(violations) - 5} more)" if len(violations) > 5 else "")
-                + f"; kept as {rejected_path(final).name}"
+                + f"; kept as {kept.name}"
             )
         result: VerifyResult | None = None
         if verify:
@@ -324,17 +321,15 @@ def calibrate_bundle(
                 raise_on_fail=False,
             )
             section["gate"] = result.summary()
-            section["gate"]["artifacts"]["onnx_int8"]["path"] = str(final)
+            section["gate"]["artifacts"]["onnx_int8"]["path"] = str(candidate.final)
             if not result.passed:
-                _reject(tmp, final, section, result)
-                result.raise_for_failures(f"INT8 model not published (kept as {rejected_path(final).name})")
+                kept = candidate.reject(note={"calibration": section, "gate": result.to_dict()})
+                result.raise_for_failures(f"INT8 model not published (kept as {kept.name})")
         else:
             section["gate"] = {"skipped": "--no-verify; run `edgecxr verify` before deploying"}
         section["sha256"] = sha256_file(tmp)
         section["duration_s"] = round(time.perf_counter() - t0, 2)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        final = candidate.publish()
     bundle.set_artifact("onnx_int8", final)
     bundle.update(calibration=section)
     return section
@@ -346,13 +341,3 @@ def _display_path(path: Path) -> str:
     resolved = path.resolve()
     cwd = Path.cwd().resolve()
     return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else str(resolved)
-
-
-def _reject(tmp: Path, final: Path, section: dict[str, Any], result: VerifyResult | None) -> None:
-    """Keep a failing INT8 file beside the bundle with a JSON note of why it was rejected."""
-    rejected = rejected_path(final)
-    os.replace(tmp, rejected)
-    note = {"rejected": True, "calibration": section}
-    if result is not None:
-        note["gate"] = result.to_dict()
-    atomic_write_text(rejected.with_suffix(".json"), json.dumps(note, indent=2, sort_keys=True, default=str) + "\n")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from edgecxr.core.fileutil import sha256_file
 if TYPE_CHECKING:  # pragma: no cover
     pass
 from edgecxr.core.metadata import INPUT_NAME, OUTPUT_NAME, bundle_metadata, set_metadata
-from edgecxr.core.publish import candidate_path, rejected_path
+from edgecxr.core.publish import Candidate
 from edgecxr.stages.export.keras_io import (
     check_lstm_ops,
     keras_lstm_count,
@@ -129,22 +128,18 @@ def export_bundle(
     x, inputs = parity_inputs(bundle, manifest, parity_split, parity_images, seed, progress)
     ref = keras_predict(model, x, batch_size)
 
-    final = bundle.default_path("onnx_fp32")
-    tmp = candidate_path(final)
-    try:
-        write_model(onnx_model, tmp)
-        probs = onnx_predict(tmp, x, batch_size)
+    with Candidate(bundle.default_path("onnx_fp32")) as candidate:
+        write_model(onnx_model, candidate.path)
+        probs = onnx_predict(candidate.path, x, batch_size)
         parity = parity_stats(ref, probs, atol)
         if not parity["passed"]:
-            os.replace(tmp, rejected_path(final))
+            kept = candidate.reject(note={"parity_vs_keras": parity, "inputs": inputs})
             raise GateFailedError(
                 f"ONNX FP32 differs from Keras by up to {parity['max_abs_diff']:.3g} in probability "
                 f"(tolerance {atol:g}; top-1 agreement {parity['top1_agreement']:.2%}) on {inputs['images']} "
-                f"{inputs['source']} images; not published (kept as {rejected_path(final).name})"
+                f"{inputs['source']} images; not published (kept as {kept.name})"
             )
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        final = candidate.publish()
 
     section: dict[str, Any] = {
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,8 +6,8 @@ import pytest
 
 from edgecxr.core.bundle import Bundle, git_commit
 from edgecxr.core.errors import BundleError
-from edgecxr.core.spec import CORONET_V1
 from edgecxr.data.manifest import CLASSES_4
+from edgecxr.models.coronet import CORONET_V1
 
 
 def test_create_save_load_round_trip(tmp_path):

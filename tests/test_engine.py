@@ -18,7 +18,7 @@ from edgecxr.core.metadata import (
     rebuild_command,
     sidecar_path,
 )
-from edgecxr.core.spec import CORONET_V1
+from edgecxr.models.coronet import CORONET_V1
 from edgecxr.runtime.select import choose_engine
 from edgecxr.stages.engine.build import (
     choose_network_flags,

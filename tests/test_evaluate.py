@@ -18,9 +18,9 @@ from edgecxr.cli import main
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError
 from edgecxr.core.fileutil import read_json, sha256_file
-from edgecxr.core.spec import get_spec
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import CLASSES_3, CLASSES_4, read_manifest, select
+from edgecxr.models import default_spec
 from edgecxr.stages.evaluate import evaluate_bundle
 from edgecxr.stages.metrics import evaluate_predictions
 
@@ -58,7 +58,7 @@ def _onnx_bundle(directory, family="coronet", seed=0):
     from onnx import TensorProto, helper, numpy_helper
 
     classes = CLASSES_4 if family == "coronet" else CLASSES_3
-    spec = get_spec(family).with_size(SIZE)
+    spec = default_spec(family).with_size(SIZE)
     h, w, c = spec.input_shape
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal((h * w * c, len(classes))) * 0.05).astype(np.float32)
@@ -205,7 +205,7 @@ def test_cli_evaluate_missing_artifact_is_one_line_error(tmp_path, tiny_manifest
 def test_evaluate_keras_bundle(tmp_path, tiny_manifest):
     """A tiny real Keras model through the Keras runner; numbers match running the model directly."""
     keras = pytest.importorskip("keras")
-    spec = get_spec("coronet").with_size(SIZE)
+    spec = default_spec("coronet").with_size(SIZE)
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [

@@ -5,16 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.core.errors import DataError
-from edgecxr.data.manifest import (
-    CLASSES_3,
-    CLASSES_4,
-    classes_for,
-    label_indices,
-    map_label,
-    read_manifest,
-    select,
-)
+from edgecxr.core.errors import DataError, EdgeCXRError
+from edgecxr.data.manifest import CLASSES_3, CLASSES_4, label_indices, map_label, read_manifest, select
+from edgecxr.models import get as get_model
 
 HEADER = "relative_path,label,split,patient_id,patient_group,sha256,source\n"
 
@@ -70,15 +63,15 @@ def test_semicolon_separated_manifest_says_so(tmp_path):
 
 
 def test_three_class_mapping():
-    assert classes_for("coronet") == CLASSES_4
-    assert classes_for("cnn-lstm") == CLASSES_3
+    assert get_model("coronet").classes == CLASSES_4
+    assert get_model("cnn-lstm").classes == CLASSES_3
     assert map_label("pneumonia_bacterial", CLASSES_3) == "pneumonia"
     assert map_label("pneumonia_viral", CLASSES_3) == "pneumonia"
     assert map_label("normal", CLASSES_3) == "normal"
     with pytest.raises(DataError):
         map_label("pneumonia", CLASSES_4)
-    with pytest.raises(DataError):
-        classes_for("vgg")
+    with pytest.raises(EdgeCXRError, match="unknown model 'vgg'"):
+        get_model("vgg")
 
 
 def test_label_indices(tmp_path):

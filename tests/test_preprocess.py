@@ -6,16 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecxr.core.errors import BundleError
-from edgecxr.core.spec import (
-    CNN_LSTM_V1,
-    CORONET_V1,
-    PreprocessSpec,
-    get_spec,
-    preprocess,
-    preprocess_batch,
-    to_gray,
-)
+from edgecxr.core.errors import BundleError, EdgeCXRError
+from edgecxr.core.spec import PreprocessSpec, preprocess, preprocess_batch, to_gray
+from edgecxr.models import default_spec
+from edgecxr.models.cnn_lstm import CNN_LSTM_V1
+from edgecxr.models.coronet import CORONET_V1
 
 
 def golden_image() -> np.ndarray:
@@ -117,5 +112,5 @@ def test_spec_round_trip_and_guards():
         PreprocessSpec.from_dict({**spec.to_dict(), "mean": 0.5})
     with pytest.raises(BundleError, match="incomplete"):
         PreprocessSpec.from_dict({"family": "coronet", "version": 1})
-    with pytest.raises(BundleError, match="unknown model family"):
-        get_spec("resnet")
+    with pytest.raises(EdgeCXRError, match="unknown model 'resnet'"):
+        default_spec("resnet")

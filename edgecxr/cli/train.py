@@ -1,6 +1,6 @@
 """`edgecxr train coronet|cnn-lstm`: parse options, call `edgecxr.train.train`, print the summary.
 
-Options left unset take the recipe's value (`edgecxr.recipes.PAPER_RECIPES` / `SCRATCH_RECIPES`), so
+Options left unset take the recipe's value (`edgecxr.stages.train.recipes.PAPER_RECIPES` / `SCRATCH_RECIPES`), so
 the commands stay short and the defaults live in one place. The recipe is `scratch` when the
 initial weights are random and `paper` otherwise, unless `--recipe` says which.
 """
@@ -12,12 +12,13 @@ import sys
 
 import click
 
+from edgecxr.models import MODEL_NAMES
 from edgecxr.stages.train.augment import POLICIES
 from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 @click.command("train")
-@click.argument("model", type=click.Choice(["coronet", "cnn-lstm"]))
+@click.argument("model", type=click.Choice(MODEL_NAMES))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle directory, e.g. runs/coronet.")

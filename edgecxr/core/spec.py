@@ -115,24 +115,6 @@ class PreprocessSpec:
             raise BundleError(f"incomplete preprocessing metadata: {exc}") from exc
 
 
-#: CoroNet (Khan et al. 2020): Xception input in [-1, 1] ("tf" mode of keras' xception.preprocess_input),
-#: 150x150 as in the paper's Table III (5x5x2048 base output).
-CORONET_V1 = PreprocessSpec("coronet", 1, 150, 150, 3, scale=2.0, offset=-1.0)
-
-#: CNN-LSTM (Islam et al. 2020): 224x224 resized, normalised to [0, 1]; X-rays are gray, so one channel.
-CNN_LSTM_V1 = PreprocessSpec("cnn-lstm", 1, 224, 224, 1, scale=1.0, offset=0.0)
-
-SPECS: dict[str, PreprocessSpec] = {"coronet": CORONET_V1, "cnn-lstm": CNN_LSTM_V1}
-
-
-def get_spec(family: str) -> PreprocessSpec:
-    """The default spec of a model family."""
-    try:
-        return SPECS[family]
-    except KeyError:
-        raise BundleError(f"unknown model family {family!r}; known: {sorted(SPECS)}") from None
-
-
 def to_gray(image: np.ndarray) -> np.ndarray:
     """Collapse RGB/RGBA (HxWx3/4, RGB order) to a 2-D luma image in the input's dtype."""
     if image.ndim == 2:

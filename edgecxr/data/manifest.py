@@ -91,15 +91,6 @@ def select(records: Iterable[Record], splits: str | Sequence[str] | None) -> lis
     return out
 
 
-def classes_for(model: str) -> tuple[str, ...]:
-    """Class names (in output order) of a model family: CoroNet 4 classes, CNN-LSTM 3."""
-    if model == "coronet":
-        return CLASSES_4
-    if model == "cnn-lstm":
-        return CLASSES_3
-    raise DataError(f"unknown model {model!r}; expected 'coronet' or 'cnn-lstm'")
-
-
 def map_label(label: str, classes: Sequence[str]) -> str:
     """Map a 4-class manifest label into `classes` (bacterial/viral -> pneumonia for 3 classes)."""
     if label in classes:

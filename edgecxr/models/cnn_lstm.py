@@ -34,7 +34,22 @@ from typing import Any
 
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.lazy import require
+from edgecxr.core.spec import PreprocessSpec
 from edgecxr.data.manifest import CLASSES_3
+
+NAME = "cnn-lstm"
+#: Output order as in the paper: bacterial and viral pneumonia are one class.
+CLASSES = CLASSES_3
+#: 224x224 resized, normalised to [0, 1]; X-rays are gray, so one channel.
+CNN_LSTM_V1 = PreprocessSpec(NAME, 1, 224, 224, 1, scale=1.0, offset=0.0)
+#: The paper's recipe, exactly as published (`edgecxr train --recipe paper`).
+PAPER_RECIPE = {"epochs": 200, "batch_size": 16, "lr": 1e-4, "weights": "none", "patience": 20,
+                "augment": "paper", "class_weights": True, "optimizer": "adam", "weight_decay": 0.0,
+                "schedule": "constant", "warmup_epochs": 0, "label_smoothing": 0.0, "precision": "float32"}
+#: Peak learning rate of the from-scratch recipe: the plain VGG stack has no BatchNorm, so lower than CoroNet's.
+SCRATCH_LR = 3e-4
+#: Options of the test-only miniature.
+TINY = {"input_size": 32, "width": 1 / 16, "blocks": 3, "lstm_units": 16}
 
 DEFAULT_INPUT_SIZE = 224
 #: Convolutions per block and filters per block (VGG16's layout).
@@ -60,7 +75,7 @@ def build_cnn_lstm(
     blocks: int = len(BLOCK_CONVS),
     lstm_units: int = DEFAULT_LSTM_UNITS,
     dropout: float = DEFAULT_DROPOUT,
-    num_classes: int = len(CLASSES_3),
+    num_classes: int = len(CLASSES),
 ) -> Any:
     """Build the CNN-LSTM as a Keras functional model (uncompiled).
 

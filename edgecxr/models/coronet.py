@@ -21,7 +21,23 @@ from typing import Any
 
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.lazy import require
+from edgecxr.core.spec import PreprocessSpec
 from edgecxr.data.manifest import CLASSES_4
+
+NAME = "coronet"
+#: Output order: the manifest's four classes.
+CLASSES = CLASSES_4
+#: Xception input in [-1, 1] ("tf" mode of keras' xception.preprocess_input), 150x150 as in the
+#: paper's Table III (5x5x2048 base output).
+CORONET_V1 = PreprocessSpec(NAME, 1, 150, 150, 3, scale=2.0, offset=-1.0)
+#: The paper's recipe, exactly as published (`edgecxr train --recipe paper`).
+PAPER_RECIPE = {"epochs": 80, "batch_size": 10, "lr": 1e-4, "weights": "imagenet", "patience": 0,
+                "augment": "none", "class_weights": False, "optimizer": "adam", "weight_decay": 0.0,
+                "schedule": "constant", "warmup_epochs": 0, "label_smoothing": 0.0, "precision": "float32"}
+#: Peak learning rate of the from-scratch recipe (stages/train/recipes.py, chosen on `val`).
+SCRATCH_LR = 1e-3
+#: Options of the test-only miniature (far too small to learn anything useful).
+TINY = {"input_size": 32, "base": "tiny", "dense_units": 16, "weights": None}
 
 #: The paper's configuration.
 DEFAULT_INPUT_SIZE = 150
@@ -59,7 +75,7 @@ def build_coronet(
     weights: str | Path | None = "imagenet",
     dropout: float = DEFAULT_DROPOUT,
     dense_units: int = DEFAULT_DENSE_UNITS,
-    num_classes: int = len(CLASSES_4),
+    num_classes: int = len(CLASSES),
     base: str = "xception",
 ) -> Any:
     """Build CoroNet as a Keras functional model (uncompiled).

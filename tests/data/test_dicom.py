@@ -16,9 +16,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 
 from edgecxr.core.errors import ImageLoadError
-from edgecxr.core.spec import CNN_LSTM_V1, preprocess
+from edgecxr.core.spec import preprocess
 from edgecxr.data.dicom import load_dicom
 from edgecxr.data.io import load_image
+from edgecxr.models.cnn_lstm import CNN_LSTM_V1
 
 
 def ramp12() -> np.ndarray:

@@ -14,9 +14,10 @@ from cxr_fixtures import example_pngs, make_dicom, write_jpeg, xray
 from PIL import Image, ImageOps
 
 from edgecxr.core.errors import DataError, ImageLoadError
-from edgecxr.core.spec import CORONET_V1, preprocess, to_gray
+from edgecxr.core.spec import preprocess, to_gray
 from edgecxr.data.io import expand_inputs, iter_images, load_image
 from edgecxr.data.raster import MAX_SIDE
+from edgecxr.models.coronet import CORONET_V1
 
 # --- real files ----------------------------------------------------------------------------------
 

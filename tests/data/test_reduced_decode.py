@@ -6,9 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecxr.core.spec import CNN_LSTM_V1, CORONET_V1, preprocess
+from edgecxr.core.spec import preprocess
 from edgecxr.data.io import load_image
 from edgecxr.data.raster import REDUCED_DECODE_MARGIN, reduced_decode_factor
+from edgecxr.models.cnn_lstm import CNN_LSTM_V1
+from edgecxr.models.coronet import CORONET_V1
 
 BIG = "covid__covid-19-pneumonia-23-day1.jpg"  # 4280x3520 RGB JPEG
 

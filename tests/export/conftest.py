@@ -16,8 +16,8 @@ import pytest
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.lazy import require
-from edgecxr.core.spec import get_spec
 from edgecxr.data.manifest import CLASSES_3, CLASSES_4
+from edgecxr.models import default_spec
 
 SIZE = 32
 
@@ -80,7 +80,7 @@ def make_bundle(directory: Path, kind: str) -> Bundle:
         model, family, classes = build_tiny_cnn(), "coronet", CLASSES_4
     else:
         model, family, classes = build_tiny_lstm(), "cnn-lstm", CLASSES_3
-    bundle = Bundle.create(directory, family, classes, get_spec(family).with_size(SIZE))
+    bundle = Bundle.create(directory, family, classes, default_spec(family).with_size(SIZE))
     path = bundle.default_path("keras")
     model.save(path)
     bundle.set_artifact("keras", path)

@@ -120,10 +120,10 @@ def test_parity_failure_publishes_nothing(keras_cnn_bundle, copy_bundle):
 
 
 def test_export_needs_keras_artifact(tmp_path):
-    from edgecxr.core.spec import get_spec
     from edgecxr.data.manifest import CLASSES_4
+    from edgecxr.models import default_spec
 
-    bundle = Bundle.create(tmp_path / "b", "coronet", CLASSES_4, get_spec("coronet").with_size(32))
+    bundle = Bundle.create(tmp_path / "b", "coronet", CLASSES_4, default_spec("coronet").with_size(32))
     bundle.save()
     with pytest.raises(BundleError, match="no keras artifact"):
         export_bundle(bundle, progress=False)

@@ -18,8 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.metadata import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS
-from edgecxr.core.spec import CORONET_V1, PreprocessSpec
+from edgecxr.core.spec import PreprocessSpec
 from edgecxr.data.manifest import CLASSES_4
+from edgecxr.models.coronet import CORONET_V1
 
 SPEC: PreprocessSpec = CORONET_V1.with_size(32)
 CLASSES = list(CLASSES_4)

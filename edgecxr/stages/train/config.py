@@ -15,6 +15,7 @@ import numpy as np
 from edgecxr.core.errors import DataError, EdgeCXRError
 from edgecxr.data.manifest import Record, label_indices
 from edgecxr.models import default_input_size, model_options
+from edgecxr.models import get as get_model
 from edgecxr.stages.train.augment import get_policy
 from edgecxr.stages.train.recipes import (
     OPTIMIZERS,
@@ -69,8 +70,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
-        if self.model not in PAPER_RECIPES:
-            raise EdgeCXRError(f"unknown model {self.model!r}; expected one of {sorted(PAPER_RECIPES)}")
+        get_model(self.model)  # EdgeCXRError naming the known models
         recipe_name = self.recipe
         if recipe_name is None:
             weights = "none" if self.tiny else (self.weights or PAPER_RECIPES[self.model]["weights"])

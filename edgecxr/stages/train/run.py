@@ -4,10 +4,10 @@ The loop uses Keras 3 only (no `tf.*`), so it runs under TensorFlow, JAX or PyTo
 (KERAS_BACKEND); augmentation and batching are NumPy (`edgecxr.augment`). The saved model.keras is
 always float32, whatever precision trained it, and exports with TensorFlow as before.
 
-`--recipe scratch` (`edgecxr.recipes.SCRATCH_RECIPES`, the default when the initial weights are random) is what the
+`--recipe scratch` (`edgecxr.stages.train.recipes.SCRATCH_RECIPES`, the default when the initial weights are random) is what the
 reference models were trained with; see its comment and docs/REPRODUCTION.md for the ablation.
 
-Paper recipes (`--recipe paper`, `edgecxr.recipes.PAPER_RECIPES`; every value can be overridden from the CLI):
+Paper recipes (`--recipe paper`, `edgecxr.stages.train.recipes.PAPER_RECIPES`; every value can be overridden from the CLI):
   * CoroNet (Khan et al. 2020): Adam 1e-4, batch 10, 80 epochs, ImageNet-initialised Xception,
     no augmentation or class weights (none described; our 4 classes are balanced, 212-238 images).
     No early stopping by default: the paper trained all 80 epochs.
@@ -49,12 +49,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from edgecxr import models
 from edgecxr.core.bundle import Bundle, git_commit
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.fileutil import read_json, write_json
 from edgecxr.core.lazy import require
 from edgecxr.data.dataset import load_arrays
-from edgecxr.data.manifest import Record, classes_for, manifest_sha256, read_manifest, select
+from edgecxr.data.manifest import Record, manifest_sha256, read_manifest, select
 from edgecxr.models import default_spec
 from edgecxr.stages.train.config import (
     CKPT_DIR,
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     log = log or sys.stderr
     require("keras", "training")
     set_threads(cfg.threads)
-    classes = classes_for(cfg.model)
+    classes = models.get(cfg.model).classes
     records = read_manifest(cfg.data)
     out = Path(cfg.out)
     dataset = {"manifest": str(Path(cfg.data).resolve()), "sha256": manifest_sha256(cfg.data),

@@ -100,14 +100,15 @@ def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
               "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
     for c, row in zip(classes, test["confusion_matrix"], strict=True):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
-    verify = m.get("verify") or {}
+    verdicts = bundle.gate_verdicts()
+    verify = next(iter(verdicts.values()), {})  # the run facts (split, n, reference) of the gate
     lines += ["", "## Shipped artifacts and the accuracy gate", "",
               f"Gate on `{verify.get('split')}` (n={verify.get('n')}) against the {verify.get('reference')} model: "
               "accuracy drop <= 1 pp, COVID sensitivity not lower, top-1 agreement >= 98%.", "",
               "| artifact | file | size | sha256 | gate |", "|---|---|---:|---|---|"]
     for key, rel in m["artifacts"].items():
         size = (bundle.dir / rel).stat().st_size / 1e6
-        gate = ((verify.get("artifacts") or {}).get(key) or {})
+        gate = verdicts.get(key) or {}
         verdict = {True: "passed", False: "FAILED", None: "not gated"}[gate.get("passed")]
         extra = (f" (top-1 agreement {pct(gate.get('top1_agreement'))}, accuracy {pct(gate.get('accuracy'))}, "
                  f"COVID sensitivity {pct(gate.get('covid_sensitivity'))})" if gate.get("top1_agreement") is not None else "")

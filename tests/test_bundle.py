@@ -114,3 +114,33 @@ def test_atomic_write_under_a_file_names_the_file(tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file, not a folder") as info:
         write_json(tmp_path / "afile" / "sub" / "x.json", {})
     assert info.value.filename == str(tmp_path / "afile")
+
+
+def test_gate_verdicts_live_in_one_section_and_later_runs_replace_earlier_ones(tmp_path):
+    bundle = Bundle.create(tmp_path / "b", "coronet", ["a", "b"], CORONET_V1)
+    bundle.save()
+    assert bundle.gate_verdict("onnx_int8") is None
+    bundle.record_gate({"onnx_int8": {"passed": True}, "onnx_fp16": {"passed": True}}, {"time": "t1"}, by="verify")
+    bundle.record_gate({"onnx_int8": {"passed": False}}, {"time": "t2", "split": "test"}, by="calibrate")
+    reloaded = Bundle.load(bundle.dir)
+    assert reloaded.gate_verdict("onnx_int8") is False and reloaded.gate_verdict("onnx_fp16") is True
+    assert reloaded.gate_verdicts()["onnx_int8"] == {"passed": False, "time": "t2", "split": "test", "by": "calibrate"}
+
+
+def test_verdicts_of_bundles_written_before_the_gate_section_are_read_and_then_moved(tmp_path):
+    bundle = Bundle.create(tmp_path / "b", "coronet", ["a", "b"], CORONET_V1)
+    calib = {"time": "2025-01-02", "artifacts": {"onnx_int8": {"passed": True}}}
+    bundle.meta.update(
+        verify={"time": "2025-01-03", "split": "test", "artifacts": {"onnx_int8": {"passed": False}, "onnx_fp16": {"passed": True}}},
+        calibration={"method": "minmax", "gate": calib},
+        engines={"engines/x.engine": {"precision": "fp16", "verified": False}},
+    )
+    bundle.save()
+    old = Bundle.load(bundle.dir)
+    assert old.gate_verdict("onnx_int8") is False  # the newer of the two legacy verdicts
+    assert old.gate_verdict("onnx_fp16") is True and old.gate_verdict("engine:x.engine") is False
+    old.record_gate({"onnx_fp32": {"passed": True}}, {"time": "2025-01-04"}, by="verify")
+    meta = Bundle.load(bundle.dir).meta
+    assert "verify" not in meta and "gate" not in meta["calibration"] and "verified" not in meta["engines"]["engines/x.engine"]
+    assert {k: v["passed"] for k, v in meta["gate"].items()} == {
+        "onnx_int8": False, "onnx_fp16": True, "engine:x.engine": False, "onnx_fp32": True}

@@ -24,7 +24,7 @@ def test_demo_runs_every_stage_on_the_examples(tmp_path):
     assert stages["calibrate"].startswith(("ok", "gate failed")) and stages["verify"].startswith(("ok", "gate failed"))
     bundle = Bundle.load(result["bundle"])
     assert bundle.artifact("onnx_fp32").is_file() and bundle.artifact("keras").is_file()
-    assert "verify" in bundle.meta
+    assert bundle.gate_verdict("onnx_fp16") is not None  # verify recorded its verdict
     pred = result["prediction"]
     assert pred["error"] is None and pred["label"] in bundle.classes
     if not available("tensorrt"):

@@ -260,7 +260,9 @@ def _engine_in_bundle(bundle: Bundle, name: str, platform: dict, precision: str,
     side = _sidecar(platform, precision)
     side["built_at"] = built_at
     write_json(sidecar_path(engine), side)
-    record_engine(bundle, engine, side, verified=verified)
+    record_engine(bundle, engine, side)
+    if verified is not None:
+        Bundle.load(bundle.dir).record_gate({f"engine:{name}": {"passed": verified}}, {"time": built_at}, by="build")
     return engine
 
 
@@ -272,7 +274,8 @@ def test_record_engine_and_choose_engine(tmp_path):
     _engine_in_bundle(bundle, "gtx-int8-bad.engine", GTX, "int8", False, "2025-01-03")
     a4000 = _engine_in_bundle(bundle, "a4000-fp16.engine", A4000, "fp16", None, "2025-01-04")
     meta = Bundle.load(bundle.dir).meta
-    assert meta["engines"]["engines/gtx-int8-bad.engine"]["verified"] is False
+    assert Bundle.load(bundle.dir).gate_verdict("engine:gtx-int8-bad.engine") is False
+    assert "verified" not in meta["engines"]["engines/gtx-int8-bad.engine"]  # verdicts live in "gate" only
     assert meta["engines"]["engines/gtx-fp16.engine"]["gpu"]["name"] == GTX["gpu"]["name"]
 
     chosen, rejected = choose_engine(bundle.dir, meta, GTX)

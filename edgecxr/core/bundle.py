@@ -25,6 +25,8 @@ from edgecxr.core.fileutil import read_json, write_json
 from edgecxr.core.spec import PreprocessSpec
 
 BUNDLE_FILE = "bundle.json"
+#: bundle.json section holding every accuracy-gate verdict (see Bundle.gate_verdicts)
+GATE_SECTION = "gate"
 FORMAT = "edgecxr-bundle"
 FORMAT_VERSION = 1
 
@@ -131,6 +133,39 @@ class Bundle:
             raise BundleError(f"artifact {path} is outside the bundle {self.dir}") from None
         self.meta.setdefault("artifacts", {})[key] = rel.as_posix()
 
+    # -- the accuracy gate's verdicts: one section, "gate", keyed by artifact ------------------------
+    def gate_verdicts(self) -> dict[str, dict[str, Any]]:
+        """Artifact key -> its latest gate entry ({"passed": bool, "time", "split", "n", "by", ...}).
+
+        Engines are keyed "engine:<file name>". Bundles written before the "gate" section existed
+        kept verdicts in three places; they are read through `_legacy_verdicts` until the next gate
+        run rewrites them here.
+        """
+        gate = self.meta.get(GATE_SECTION)
+        return dict(gate) if isinstance(gate, dict) else _legacy_verdicts(self.meta)
+
+    def gate_verdict(self, key: str) -> bool | None:
+        """Whether `key` passed the accuracy gate; None when it was never gated."""
+        passed = (self.gate_verdicts().get(key) or {}).get("passed")
+        return passed if isinstance(passed, bool) else None
+
+    def record_gate(self, rows: dict[str, dict[str, Any]], run: dict[str, Any], by: str) -> None:
+        """Record gate rows (artifact key -> verdict and metrics) from one run of stage `by`, and save.
+
+        A later run replaces an artifact's entry; artifacts the run did not check keep theirs.
+        """
+        verdicts = self.gate_verdicts()
+        for key, row in rows.items():
+            verdicts[key] = {**row, **run, "by": by}
+        for legacy in ("verify",):
+            self.meta.pop(legacy, None)
+        if isinstance(self.meta.get("calibration"), dict):
+            self.meta["calibration"].pop("gate", None)
+        for entry in (self.meta.get("engines") or {}).values():
+            if isinstance(entry, dict):
+                entry.pop("verified", None)
+        self.update(**{GATE_SECTION: verdicts})
+
     def update(self, **sections: Any) -> None:
         """Replace top-level sections and save."""
         self.meta.update(sections)
@@ -138,6 +173,28 @@ class Bundle:
 
     def save(self) -> Path:
         return write_json(self.path, self.meta)
+
+
+def _legacy_verdicts(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Verdicts of a bundle written before the "gate" section: bundle.json["verify"], the INT8
+    calibration's own gate, and engines' "verified" flags; the most recent verdict wins."""
+    out: dict[str, dict[str, Any]] = {}
+    sections = (("verify", meta.get("verify")), ("calibrate", (meta.get("calibration") or {}).get("gate")))
+    for by, section in sections:
+        if not isinstance(section, dict) or not isinstance(section.get("artifacts"), dict):
+            continue
+        for key, entry in section["artifacts"].items():
+            row = dict(entry) if isinstance(entry, dict) else {"passed": entry}
+            if not isinstance(row.get("passed"), bool):
+                continue  # the reference, or an artifact that could not run: no verdict
+            row.update(time=str(section.get("time", "")), split=section.get("split"), n=section.get("n"), by=by)
+            if key not in out or row["time"] >= out[key]["time"]:
+                out[key] = row
+    for rel, entry in (meta.get("engines") or {}).items():
+        if isinstance(entry, dict) and "verified" in entry:
+            out[f"engine:{Path(rel).name}"] = {"passed": entry["verified"], "time": str(entry.get("built_at", "")),
+                                              "by": "build"}
+    return out
 
 
 def _check_sections(path: Path, meta: dict[str, Any]) -> None:

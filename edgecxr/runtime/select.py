@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.artifacts import KINDS, PRECISIONS, onnx_key
+from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import (
     BackendUnavailableError,
     BundleError,
@@ -46,35 +47,8 @@ class ArtifactChoice:
 # ------------------------------------------------------------------------------------------------
 # Choosing an artifact
 # ------------------------------------------------------------------------------------------------
-def gate_status(meta: dict[str, Any], artifact: str) -> bool | None:
-    """Whether `artifact` (e.g. 'onnx_int8') passed the accuracy gate per bundle.json; None if never gated.
-
-    Two places record a verdict: bundle.meta['verify'] (`edgecxr verify`) and, for the INT8 file,
-    bundle.meta['calibration']['gate'] (`edgecxr calibrate` gates before publishing). Both hold
-    {'time': ..., 'artifacts': {key: {'passed': bool}}}; the most recent verdict wins, so a later
-    failing `verify` run withdraws an INT8 model and a re-calibration supersedes an old verify.
-    """
-    verdicts: list[tuple[str, bool]] = []
-    for section in (meta.get("verify"), (meta.get("calibration") or {}).get("gate")):
-        if not isinstance(section, dict):
-            continue
-        entries = section.get("artifacts", section)
-        entry = entries.get(artifact) if isinstance(entries, dict) else None
-        if isinstance(entry, dict) and isinstance(entry.get("passed"), bool):
-            verdicts.append((str(section.get("time", "")), entry["passed"]))
-        elif isinstance(entry, bool):
-            verdicts.append((str(section.get("time", "")), entry))
-    if not verdicts:
-        return None
-    return max(verdicts, key=lambda v: v[0])[1]
-
-
-def _engine_candidates(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for key, entry in (meta.get("engines") or {}).items():
-        path = Path(key) if Path(key).is_absolute() else bundle_dir / key
-        out.append((path, entry if isinstance(entry, dict) else {}))
-    return out
+def _engine_candidates(bundle_dir: Path, meta: dict[str, Any]) -> list[Path]:
+    return [Path(key) if Path(key).is_absolute() else bundle_dir / key for key in (meta.get("engines") or {})]
 
 
 def choose_engine(
@@ -89,9 +63,10 @@ def choose_engine(
     wins over FP16, then the most recently built.
     """
 
+    verdicts = Bundle(bundle_dir, meta).gate_verdicts()
     rejected: list[str] = []
     usable: list[tuple[tuple[bool, bool, str], Path]] = []
-    for path, entry in _engine_candidates(bundle_dir, meta):
+    for path in _engine_candidates(bundle_dir, meta):
         if not path.is_file():
             rejected.append(f"{path.name}: file missing")
             continue
@@ -107,7 +82,7 @@ def choose_engine(
         if reasons:
             rejected.append(f"{path.name}: " + "; ".join(reasons))
             continue
-        verified = entry.get("verified")
+        verified = verdicts.get(f"engine:{path.name}", {}).get("passed")
         if verified is False:
             rejected.append(f"{path.name}: failed the accuracy gate")
             continue
@@ -128,7 +103,7 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
     if not cuda:
         preferred, other = other, preferred
     path = bundle.artifact(preferred[0], must_exist=False)
-    status = gate_status(bundle.meta, preferred[0]) if path is not None else None
+    status = bundle.gate_verdict(preferred[0]) if path is not None else None
     if status:
         return ArtifactChoice("onnxruntime", path, preferred[1], f"{preferred[1]} ONNX (passed the accuracy gate)")
     why = "absent" if path is None else ("failed the accuracy gate" if status is False else "not verified yet (`edgecxr verify`)")
@@ -137,7 +112,7 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False) -> Artif
         return ArtifactChoice("onnxruntime", fp32, "fp32", f"fp32 ONNX ({preferred[1]} ONNX {why})")
     # no FP32 file (the shipped reference models): the other reduced precision, if it passed the gate
     path = bundle.artifact(other[0], must_exist=False)
-    if path is not None and gate_status(bundle.meta, other[0]):
+    if path is not None and bundle.gate_verdict(other[0]):
         return ArtifactChoice("onnxruntime", path, other[1],
                               f"{other[1]} ONNX (passed the accuracy gate; no fp32 shipped; {preferred[1]} ONNX {why})")
     raise BundleError(f"{bundle.dir}: bundle has no ONNX model; run `edgecxr export`")

@@ -213,12 +213,11 @@ def _build_stage(st: Stages, bundle_dir: Path, manifest: Path, log: Callable[[st
 
     def build() -> Any:
         from edgecxr.core.bundle import Bundle
-        from edgecxr.runtime.select import gate_status
         from edgecxr.stages.engine.build import build_engine
         from edgecxr.stages.engine.profile import resolve_profile
 
         b = Bundle.load(bundle_dir)
-        precision = "int8" if b.artifact("onnx_int8", must_exist=False) and gate_status(b.meta, "onnx_int8") else "fp16"
+        precision = "int8" if b.artifact("onnx_int8", must_exist=False) and b.gate_verdict("onnx_int8") else "fp16"
         return build_engine(bundle_dir, resolve_profile(None, precision=precision, batch="1-8"), manifest=manifest, log=log)
 
     st.run("build", title, build, optional=True)

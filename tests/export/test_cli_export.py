@@ -75,7 +75,7 @@ def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic
     )
     assert res.exit_code == 3
     assert "FAIL" in res.output and "max |probability difference|" in res.output
-    assert Bundle.load(bundle.dir).meta["verify"]["passed"] is False
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_fp16") is False
 
     gates = tmp_path / "g.toml"
     gates.write_text("[gates]\nmin_agreement = 2\n")

@@ -52,8 +52,11 @@ def test_gate_passes_good_artifacts_and_writes_reports(exported_cnn, copy_bundle
     assert data["passed"] is True and set(data["artifacts"]) >= {"keras", "onnx_fp32", "onnx_fp16"}
     md = (bundle.dir / "verify.md").read_text()
     assert "| artifact | backend | status |" in md and "| onnx_fp16 | onnxruntime | ok |" in md and "PASSED" in md
-    summary = Bundle.load(bundle.dir).meta["verify"]
-    assert summary["passed"] is True and summary["split"] == "test" and summary["reference"] == "keras"
+    verdicts = Bundle.load(bundle.dir).gate_verdicts()
+    assert {"onnx_fp32", "onnx_fp16"} <= set(verdicts) and "keras" not in verdicts  # the reference is not gated
+    fp16_entry = verdicts["onnx_fp16"]
+    assert fp16_entry["passed"] is True and fp16_entry["split"] == "test" and fp16_entry["reference"] == "keras"
+    assert fp16_entry["by"] == "verify" and fp16_entry["report"] == "verify.json"
 
 
 def test_gate_fails_on_perturbed_weights(exported_cnn, copy_bundle, synthetic_manifest):
@@ -69,7 +72,7 @@ def test_gate_fails_on_perturbed_weights(exported_cnn, copy_bundle, synthetic_ma
     assert bad.passed is False and bad.agreement["top1_agreement"] == 0.0
     assert len(bad.disagreements) == 20  # listed (capped) for inspection
     assert result.get("onnx_fp32").passed is True  # the good ones still pass
-    assert Bundle.load(bundle.dir).meta["verify"]["passed"] is False
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_int8") is False
     assert "**FAIL**" in (bundle.dir / "verify.md").read_text()
 
     # raise_on_fail=False hands the failing result back instead
@@ -104,7 +107,7 @@ def test_engines_are_skipped_with_a_reason_or_fail_when_named(exported_cnn, copy
     engine = bundle.dir / "engines" / "tiny-fp16.engine"
     engine.parent.mkdir()
     engine.write_bytes(b"\0" * 16)
-    bundle.update(engines={"engines/tiny-fp16.engine": {"precision": "fp16", "verified": True}})
+    bundle.update(engines={"engines/tiny-fp16.engine": {"precision": "fp16"}})
 
     result = run_gate(bundle, synthetic_manifest, "test", limit=8, bootstrap=0, progress=False)
     eng = result.get("engine:tiny-fp16.engine")

@@ -17,7 +17,7 @@ from edgecxr.core.metadata import make_sidecar, read_onnx_metadata, sidecar_path
 from edgecxr.core.spec import preprocess
 from edgecxr.data.io import load_image
 from edgecxr.runtime.classifier import Classifier, Prediction
-from edgecxr.runtime.select import choose_artifact, choose_onnx, gate_status
+from edgecxr.runtime.select import choose_artifact, choose_onnx
 from runtime import tinymodels
 
 trt_missing = pytest.mark.skipif(available("tensorrt"), reason="these check the CPU-only path; tensorrt is installed here")
@@ -108,20 +108,6 @@ def test_bundle_auto_picks_int8_only_when_it_passed_the_gate(tmp_path, passed, e
         assert pred.ok
 
 
-def test_gate_status_reads_verify_and_calibration_and_takes_the_latest():
-    assert gate_status({}, "onnx_int8") is None
-    assert gate_status({"verify": {"artifacts": {"onnx_int8": {"passed": True}}}}, "onnx_int8") is True
-    assert gate_status({"verify": {"onnx_int8": {"passed": False}}}, "onnx_int8") is False
-    assert gate_status({"verify": {"onnx_int8": {"passed": False}}}, "onnx_fp16") is None
-    calib = {"time": "2025-01-02T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": True, "status": "ok"}}}
-    assert gate_status({"calibration": {"gate": calib}}, "onnx_int8") is True
-    assert gate_status({"calibration": {"gate": {"skipped": "--no-verify"}}}, "onnx_int8") is None
-    older_fail = {"time": "2025-01-01T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": False}}}
-    newer_fail = {"time": "2025-01-03T00:00:00+00:00", "artifacts": {"onnx_int8": {"passed": False}}}
-    assert gate_status({"verify": older_fail, "calibration": {"gate": calib}}, "onnx_int8") is True
-    assert gate_status({"verify": newer_fail, "calibration": {"gate": calib}}, "onnx_int8") is False
-
-
 def test_explicit_precision_and_missing_artifacts(tmp_path):
     bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
     assert choose_onnx(bundle, "fp16").path.name == "model.fp16.onnx"
@@ -129,7 +115,7 @@ def test_explicit_precision_and_missing_artifacts(tmp_path):
         choose_onnx(bundle, "int8")
     assert choose_onnx(bundle, None).precision == "fp32"
     assert choose_onnx(bundle, None, cuda=True).precision == "fp32"  # FP16 not gated yet
-    bundle.meta["verify"] = {"artifacts": {"onnx_fp16": {"passed": True}}}
+    bundle.record_gate({"onnx_fp16": {"passed": True}}, {"time": "2026-12-02T00:00:00+00:00"}, by="verify")
     assert choose_onnx(bundle, None, cuda=True).precision == "fp16"
     with pytest.raises(BundleError, match="keras"):
         choose_artifact(bundle, "keras")

@@ -29,7 +29,7 @@ def fake_reference(tmp_path, monkeypatch) -> Path:
     """A reference folder holding one tiny model shipped as FP16 only, like the real ones."""
     ref = tmp_path / "reference"
     src = tinymodels.make_bundle(tmp_path / "src", int8=False)
-    src.meta["verify"] = {"artifacts": {"onnx_fp16": {"passed": True}}}
+    src.meta["gate"] = {"onnx_fp16": {"passed": True, "by": "verify"}}
     src.meta["metrics"] = {"test": {"n": 10, "accuracy": 0.9, "per_class": {"covid": {"recall": 1.0}}}}
     src.save()
     store.copy_deployable(src.dir, ref / "tinynet", ("onnx_fp16",))

@@ -142,7 +142,7 @@ def make_bundle(directory: Path, int8: bool = True, fp16: bool = True, int8_pass
         make_int8_onnx(bundle.default_path("onnx_fp32"), bundle.default_path("onnx_int8"))
         bundle.set_artifact("onnx_int8", bundle.default_path("onnx_int8"))
     if int8_passed is not None:
-        bundle.meta["verify"] = {"artifacts": {"onnx_int8": {"passed": int8_passed}}}
+        bundle.meta["gate"] = {"onnx_int8": {"passed": int8_passed, "by": "verify"}}
     bundle.save()
     return bundle
 

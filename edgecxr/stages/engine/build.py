@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.artifacts import onnx_key
+from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BackendUnavailableError, BundleError, GateFailedError
 from edgecxr.core.fileutil import atomic_write_bytes, sha256_file, write_json
 from edgecxr.core.lazy import require
@@ -40,6 +41,7 @@ from edgecxr.stages.engine.profile import (
     check_precision_support,
     check_profile_target,
 )
+from edgecxr.stages.gate.report import record_verdicts
 
 #: bundle artifact each engine precision is built from
 
@@ -121,8 +123,6 @@ def build_engine(
         MissingDependencyError / BackendUnavailableError: no TensorRT, no GPU, no fast path for the precision.
         BuildError: the ONNX does not parse or TensorRT cannot build it.
     """
-    from edgecxr.core.bundle import Bundle
-
     bundle = Bundle.load(bundle_dir)
     precision = profile.precision
     onnx_path = bundle.artifact(onnx_key(precision))  # BundleError naming export/calibrate if absent
@@ -236,6 +236,7 @@ def _check_and_publish(
     write_json(sidecar_path(candidate.path), sidecar)
     size_mb = candidate.path.stat().st_size / 1e6
     gate = None
+    candidate_key = f"engine:{candidate.path.name}"  # the gate's key for the file it ran
     if verify:
         try:
             gate = _verify_engine(bundle, candidate.path, manifest, split, log)
@@ -245,7 +246,9 @@ def _check_and_publish(
     engine = candidate.publish()
     side = sidecar_path(engine)
     log(f"wrote {engine} ({size_mb:.1f} MB, {sidecar['build_seconds']:.0f} s) and {side.name}")
-    record_engine(bundle, engine, sidecar, verified=True if verify else None)
+    record_engine(bundle, engine, sidecar)
+    if gate is not None:
+        record_verdicts(Bundle.load(bundle.dir), gate, by="build", rename={candidate_key: f"engine:{engine.name}"})
     result = BuildResult(engine, side, sidecar)
     result.gate = gate
     return result
@@ -259,14 +262,12 @@ def engine_key(bundle_dir: Path, engine: Path) -> str:
         return str(engine.resolve())
 
 
-def record_engine(bundle: Any, engine: Path, sidecar: dict[str, Any], verified: bool | None) -> None:
-    """Add the engine to bundle.meta['engines'] (keyed by its path) and save bundle.json.
+def record_engine(bundle: Any, engine: Path, sidecar: dict[str, Any]) -> None:
+    """Add the engine's build facts to bundle.meta['engines'] (keyed by its path) and save bundle.json.
 
-    `verified` is the accuracy gate's verdict (None: built with --no-verify); the runtime's `auto`
-    skips engines that failed it.
+    Its accuracy-gate verdict is recorded apart, with every other verdict, in bundle.json["gate"]
+    under "engine:<file name>" (Bundle.record_gate); the runtime's `auto` skips engines that failed.
     """
-    from edgecxr.core.bundle import Bundle
-
     bundle = Bundle.load(bundle.dir)  # re-read: the gate may have written its own section meanwhile
     engines = dict(bundle.meta.get("engines") or {})
     engines[engine_key(bundle.dir, engine)] = {
@@ -276,7 +277,6 @@ def record_engine(bundle: Any, engine: Path, sidecar: dict[str, Any], verified: 
         "dla_core": sidecar.get("dla_core"),
         "sha256": sidecar["engine"]["sha256"],
         "built_at": sidecar["built_at"],
-        "verified": verified,
     }
     bundle.update(engines=engines)
 

@@ -73,6 +73,7 @@ from edgecxr.stages.export.qdq_check import (
     weight_quantization,
 )
 from edgecxr.stages.gate.config import Gates
+from edgecxr.stages.gate.report import record_verdicts
 from edgecxr.stages.gate.result import VerifyResult
 from edgecxr.stages.gate.run import run_gate
 
@@ -326,12 +327,15 @@ def calibrate_bundle(
                 kept = candidate.reject(note={"calibration": section, "gate": result.to_dict()})
                 result.raise_for_failures(f"INT8 model not published (kept as {kept.name})")
         else:
-            section["gate"] = {"skipped": "--no-verify; run `edgecxr verify` before deploying"}
+            section["gate"] = {"skipped": "not gated on request; run `edgecxr verify` before deploying"}
         section["sha256"] = sha256_file(tmp)
         section["duration_s"] = round(time.perf_counter() - t0, 2)
         final = candidate.publish()
     bundle.set_artifact("onnx_int8", final)
-    bundle.update(calibration=section)
+    # The verdict goes where every verdict goes (bundle.json["gate"]); the calibration section keeps the rest.
+    bundle.update(calibration={k: v for k, v in section.items() if k != "gate"})
+    if result is not None:
+        record_verdicts(bundle, result, by="calibrate")
     return section
 
 

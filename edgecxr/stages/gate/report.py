@@ -14,13 +14,26 @@ log = logging.getLogger(__name__)
 
 
 def write_report(bundle: Bundle, result: VerifyResult) -> tuple[Path, Path]:
-    """verify.json + verify.md into the bundle and the summary into bundle.json["verify"]."""
+    """verify.json + verify.md into the bundle and each artifact's verdict into bundle.json["gate"]."""
     json_path = write_json(bundle.dir / "verify.json", result.to_dict())
     md_path = atomic_write_text(bundle.dir / "verify.md", format_markdown(result))
-    summary = result.summary()
-    summary["report_sha256"] = sha256_file(json_path)
-    bundle.update(verify=summary)
+    record_verdicts(bundle, result, by="verify", report=json_path)
     return json_path, md_path
+
+
+def record_verdicts(bundle: Bundle, result: VerifyResult, by: str, report: Path | None = None,
+                    rename: dict[str, str] | None = None) -> None:
+    """Record the verdicts of one gate run in bundle.json["gate"] (Bundle.record_gate).
+
+    `rename` maps result keys to the keys the artifacts are published under (a candidate file's
+    key to its final one). The reference artifact is not recorded: it is not gated.
+    """
+    summary = result.summary()
+    rows = {(rename or {}).get(k, k): v for k, v in summary.pop("artifacts").items() if k != result.reference}
+    run = {k: summary[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates")}
+    if report is not None:
+        run.update(report=report.name, report_sha256=sha256_file(report))
+    bundle.record_gate(rows, run, by=by)
 
 
 def _pct(v: float | None) -> str:

@@ -256,7 +256,7 @@ def run_gate(
         bootstrap: resamples for the 95% CIs in the metrics (0: none; the gates do not use them).
         seed: bootstrap seed (the same for every artifact, so their CIs are comparable).
         progress: progress bars while loading images.
-        write: write verify.json / verify.md into the bundle and bundle.json["verify"] (before
+        write: write verify.json / verify.md into the bundle and the verdicts into bundle.json["gate"] (before
             raising, so a failed run leaves its report).
         raise_on_fail: raise GateFailedError (with the result as its `.result`) when a gate fails;
             False returns the failing result instead (`calibrate` keeps the rejected file first).

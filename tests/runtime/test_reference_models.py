@@ -35,7 +35,7 @@ def test_both_reference_models_ship_with_hashes_and_metrics():
             total += art["bytes"]
         assert (entries[name].path / "reference_probs.json").is_file()
     assert total <= MAX_SHIPPED_BYTES
-    assert registry.DEFAULT_MODEL == "coronet"
+    assert registry.resolve(None) == entries["coronet"].path  # no model named: the shipped CoroNet
 
 
 def test_infer_default_model_on_the_examples(examples):

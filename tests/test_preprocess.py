@@ -13,7 +13,6 @@ from edgecxr.preprocess import (
     PreprocessSpec,
     get_spec,
     preprocess,
-    preprocess_batch,
     to_gray,
 )
 
@@ -97,12 +96,6 @@ def test_nan_raises():
     img[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         preprocess(img, CNN_LSTM_V1)
-
-
-def test_batch_shape_and_empty_batch():
-    batch = preprocess_batch([golden_image(), golden_image()[:200]], CORONET_V1)
-    assert batch.shape == (2, 150, 150, 3)
-    assert preprocess_batch([], CORONET_V1).shape == (0, 150, 150, 3)
 
 
 def test_spec_round_trip_and_guards():

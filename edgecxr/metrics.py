@@ -394,7 +394,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def _summary_lines(result: dict[str, Any]) -> list[str]:
-    """Accuracy, AUC, COVID-vs-rest and non-COVID lines shared by the text and Markdown reports."""
+    """Accuracy, AUC, COVID-vs-rest and non-COVID lines of the text report."""
     boot = result.get("bootstrap", {})
     lines = [
         f"accuracy {_f(result['accuracy'])}{_ci(result.get('accuracy_ci95'))}",
@@ -463,34 +463,4 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
     out.append("macro".ljust(name_w) + "".join(v.rjust(12) for v in macro))
     out.append("")
     out += _summary_lines(result)
-    return "\n".join(out) + "\n"
-
-
-def format_markdown(result: dict[str, Any], title: str = "") -> str:
-    """The same report as Markdown tables (docs/RESULTS.md and the like)."""
-    classes = list(result["classes"])
-    out: list[str] = []
-    if title:
-        out += [f"### {title} (n={result['n']})", ""]
-    out.append("| true \\ predicted | " + " | ".join(classes) + " |")
-    out.append("|---|" + "---:|" * len(classes))
-    for c, row in zip(classes, result["confusion_matrix"], strict=True):
-        out.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
-    out += [
-        "",
-        "| class | precision | recall | specificity | F1 | support | AUC |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in classes:
-        m = result["per_class"][c]
-        out.append(
-            f"| {c} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['specificity'])} | {_f(m['f1'])} "
-            f"| {m['support']} | {_f(m.get('auc'))} |"
-        )
-    out.append(
-        f"| **macro** | {_f(result['macro_precision'])} | {_f(result['macro_recall'])} | | "
-        f"{_f(result['macro_f1'])} | {result['n']} | {_f(result.get('macro_auc'))} |"
-    )
-    out.append("")
-    out += [f"- {line.strip()}" for line in _summary_lines(result)]
     return "\n".join(out) + "\n"

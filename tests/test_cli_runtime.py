@@ -143,11 +143,18 @@ def test_info(cli):
     assert info["backends"]["onnxruntime"]["available"] is True
     assert "CPUExecutionProvider" in info["onnxruntime"]["providers"]
     assert info["cpu"]["logical_cores"] >= 1
-    if not available("tensorrt"):
-        assert info["tensorrt"]["version"] is None and info["tensorrt"]["reason"]
-        assert info["backends"]["tensorrt"]["available"] is False
     text = cli.invoke(main, ["info"]).stdout
     assert "onnxruntime" in text and "cpu:" in text and "tensorrt" in text
+
+
+@pytest.mark.skipif(available("tensorrt"), reason="tensorrt is installed here")
+def test_info_without_tensorrt_says_why(cli):
+    result = cli.invoke(main, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["tensorrt"] == {"version": None, "reason": "tensorrt Python package not installed"}
+    assert info["backends"]["tensorrt"]["available"] is False
+    assert info["backends"]["tensorrt"]["reason"].startswith("tensorrt is not installed")
 
 
 # -- bad input: one `error:` line, the right exit code, results kept --------------------------------

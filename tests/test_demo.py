@@ -6,35 +6,42 @@ import pytest
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.lazy import available
+from edgecxr.runtime.tensorrt import TensorRTRunner
 from edgecxr.stages.demo import EXAMPLES_MANIFEST, main, pick_data, run_demo
 
 needs_tf = pytest.mark.skipif(not (available("tensorflow") and available("tf2onnx")), reason="needs edgecxr[train]")
+#: why TensorRT cannot run here (None where it can: then the demo builds an engine instead)
+NO_TRT = TensorRTRunner.availability()
 
 
 @needs_tf
+@pytest.mark.skipif(
+    NO_TRT is None, reason="TensorRT and a GPU are usable here: the demo builds an engine (see runtime/test_tensorrt.py)"
+)
 def test_demo_runs_every_stage_on_the_examples(tmp_path):
+    """On a machine without TensorRT (CI, this one): every stage but the build succeeds, INT8 passes its gate
+    (seed 0, deterministic on CPU) and the example is classified by ONNX Runtime with the INT8 model."""
     if not EXAMPLES_MANIFEST.is_file():
         pytest.skip("examples/images/manifest.csv not in this checkout")
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", data=str(EXAMPLES_MANIFEST), epochs=1, input_size=32, log=lines.append)
     stages = result["stages"]
     assert list(stages) == ["data", "train", "export", "calibrate", "verify", "build", "infer"]
-    for name in ("data", "train", "export", "infer"):
+    for name in ("data", "train", "export", "calibrate", "verify", "infer"):
         assert stages[name].startswith("ok"), (name, stages[name])
-    assert stages["calibrate"].startswith(("ok", "gate failed")) and stages["verify"].startswith(("ok", "gate failed"))
+    assert stages["build"] == f"skipped: {NO_TRT}; inference uses ONNX Runtime"
     bundle = Bundle.load(result["bundle"])
-    assert bundle.artifact("onnx_fp32").is_file() and bundle.artifact("keras").is_file()
-    assert bundle.gate_verdict("onnx_fp16") is not None  # verify recorded its verdict
+    for key in ("keras", "onnx_fp32", "onnx_fp16", "onnx_int8"):
+        assert bundle.artifact(key).is_file(), key
+    assert bundle.gate_verdict("onnx_fp16") is True and bundle.gate_verdict("onnx_int8") is True
+    assert (tmp_path / "demo" / "calibration").is_dir()  # not ./calibration in the working directory
     pred = result["prediction"]
     assert pred["error"] is None and pred["label"] in bundle.classes
-    if not available("tensorrt"):
-        assert stages["build"].startswith("skipped") and "tensorrt" in stages["build"]
-        assert result["backend"]["backend"] == "onnxruntime"
+    assert result["backend"]["backend"] == "onnxruntime" and result["backend"]["precision"] == "int8"
+    assert "TensorRT unavailable" in result["backend"]["reason"]
     text = "\n".join(lines)
     for n in range(1, 8):
         assert f"[{n}/7]" in text
-    if stages["calibrate"].startswith("ok"):
-        assert (tmp_path / "demo" / "calibration").is_dir()  # not ./calibration in the working directory
 
 
 @needs_tf

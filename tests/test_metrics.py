@@ -313,12 +313,3 @@ def test_format_report_contains_classes_and_numbers():
     # confusion-matrix row of covid: 2 1 0 0
     row = next(line for line in text.splitlines() if line.startswith("covid") and "0.6" not in line)
     assert row.split()[1:] == ["2", "1", "0", "0"]
-
-
-def test_format_markdown_tables():
-    r = _result_4class()
-    md = metrics_report.format_markdown(r, "CoroNet test")
-    assert "### CoroNet test (n=12)" in md
-    assert "| covid | 2 | 1 | 0 | 0 |" in md
-    assert f"| pneumonia_viral | {r['per_class']['pneumonia_viral']['precision']:.3f} |" in md
-    assert "sensitivity 0.667" in md

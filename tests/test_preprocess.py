@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgecxr.core.errors import BundleError, EdgeCXRError
-from edgecxr.core.spec import PreprocessSpec, preprocess, preprocess_batch, to_gray
+from edgecxr.core.spec import PreprocessSpec, preprocess, to_gray
 from edgecxr.models import default_spec
 from edgecxr.models.cnn_lstm import CNN_LSTM_V1
 from edgecxr.models.coronet import CORONET_V1
@@ -92,12 +92,6 @@ def test_nan_raises():
     img[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         preprocess(img, CNN_LSTM_V1)
-
-
-def test_batch_shape_and_empty_batch():
-    batch = preprocess_batch([golden_image(), golden_image()[:200]], CORONET_V1)
-    assert batch.shape == (2, 150, 150, 3)
-    assert preprocess_batch([], CORONET_V1).shape == (0, 150, 150, 3)
 
 
 def test_spec_round_trip_and_guards():

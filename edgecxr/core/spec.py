@@ -24,7 +24,6 @@ Output is float32 NHWC, the layout the Keras models, their ONNX exports and Tens
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,11 +173,3 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.channels == 3:
         x = np.repeat(x, 3, axis=2)
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """Preprocess several images into one NHWC float32 batch."""
-    arrays = [preprocess(im, spec) for im in images]
-    if not arrays:
-        return np.zeros((0, *spec.input_shape), dtype=np.float32)
-    return np.stack(arrays, axis=0)

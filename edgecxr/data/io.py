@@ -2,8 +2,8 @@
 
 `load_image` returns a 2-D grayscale array: uint8 or uint16 for PNG/JPEG, float32 in [0, 1] for
 DICOM (after modality/VOI LUT, see `edgecxr.data.dicom`). Anything that cannot be decoded raises
-`ImageLoadError(path, reason)` with a one-line reason; batch callers use `iter_images`, which
-yields the error in place of the image, so one bad file never stops the others.
+`ImageLoadError(path, reason)` with a one-line reason; batch callers (`Classifier.predict`) catch it
+per file and report it in place of the result, so one bad file never stops the others.
 
 Why the container is checked before decoding:
   * OpenCV allocates whatever the header asks for, so a 60000x60000 PNG of a few KB (a
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -88,22 +88,6 @@ def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.
         image = _load_raster(path, head, min_size)
     _check_size(path, image)
     return image
-
-
-def iter_images(
-    paths: Iterable[str | Path], min_size: tuple[int, int] | None = None
-) -> Iterator[tuple[Path, np.ndarray | ImageLoadError]]:
-    """Decode `paths` one by one, yielding (path, image) or (path, ImageLoadError), in input order.
-
-    For batch inference beside a scanner: a corrupt file is reported and the rest are still
-    classified. Only ImageLoadError is caught; anything else (out of memory, a bug) propagates.
-    """
-    for item in paths:
-        path = Path(item)
-        try:
-            yield path, load_image(path, min_size)
-        except ImageLoadError as exc:
-            yield path, exc
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:

@@ -85,33 +85,3 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
     out.append("")
     out += _summary_lines(result)
     return "\n".join(out) + "\n"
-
-
-def format_markdown(result: dict[str, Any], title: str = "") -> str:
-    """The same report as Markdown tables (docs/RESULTS.md and the like)."""
-    classes = list(result["classes"])
-    out: list[str] = []
-    if title:
-        out += [f"### {title} (n={result['n']})", ""]
-    out.append("| true \\ predicted | " + " | ".join(classes) + " |")
-    out.append("|---|" + "---:|" * len(classes))
-    for c, row in zip(classes, result["confusion_matrix"], strict=True):
-        out.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
-    out += [
-        "",
-        "| class | precision | recall | specificity | F1 | support | AUC |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in classes:
-        m = result["per_class"][c]
-        out.append(
-            f"| {c} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['specificity'])} | {_f(m['f1'])} "
-            f"| {m['support']} | {_f(m.get('auc'))} |"
-        )
-    out.append(
-        f"| **macro** | {_f(result['macro_precision'])} | {_f(result['macro_recall'])} | | "
-        f"{_f(result['macro_f1'])} | {result['n']} | {_f(result.get('macro_auc'))} |"
-    )
-    out.append("")
-    out += [f"- {line.strip()}" for line in _summary_lines(result)]
-    return "\n".join(out) + "\n"

@@ -1,4 +1,4 @@
-"""load_image / iter_images / expand_inputs on real files, real encoders and deliberately broken files."""
+"""load_image / expand_inputs on real files, real encoders and deliberately broken files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from edgecxr.core.errors import DataError, ImageLoadError
 from edgecxr.core.spec import preprocess, to_gray
-from edgecxr.data.io import expand_inputs, iter_images, load_image
+from edgecxr.data.io import expand_inputs, load_image
 from edgecxr.data.raster import MAX_SIDE
 from edgecxr.models.coronet import CORONET_V1
 
@@ -233,23 +233,7 @@ def test_trailing_bytes_after_jpeg_eoi_are_accepted(tmp_path: Path) -> None:
     assert load_image(p).shape == xray(5).shape
 
 
-# --- batches and input expansion -----------------------------------------------------------------
-
-
-def test_iter_images_yields_every_result_in_order(tmp_path: Path) -> None:
-    good1 = write_jpeg(tmp_path / "a.jpg", xray(6))
-    bad = tmp_path / "b.png"
-    bad.write_text("not an image")
-    good2 = tmp_path / "c.png"
-    cv2.imwrite(str(good2), xray(7))
-    missing = tmp_path / "d.png"
-    dcm = make_dicom(tmp_path / "e.dcm", xray(8))
-    results = list(iter_images([good1, str(bad), good2, missing, dcm]))
-    assert [p for p, _ in results] == [good1, bad, good2, missing, dcm]
-    kinds = [type(r).__name__ for _, r in results]
-    assert kinds == ["ndarray", "ImageLoadError", "ndarray", "ImageLoadError", "ndarray"]
-    assert results[1][1].path == str(bad) and "file not found" in results[3][1].reason
-    assert results[4][1].dtype == np.float32
+# --- input expansion ---------------------------------------------------------------------------
 
 
 def _tree(tmp_path: Path) -> Path:

@@ -92,18 +92,21 @@ def test_onnx_metadata_and_missing_metadata(tiny_onnx, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "passed,expected",
-    [(None, "fp32"), (False, "fp32"), (True, "int8")],
+    "passed,expected,why",
+    [
+        (None, "fp32", "int8 ONNX not verified yet"),
+        (False, "fp32", "int8 ONNX failed the accuracy gate"),
+        (True, "int8", "int8 ONNX (passed the accuracy gate)"),
+    ],
 )
-def test_bundle_auto_picks_int8_only_when_it_passed_the_gate(tmp_path, passed, expected, images):
+def test_bundle_auto_picks_int8_only_when_it_passed_the_gate(tmp_path, passed, expected, why, images):
     bundle = tinymodels.make_bundle(tmp_path / "b", int8_passed=passed)
     with Classifier.load(bundle.dir) as clf:
         info = clf.backend_info
         assert info["backend"] == "onnxruntime"
         assert info["precision"] == expected
         assert "TensorRT" in info["reason"]  # auto says why TensorRT was not used
-        if passed is False:
-            assert "failed the accuracy gate" in info["reason"]
+        assert why in info["reason"]
         (pred,) = clf.predict([images[0]])
         assert pred.ok
 

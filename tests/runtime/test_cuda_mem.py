@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from edgecxr.core.errors import MissingDependencyError
+from edgecxr.core.errors import BackendUnavailableError, MissingDependencyError
 from edgecxr.core.lazy import available
 from edgecxr.runtime import cuda_mem
+from edgecxr.runtime.backends import create_runner
 from edgecxr.runtime.tensorrt import TensorRTRunner
+from edgecxr.stages.evaluate import resolve_backend
 
 
 def test_format_cuda_version():
@@ -29,6 +31,11 @@ def test_without_a_cuda_binding_everything_says_why():
 
 
 @pytest.mark.skipif(available("tensorrt"), reason="tensorrt is installed here")
-def test_tensorrt_runner_availability_reason_on_cpu():
+def test_tensorrt_runner_availability_reason_on_cpu(tmp_path):
     reason = TensorRTRunner.availability()
     assert reason and "tensorrt" in reason
+    # engines are routed to the TensorRT backend by suffix, and creating it here refuses with the reason
+    for name in ("model.engine", "model.PLAN"):
+        assert resolve_backend("auto", tmp_path / name) == "tensorrt"
+        with pytest.raises(BackendUnavailableError, match=r"backend 'tensorrt' is not available here: tensorrt"):
+            create_runner("tensorrt", tmp_path / name)

@@ -36,7 +36,7 @@ def test_both_reference_models_ship_with_hashes_and_metrics():
             total += art["bytes"]
         assert (entries[name].path / "reference_probs.json").is_file()
     assert total <= MAX_SHIPPED_BYTES
-    assert store.DEFAULT_MODEL == "coronet"
+    assert store.resolve(None) == entries["coronet"].path  # no model named: the shipped CoroNet
 
 
 def test_infer_default_model_on_the_examples(examples):
@@ -56,7 +56,11 @@ def test_classifier_by_name_cnn_lstm(examples):
     assert all(p.ok and abs(sum(p.probabilities.values()) - 1) < 1e-3 for p in preds)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name",
+    # cnn-lstm takes ~54 s on 2 cores (coronet ~8 s runs the same gate path in `make test`)
+    ["coronet", pytest.param("cnn-lstm", marks=pytest.mark.slow)],
+)
 def test_shipped_artifacts_pass_their_gate_against_the_stored_reference(name, shared_cxr):
     bundle = Bundle.load(store.REFERENCE_DIR / name)
     result = run_gate(bundle, shared_cxr / "manifest.csv", "test", bootstrap=0, progress=False, raise_on_fail=False)

@@ -7,21 +7,6 @@ import pytest
 
 from edgecxr.core.errors import MissingDependencyError
 from edgecxr.core.lazy import available, require
-from edgecxr.env import env_flag
-
-
-@pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("", False)])
-def test_env_flag(monkeypatch, raw, expected):
-    monkeypatch.setenv("EDGECXR_TEST_FLAG", raw)
-    assert env_flag("EDGECXR_TEST_FLAG") is expected
-
-
-def test_env_flag_default_and_garbage(monkeypatch):
-    monkeypatch.delenv("EDGECXR_TEST_FLAG", raising=False)
-    assert env_flag("EDGECXR_TEST_FLAG", default=True) is True
-    monkeypatch.setenv("EDGECXR_TEST_FLAG", "maybe")
-    with pytest.raises(ValueError, match="not a boolean"):
-        env_flag("EDGECXR_TEST_FLAG")
 
 
 def test_require_missing_names_the_extra():

@@ -7,6 +7,7 @@ test/calib rows point at files that do not exist, so a run that read them would 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -280,3 +281,30 @@ def test_threads_option_sets_tensorflow_threads_in_a_fresh_process(manifest, tmp
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert proc.stdout.split() == ["1", "1"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_inside_an_epoch_is_a_line_per_tenth_off_a_terminal_and_one_live_line_on_it(manifest, tmp_path):
+    log = io.StringIO()
+    train(_cfg(manifest, tmp_path / "file", epochs=1, batch_size=1), log=log, verbose=1)  # 16 batches
+    text = log.getvalue()
+    assert "\r" not in text
+    batch_lines = [ln for ln in text.splitlines() if ln.startswith("  epoch ")]
+    assert [ln.split("batch ")[1].split()[0] for ln in batch_lines] == [f"{b}/16" for b in range(1, 16)]
+    assert all(ln.startswith("  epoch 1/1  batch ") and " loss " in ln for ln in batch_lines)
+
+    tty = _Terminal()
+    train(_cfg(manifest, tmp_path / "tty", epochs=1, batch_size=1), log=tty, verbose=1)
+    text = tty.getvalue()
+    assert "\r\033[Kepoch 1/1  batch 16/16" in text  # the last batch is always drawn
+    epoch_line = next(ln for ln in text.split("\n") if "val_loss" in ln)
+    assert epoch_line.startswith("\r\033[Kepoch 1/1  ")  # cleared, then the summary on a clean line
+    assert "batch" not in epoch_line.rsplit("\033[K", 1)[1]
+
+    quiet = io.StringIO()
+    train(_cfg(manifest, tmp_path / "quiet", epochs=1, batch_size=1), log=quiet, verbose=0)
+    assert "  epoch 1/1  batch" not in quiet.getvalue()

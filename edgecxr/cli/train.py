@@ -83,7 +83,7 @@ def train(model: str, data: str, out: str, as_json: bool, **options: object) -> 
     if options.get("tiny") and weights is not None and str(weights).lower() != "none":
         raise click.UsageError("--tiny models have no pretrained weights; drop --weights or pass --weights none")
     cfg = TrainConfig(model=model, data=data, out=out, **options)  # type: ignore[arg-type]
-    verbose = 1 if sys.stdout.isatty() and not as_json else 0
+    verbose = 1  # progress inside each epoch on stderr: a live line on a terminal, else a line per tenth
     summary = run_training(cfg, log=sys.stderr, verbose=verbose)
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -27,6 +27,10 @@ _EXTRA_OF = {
 }
 
 
+#: modules whose import starts TensorFlow (and with it its C++ logging)
+_IMPORTS_TENSORFLOW = ("tensorflow", "keras", "tf2onnx", "onnxconverter_common")
+
+
 def available(module: str) -> bool:
     """True when `module` can be imported (without importing it)."""
     try:
@@ -37,7 +41,7 @@ def available(module: str) -> bool:
 
 def require(module: str, purpose: str | None = None) -> ModuleType:
     """Import `module` or raise MissingDependencyError naming the extra that provides it."""
-    if module.split(".")[0] in ("tensorflow", "keras"):
+    if module.split(".")[0] in _IMPORTS_TENSORFLOW:
         quiet_tensorflow()
     try:
         return importlib.import_module(module)

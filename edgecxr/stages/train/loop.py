@@ -25,6 +25,7 @@ from edgecxr.stages.train.config import (
     _identity,
     balanced_class_weights,
 )
+from edgecxr.stages.train.progress import progress_callback
 from edgecxr.stages.train.recipes import (
     dtype_policy,
     dtype_scope,
@@ -202,10 +203,11 @@ def fit(
 
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
+            *([progress_callback(log, cfg.epochs)] if verbose else []),
             _StateCheckpoint.create(ckpt, state, cfg.patience, cfg.epochs, log, twin=best, recalibrate=recalibrate),
         ]
         model.fit(batches, validation_data=(x_val, one_hot(y_val, len(classes))), validation_batch_size=cfg.batch_size,
-                  epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=verbose)
+                  epochs=cfg.epochs, initial_epoch=start, callbacks=callbacks, verbose=0)
     state["wall_seconds"] = float(state.get("wall_seconds", 0.0)) + time.perf_counter() - session_t0
     write_json(state_path, state)
     if not (ckpt / "best.weights.h5").is_file():

@@ -5,7 +5,7 @@
     python scripts/bench_train.py coronet 150 32 --jit-compile
 
 Times `model.fit` on random data after one warm-up batch (so graph tracing is not counted); the data
-pipeline is not part of it (training caches decoded arrays once, see edgecxr.train).
+pipeline is not part of it (training caches decoded arrays once, see edgecxr.stages.train).
 """
 
 from __future__ import annotations

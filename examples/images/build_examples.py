@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 
 from edgecxr.data.io import load_image
-from edgecxr.fileutil import atomic_write_text, sha256_file
+from edgecxr.core.fileutil import atomic_write_text, sha256_file
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ("normal", "pneumonia_bacterial", "pneumonia_viral")

@@ -104,3 +104,16 @@ def plot_confusion(cm: Any, classes: Sequence[str], path: str | Path, title: str
     summary = f"n={total}, accuracy {accuracy:.3f}"
     ax.set_title(f"{title}\n{summary}" if title else summary, fontsize="medium")
     return _save(fig, path)
+
+
+def plot_bars(labels: Sequence[str], values: Sequence[float], path: str | Path, title: str = "") -> Path:
+    """Horizontal bar chart, first label on top (sensitivity rankings)."""
+    fig = _figure(8.0, 0.25 * len(labels) + 1.2)
+    ax = fig.add_subplot()
+    pos = np.arange(len(labels))[::-1]
+    ax.barh(pos, list(values), color="#4c72b0")
+    ax.set_yticks(pos, labels=list(labels), fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.5)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

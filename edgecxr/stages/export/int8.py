@@ -38,7 +38,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,8 @@ from edgecxr.stages.export.calib_set import (
     per_class_counts,
     write_calibration_manifest,
 )
+from edgecxr.stages.export.fallback import FALLBACKS, analyse_candidate, confirm, fallback_record
+from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.qdq_check import (
     ALWAYS_FLOAT_OPS,
     check_tensorrt_qdq,
@@ -198,6 +200,10 @@ def calibrate_bundle(
     calib_manifest_out: str | Path | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    fallback: str = "none",
+    explain: bool = False,
+    select_split: str = "val",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the bundle's FP32 ONNX into model.int8.onnx, gated before it is published.
 
@@ -215,6 +221,13 @@ def calibrate_bundle(
         calib_manifest_out: folder or .csv path for the calibration manifest (default calibration/).
         batch_size: images per calibration batch.
         progress: progress bars.
+        fallback: "auto" keeps the fewest quantized nodes in float for the gate to pass on
+            `select_split` (sensitivity ranking + greedy search, confirmed by a re-calibration);
+            "none" quantizes everything but `keep_float`.
+        explain: rank every quantized node by what it costs on `select_split` and write the table,
+            JSON and plot beside the calibration manifest.
+        select_split: where fallback and explain choose (never the gate's `verify_split`).
+        log: where progress lines of fallback/explain go (default: discarded).
 
     Returns:
         The "calibration" section written into bundle.json.
@@ -230,8 +243,15 @@ def calibrate_bundle(
 
     if verify and verify_split == split:
         raise BundleError(f"the gate must score held-out images, not the calibration split {split!r}")
+    if fallback not in FALLBACKS:
+        raise BundleError(f"unknown fallback {fallback!r}; choose from {list(FALLBACKS)}")
+    analysing = fallback == "auto" or explain
+    if analysing and select_split in (split, verify_split):
+        raise BundleError(f"fallback and sensitivity choose on their own split, not {select_split!r} "
+                          f"(calibration {split!r}, gate {verify_split!r}); use val")
+    say = log or (lambda _msg: None)
     t0 = time.perf_counter()
-    fp32_path = bundle.artifact("onnx_fp32")
+    fp32_path = ensure_fp32(bundle)  # widened from the FP16 model where the bundle ships no FP32
     fp32_model = onnx.load(str(fp32_path))
     keep = resolve_keep_float(fp32_model, keep_float)
     excluded = list(dict.fromkeys(name for names in keep.values() for name in names))
@@ -272,6 +292,23 @@ def calibrate_bundle(
             batch_size=batch_size,
             progress=progress,
         )
+        analysis: dict[str, Any] | None = None
+        if analysing:
+            analysis = analyse_candidate(bundle, manifest, fp32_model, tmp, select_split, gates or Gates(), fallback == "auto",
+                                explain, progress, say)
+            if fallback == "auto" and analysis["float_nodes"]:
+                def requantize(nodes: list[str]) -> Any:
+                    quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,
+                                 nodes_to_exclude=[*excluded, *nodes], batch_size=batch_size, progress=progress)
+                    return onnx.load(str(tmp))
+
+                chosen, steps = confirm(requantize, analysis.pop("scorer"), analysis["float_nodes"],
+                                        analysis["ranking"], say)
+                analysis.update(float_nodes=chosen, confirmation=steps)
+                excluded = list(dict.fromkeys([*excluded, *chosen]))
+                options = quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,
+                                       nodes_to_exclude=excluded, batch_size=batch_size, progress=progress)
+            analysis.pop("scorer", None)
         model = onnx.load(str(tmp))
         set_metadata(model, {**bundle_metadata(bundle, "int8"), META_CALIBRATION: calib_sha})
         model.doc_string = f"edgecxr {bundle.model} ({bundle.spec.id}), INT8 Q/DQ, calibration {calib_sha[:12]}"
@@ -297,6 +334,8 @@ def calibrate_bundle(
             "ops": op_counts(model),
             "weights": weight_quantization(model),
         }
+        if analysis is not None:
+            section["fallback"] = fallback_record(analysis, fallback, select_split, csv_path, bundle)
         violations = check_tensorrt_qdq(model)
         section["tensorrt_compatible"] = not violations
         if violations:
@@ -337,6 +376,10 @@ def calibrate_bundle(
     if result is not None:
         record_verdicts(bundle, result, by="calibrate")
     return section
+
+
+
+
 
 
 def _display_path(path: Path) -> str:

@@ -167,7 +167,8 @@ def _run_artifact(
     return result, probs
 
 
-def _checks(gates: Gates, ref: ArtifactResult, art: ArtifactResult) -> list[GateCheck]:
+def gate_checks(gates: Gates, ref: ArtifactResult, art: ArtifactResult) -> list[GateCheck]:
+    """The gate rule: each threshold of `gates` applied to `art` against the reference `ref`."""
     if ref.metrics is None or art.metrics is None or art.agreement is None:  # pragma: no cover - caller ran both
         raise BundleError(f"internal: {art.key} has no metrics to gate")
     checks = []
@@ -323,7 +324,7 @@ def run_gate(
         res.agreement = agreement(ref_probs, probs)
         differ = np.flatnonzero(np.argmax(probs, axis=1) != np.argmax(ref_probs, axis=1))
         res.disagreements = [records[i].relative_path for i in differ[:MAX_LISTED_DISAGREEMENTS]]
-        res.checks = _checks(gates.for_artifact(res.key), ref, res)
+        res.checks = gate_checks(gates.for_artifact(res.key), ref, res)
 
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     result = VerifyResult(

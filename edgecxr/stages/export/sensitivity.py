@@ -1,0 +1,221 @@
+"""Which quantized nodes cost the accuracy: per-node sensitivity, and the fewest nodes to keep in float.
+
+Polygraphy's `debug precision` searches for the layers that must stay in higher precision; this is
+the same idea on the Q/DQ ONNX, measured on held-out `val` images with the accuracy gate's own rule:
+
+* **kept in float**: the fully quantized model with only node N back in float (its inputs read
+  the float tensor and the original FP32 weight). The gain in top-1 agreement is what N alone
+  costs in the quantized model.
+* **quantized alone**: the FP32 model with only node N quantized. The loss is N's own damage,
+  without the others' errors compounding.
+
+Both variants are made by graph surgery on one calibrated model (`hybrid`), so ranking 70 nodes
+needs one calibration and 140 short inference runs, not 70 calibrations. The ranking then drives
+the greedy fallback: keep the most sensitive nodes in float, one at a time, until the gate passes
+on `val`. The chosen set is re-calibrated for real and checked again on `val` by the caller; `test`
+is never looked at here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgecxr.core.errors import BundleError
+from edgecxr.stages.gate.config import Gates
+from edgecxr.stages.gate.result import ArtifactResult
+from edgecxr.stages.gate.run import gate_checks
+from edgecxr.stages.metrics import agreement, evaluate_predictions
+
+#: ops of the Q/DQ format itself (never "a quantized node")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class NodeSensitivity:
+    """One quantized node and what quantizing it costs on the analysis images."""
+
+    name: str
+    op_type: str
+    weights: int  #: parameters of its float weight (0 for activation-only nodes)
+    kept_float_agreement: float  #: top-1 agreement with FP32 of the INT8 model with only this node in float
+    kept_float_gain: float  #: kept_float_agreement - the fully quantized model's agreement
+    kept_float_mean_diff: float  #: mean |probability difference| vs FP32, same variant
+    alone_agreement: float | None = None  #: agreement of the FP32 model with only this node quantized
+    alone_mean_diff: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantized_nodes(qdq: Any, weighted_only: bool = True) -> list[Any]:
+    """Nodes of a Q/DQ model that read a dequantized input: the ones a fallback can keep in float.
+
+    With `weighted_only` (the default) only nodes with a quantized weight (Conv, Gemm, MatMul,
+    LSTM): they hold the arithmetic INT8 speeds up and the weight error; activation-only nodes
+    (Add, MaxPool, Relu) follow their producers' ranges.
+    """
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    inits = {t.name for t in qdq.graph.initializer}
+
+    def dq_inputs(n: Any) -> list[Any]:
+        return [p for i in n.input if (p := producers.get(i)) is not None and p.op_type == "DequantizeLinear"]
+
+    out = []
+    for n in qdq.graph.node:
+        if n.op_type in _QDQ_OPS:
+            continue
+        dqs = dq_inputs(n)
+        if dqs and (not weighted_only or any(d.input[0] in inits for d in dqs)):
+            out.append(n)
+    return out
+
+
+def hybrid(qdq: Any, fp32: Any, float_nodes: Sequence[str]) -> Any:
+    """A copy of the Q/DQ model in which `float_nodes` read float inputs (as in `fp32`); dead Q/DQ pruned.
+
+    Node names are shared by the FP32 model and its Q/DQ model (onnxruntime keeps them), so each
+    floated node takes its inputs from the same-named FP32 node, with the FP32 weights.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {t.name: t for t in fp32.graph.initializer}
+    have = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in float_nodes:
+            continue
+        src = fp32_nodes.get(node.name)
+        if src is None or len(src.input) != len(node.input):
+            raise BundleError(f"node {node.name!r} has no FP32 counterpart; is this Q/DQ model made from that FP32 one?")
+        del node.input[:]
+        node.input.extend(src.input)
+        for name in src.input:
+            if name in fp32_inits and name not in have:
+                model.graph.initializer.append(fp32_inits[name])
+                have.add(name)
+    _prune(model)
+    return model
+
+
+def _prune(model: Any) -> None:
+    """Drop nodes whose outputs nothing reads (the floated nodes' orphaned Q/DQ) and unused initializers."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def _predict(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # Full optimisation: ONNX Runtime then fuses Q/DQ pairs into integer kernels (2x faster here than
+    # running them as float ops), which is also how a deployed INT8 model runs.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
+class Scorer:
+    """Scores model variants on fixed images against the FP32 reference, with the gate's rule."""
+
+    def __init__(self, fp32: Any, x: np.ndarray, y: np.ndarray, classes: Sequence[str], gates: Gates):
+        self.x, self.y, self.classes, self.gates = x, y, list(classes), gates
+        self.reference = _predict(fp32, x)
+        self.ref_result = self._result("onnx_fp32", self.reference, reference=True)
+
+    def _result(self, key: str, probs: np.ndarray, reference: bool = False) -> ArtifactResult:
+        res = ArtifactResult(key, None, "onnxruntime", "ok", reference=reference)
+        res.metrics = evaluate_predictions(self.y, probs, self.classes, bootstrap=0)
+        res.agreement = None if reference else agreement(self.reference, probs)
+        return res
+
+    def score(self, model: Any) -> ArtifactResult:
+        """Metrics, agreement and gate checks of one variant (its `passed` is the gate's verdict)."""
+        res = self._result("onnx_int8", _predict(model, self.x))
+        res.checks = gate_checks(self.gates.for_artifact("onnx_int8"), self.ref_result, res)
+        return res
+
+
+def _weights(fp32: Any, node_name: str) -> int:
+    inits = {t.name: t for t in fp32.graph.initializer}
+    node = next((n for n in fp32.graph.node if n.name == node_name), None)
+    if node is None:
+        return 0
+    return int(sum(int(np.prod(inits[i].dims)) for i in node.input[1:2] if i in inits))
+
+
+def analyse(
+    qdq: Any, fp32: Any, scorer: Scorer, *, alone: bool = True, weighted_only: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[ArtifactResult, list[NodeSensitivity]]:
+    """The fully quantized model's result, and every quantized node's sensitivity, most costly first."""
+    full = scorer.score(qdq)
+    base = full.agreement["top1_agreement"]
+    nodes = quantized_nodes(qdq, weighted_only)
+    names = [n.name for n in nodes]
+    rows = []
+    t0 = time.perf_counter()
+    for k, node in enumerate(nodes, 1):
+        kept = scorer.score(hybrid(qdq, fp32, [node.name]))
+        row = NodeSensitivity(node.name, node.op_type, _weights(fp32, node.name),
+                              kept.agreement["top1_agreement"], kept.agreement["top1_agreement"] - base,
+                              kept.agreement["mean_abs_diff"])
+        if alone:
+            only = scorer.score(hybrid(qdq, fp32, [n for n in names if n != node.name]))
+            row.alone_agreement = only.agreement["top1_agreement"]
+            row.alone_mean_diff = only.agreement["mean_abs_diff"]
+        rows.append(row)
+        if log and (k % 10 == 0 or k == len(nodes)):
+            log(f"  sensitivity: {k}/{len(nodes)} nodes, {time.perf_counter() - t0:.0f} s")
+    # Most costly first: the agreement a node recovers in float, then (agreement moves in steps of
+    # one image) how close to FP32 the probabilities come with it in float.
+    rows.sort(key=lambda r: (-r.kept_float_gain, r.kept_float_mean_diff))
+    return full, rows
+
+
+def greedy_fallback(
+    qdq: Any, fp32: Any, scorer: Scorer, ranking: Sequence[NodeSensitivity], *, max_nodes: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Keep nodes in float in ranking order until the gate passes on the scorer's images.
+
+    Returns the float set (empty if the fully quantized model passes) and one history row per
+    step. Raises BundleError when even `max_nodes` (default: all) floated nodes do not pass.
+    """
+    history: list[dict[str, Any]] = []
+    chosen: list[str] = []
+    limit = len(ranking) if max_nodes is None else min(max_nodes, len(ranking))
+    for step in range(limit + 1):
+        model = qdq if not chosen else hybrid(qdq, fp32, chosen)
+        res = scorer.score(model)
+        history.append({"float_nodes": len(chosen), "added": chosen[-1] if chosen else None,
+                        "top1_agreement": res.agreement["top1_agreement"],
+                        "accuracy": res.metrics["accuracy"], "passed": bool(res.passed),
+                        "failures": res.failures})
+        if log:
+            log(f"  fallback step {step}: {len(chosen)} node(s) in float, agreement "
+                f"{res.agreement['top1_agreement']:.2%}, {'passes' if res.passed else 'fails'} the gate")
+        if res.passed:
+            return chosen, history
+        if step < limit:
+            chosen.append(ranking[step].name)
+    raise BundleError(f"the gate does not pass on the analysis images even with {limit} node(s) kept in float")

@@ -1,0 +1,120 @@
+"""INT8 precision fallback: graph surgery, sensitivity ranking, the greedy search on val, FP32 from FP16."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgecxr.core.errors import BundleError
+from edgecxr.core.fileutil import read_json
+from edgecxr.stages.export.fp32 import ensure_fp32
+from edgecxr.stages.export.int8 import calibrate_bundle, quantize_qdq
+from edgecxr.stages.export.qdq_check import check_tensorrt_qdq
+from edgecxr.stages.export.sensitivity import Scorer, _predict, analyse, greedy_fallback, hybrid, quantized_nodes
+from edgecxr.stages.gate.config import Gates
+
+#: a gate only FP32 itself passes: the search must end with every quantized node in float
+EXACT = Gates(max_acc_drop=0.0, min_agreement=1.0, covid_sensitivity_not_lower=True, max_prob_diff=1e-6)
+
+
+def _images(bundle, n: int = 16, seed: int = 0) -> np.ndarray:
+    lo, hi = bundle.spec.output_range
+    return np.random.default_rng(seed).uniform(lo, hi, (n, *bundle.spec.input_shape)).astype(np.float32)
+
+
+@pytest.fixture
+def models(exported_cnn, copy_bundle, tmp_path):
+    bundle = copy_bundle(exported_cnn)
+    fp32_path = bundle.artifact("onnx_fp32")
+    qdq_path = tmp_path / "q.onnx"
+    quantize_qdq(fp32_path, qdq_path, _images(bundle, 16, 1), progress=False)
+    return bundle, onnx.load(str(fp32_path)), onnx.load(str(qdq_path))
+
+
+def test_floating_every_quantized_node_gives_back_the_fp32_model(models):
+    bundle, fp32, qdq = models
+    weighted = quantized_nodes(qdq)
+    assert weighted and all(n.op_type in ("Conv", "Gemm", "MatMul") for n in weighted)
+    nodes = quantized_nodes(qdq, weighted_only=False)
+    assert len(nodes) > len(weighted)  # activation-only nodes (Add, pooling) read Q/DQ too
+    x = _images(bundle)
+    all_float = hybrid(qdq, fp32, [n.name for n in nodes])
+    assert not [n for n in all_float.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
+                {i for m in all_float.graph.node if m.name in {k.name for k in nodes} for i in m.input}]
+    assert np.abs(_predict(all_float, x) - _predict(fp32, x)).max() < 1e-5
+    assert np.abs(_predict(qdq, x) - _predict(fp32, x)).max() > 1e-4  # the quantized model really differs
+    one = hybrid(qdq, fp32, [nodes[0].name])
+    assert len(one.graph.node) < len(qdq.graph.node)  # its weight's and input's Q/DQ pruned
+    with pytest.raises(BundleError, match="no FP32 counterpart"):
+        hybrid(qdq, onnx.ModelProto(graph=onnx.GraphProto()), [nodes[0].name])
+
+
+def test_ranking_and_greedy_search_until_the_gate_passes(models):
+    bundle, fp32, qdq = models
+    x = _images(bundle, 16, 2)
+    y = np.arange(16) % len(bundle.classes)
+    scorer = Scorer(fp32, x, y, bundle.classes, EXACT)
+    full, rows = analyse(qdq, fp32, scorer, alone=True, weighted_only=False)
+    assert full.passed is False
+    assert sorted(r.name for r in rows) == sorted(n.name for n in quantized_nodes(qdq, weighted_only=False))
+    assert all(r.alone_agreement is not None and r.kept_float_mean_diff >= 0 for r in rows)
+    gains = [(-r.kept_float_gain, r.kept_float_mean_diff) for r in rows]
+    assert gains == sorted(gains)  # most costly first
+    chosen, history = greedy_fallback(qdq, fp32, scorer, rows)
+    assert chosen == [r.name for r in rows]  # only FP32 itself passes an exact gate
+    assert [h["passed"] for h in history] == [False] * len(rows) + [True]
+    with pytest.raises(BundleError, match="even with 1 node"):
+        greedy_fallback(qdq, fp32, scorer, rows, max_nodes=1)
+    lenient = Scorer(fp32, x, y, bundle.classes, Gates(max_acc_drop=100.0, min_agreement=0.0,
+                                                       covid_sensitivity_not_lower=False))
+    assert greedy_fallback(qdq, fp32, lenient, rows)[0] == []  # passing as it is: nothing kept in float
+
+
+def test_calibrate_fallback_auto_chooses_on_val_and_gates_on_test(exported_cnn, copy_bundle, synthetic_manifest,
+                                                                   tmp_path):
+    bundle = copy_bundle(exported_cnn)
+    lines: list[str] = []
+    # Agreement must be perfect on val and test; how many nodes that takes depends on the calibration.
+    strict = Gates(max_acc_drop=0.0, min_agreement=1.0, covid_sensitivity_not_lower=True)
+    section = calibrate_bundle(bundle, synthetic_manifest, gates=strict, fallback="auto", explain=True,
+                               calib_manifest_out=tmp_path, progress=False, log=lines.append)
+    fb = section["fallback"]
+    assert fb["mode"] == "auto" and fb["selected_on"] == "val" and fb["images"] == 16
+    assert all(isinstance(n["agreement_gain_alone"], float) for n in fb["float_nodes"])
+    names = [n["name"] for n in fb["float_nodes"]]
+    assert set(names) <= set(section["excluded_nodes"])
+    assert fb["search"][-1]["passed"] is True and fb["search"][-1]["float_nodes"] == len(fb["search"]) - 1
+    assert not names or fb["confirmation"][-1]["passed"] is True
+    assert section["gate"]["split"] == "test" and section["gate"]["passed"] is True  # the publication gate, once
+    report = read_json(tmp_path / fb["report"]["json"])
+    assert report["ranking"] and all(r["alone_agreement"] is not None for r in report["ranking"])  # explain
+    assert (tmp_path / fb["report"]["markdown"]).is_file()
+    assert any("ranking the quantized nodes on val" in line for line in lines)
+    assert check_tensorrt_qdq(bundle.artifact("onnx_int8")) == []
+
+
+def test_fallback_never_chooses_on_the_gate_or_calibration_split(exported_cnn, copy_bundle, synthetic_manifest):
+    bundle = copy_bundle(exported_cnn)
+    for split in ("test", "calib"):
+        with pytest.raises(BundleError, match="choose on their own split"):
+            calibrate_bundle(bundle, synthetic_manifest, fallback="auto", select_split=split, progress=False)
+    with pytest.raises(BundleError, match="unknown fallback"):
+        calibrate_bundle(bundle, synthetic_manifest, fallback="sometimes", progress=False)
+
+
+def test_a_bundle_with_only_fp16_gets_a_widened_fp32_recorded_as_derived(exported_cnn, copy_bundle):
+    bundle = copy_bundle(exported_cnn)
+    bundle.artifact("onnx_fp32").unlink()
+    bundle.meta["artifacts"].pop("onnx_fp32")
+    bundle.save()
+    path = ensure_fp32(bundle)
+    assert path == bundle.default_path("onnx_fp32")
+    fp32 = onnx.load(str(path))
+    assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in fp32.graph.initializer)
+    x = _images(bundle)
+    fp16 = onnx.load(str(bundle.artifact("onnx_fp16")))
+    assert np.abs(_predict(fp32, x) - _predict(fp16, x)).max() < 1e-3
+    record = bundle.meta["export"]["fp32_from_fp16"]
+    assert record["source"] == "model.fp16.onnx" and record["max_abs_diff_vs_fp16"] < 1e-3
+    assert ensure_fp32(bundle) == path  # an existing FP32 model is used as it is

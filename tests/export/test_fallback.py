@@ -11,7 +11,14 @@ from edgecxr.core.fileutil import read_json
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.int8 import calibrate_bundle, quantize_qdq
 from edgecxr.stages.export.qdq_check import check_tensorrt_qdq
-from edgecxr.stages.export.sensitivity import Scorer, _predict, analyse, greedy_fallback, hybrid, quantized_nodes
+from edgecxr.stages.export.sensitivity import (
+    Scorer,
+    _predict,
+    analyse,
+    greedy_fallback,
+    hybrid,
+    quantized_nodes,
+)
 from edgecxr.stages.gate.config import Gates
 
 #: a gate only FP32 itself passes: the search must end with every quantized node in float

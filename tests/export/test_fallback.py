@@ -125,3 +125,18 @@ def test_a_bundle_with_only_fp16_gets_a_widened_fp32_recorded_as_derived(exporte
     record = bundle.meta["export"]["fp32_from_fp16"]
     assert record["source"] == "model.fp16.onnx" and record["max_abs_diff_vs_fp16"] < 1e-3
     assert ensure_fp32(bundle) == path  # an existing FP32 model is used as it is
+
+
+def test_augmented_views_add_calibration_inputs_from_the_calib_split_only(exported_cnn, copy_bundle,
+                                                                          synthetic_manifest, tmp_path):
+    from edgecxr.stages.export.calib_set import with_views
+
+    bundle = copy_bundle(exported_cnn)
+    x = _images(bundle, 4)
+    more = with_views(x, 2, bundle.spec.scale, bundle.spec.offset)
+    assert more.shape == (12, *x.shape[1:]) and np.array_equal(more[:4], x)
+    lo, hi = bundle.spec.output_range
+    assert more.min() >= lo - 1e-6 and more.max() <= hi + 1e-6 and not np.allclose(more[4:8], x)
+    section = calibrate_bundle(bundle, synthetic_manifest, verify=False, views=2, calib_manifest_out=tmp_path,
+                               progress=False)
+    assert section["images"] == 16 and section["augmented_views"] == 2 and section["calibration_inputs"] == 48

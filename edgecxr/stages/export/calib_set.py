@@ -145,3 +145,18 @@ def per_class_counts(records: Sequence[Record], classes: Sequence[str]) -> dict[
     for rec in records:
         counts[map_label(rec.label, classes)] += 1
     return counts
+
+
+def with_views(x: np.ndarray, views: int, scale: float, offset: float, seed: int = 0) -> np.ndarray:
+    """The calibration images followed by `views` augmented views of each (the training policy `cxr`).
+
+    More activation statistics from the same patient-disjoint images: rotations, zooms, shifts and
+    brightness/contrast changes a scanner produces, without touching another split.
+    """
+    if views <= 0:
+        return x
+    from edgecxr.stages.train.augment import POLICIES, augment_image
+
+    rng = np.random.default_rng(seed)
+    extra = [augment_image(img, rng, POLICIES["cxr"], scale, offset) for _ in range(views) for img in x]
+    return np.concatenate([x, np.stack(extra).astype(np.float32)])

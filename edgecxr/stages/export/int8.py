@@ -64,6 +64,7 @@ from edgecxr.stages.export.calib_set import (
     equal_batch_size,
     make_data_reader,
     per_class_counts,
+    with_views,
     write_calibration_manifest,
 )
 from edgecxr.stages.export.fallback import FALLBACKS, analyse_candidate, confirm, fallback_record
@@ -203,6 +204,7 @@ def calibrate_bundle(
     fallback: str = "none",
     explain: bool = False,
     select_split: str = "val",
+    views: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the bundle's FP32 ONNX into model.int8.onnx, gated before it is published.
@@ -227,6 +229,7 @@ def calibrate_bundle(
         explain: rank every quantized node by what it costs on `select_split` and write the table,
             JSON and plot beside the calibration manifest.
         select_split: where fallback and explain choose (never the gate's `verify_split`).
+        views: augmented views of each calibration image added to the calibration set.
         log: where progress lines of fallback/explain go (default: discarded).
 
     Returns:
@@ -257,6 +260,7 @@ def calibrate_bundle(
     excluded = list(dict.fromkeys(name for names in keep.values() for name in names))
 
     records, x, _ = load_split(bundle, manifest, split, limit, progress)
+    x = with_views(x, views, bundle.spec.scale, bundle.spec.offset)
     split_size = len(select(read_manifest(manifest), split))
     counts = per_class_counts(records, bundle.classes)
     csv_path, json_path, calib_sha = write_calibration_manifest(
@@ -319,6 +323,7 @@ def calibrate_bundle(
             **({"percentile": percentile} if method == "percentile" else {}),
             "split": split,
             "images": len(records),
+            **({"augmented_views": views, "calibration_inputs": len(x)} if views else {}),
             "per_class": counts,
             "manifest": _display_path(csv_path),
             "manifest_sha256": calib_sha,

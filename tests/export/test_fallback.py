@@ -140,3 +140,16 @@ def test_augmented_views_add_calibration_inputs_from_the_calib_split_only(export
     section = calibrate_bundle(bundle, synthetic_manifest, verify=False, views=2, calib_manifest_out=tmp_path,
                                progress=False)
     assert section["images"] == 16 and section["augmented_views"] == 2 and section["calibration_inputs"] == 48
+
+
+def test_the_gate_prefers_the_trained_models_stored_reference_over_a_widened_fp32(exported_cnn, copy_bundle):
+    from edgecxr.runtime.backends import backends
+    from edgecxr.stages.gate.reference import STORED_KEY, STORED_REFERENCE, _pick_reference
+
+    bundle = copy_bundle(exported_cnn)
+    bundle.meta["artifacts"].pop("keras")
+    (bundle.dir / STORED_REFERENCE).write_text("{}")
+    assert _pick_reference(bundle, "auto", backends()) == "onnx_fp32"  # a trained FP32 ONNX is the reference
+    bundle.meta["export"] = {**bundle.meta.get("export", {}), "fp32_from_fp16": {"source": "model.fp16.onnx"}}
+    assert _pick_reference(bundle, "auto", backends()) == STORED_KEY
+    assert _pick_reference(bundle, "onnx_fp32", backends()) == "onnx_fp32"  # still there when asked for

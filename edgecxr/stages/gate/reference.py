@@ -37,7 +37,11 @@ def _pick_reference(bundle: Bundle, reference: str, registry: Mapping[str, Any])
             raise BackendUnavailableError("the Keras reference needs TensorFlow (pip install 'edgecxr[train]')")
         return "keras"
     stored = (bundle.dir / STORED_REFERENCE).is_file()
-    if reference == STORED_KEY or (reference == "auto" and stored and bundle.artifact("onnx_fp32", must_exist=False) is None):
+    # A stored reference is the trained model's own output: it beats an FP32 ONNX that was only
+    # widened from the FP16 model (stages/export/fp32.py), and stands in where there is no FP32.
+    derived = "fp32_from_fp16" in (bundle.meta.get("export") or {})
+    no_fp32 = bundle.artifact("onnx_fp32", must_exist=False) is None
+    if reference == STORED_KEY or (reference == "auto" and stored and (no_fp32 or derived)):
         if not stored:
             raise BundleError(f"{bundle.dir}: no stored reference ({STORED_REFERENCE})")
         return STORED_KEY

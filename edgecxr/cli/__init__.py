@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from edgecxr import __version__
 from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.version import __version__
 
 #: command name -> "module:attribute" (module relative to edgecxr.cli), with a one-line help.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecxr import __version__
 from edgecxr.core.bundle import FORMAT, FORMAT_VERSION, Bundle
 from edgecxr.core.errors import BundleError
+from edgecxr.core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

@@ -10,9 +10,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from edgecxr import __version__
 from edgecxr.core.errors import BackendUnavailableError
 from edgecxr.core.lazy import available
+from edgecxr.core.version import __version__
 from edgecxr.runtime.base import Runner
 from edgecxr.runtime.keras_runner import KerasRunner
 from edgecxr.runtime.onnxrt import OnnxRuntimeRunner

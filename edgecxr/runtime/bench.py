@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr import __version__
 from edgecxr.core.artifacts import BY_KEY, MAX_BATCH
 from edgecxr.core.errors import BundleError, EdgeCXRError
 from edgecxr.core.spec import PreprocessSpec, preprocess
+from edgecxr.core.version import __version__
 from edgecxr.runtime.store import DEFAULT_MODEL
 
 #: coefficient of variation (std / mean of latency) above which results are flagged as unstable

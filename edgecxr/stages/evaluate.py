@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr import __version__
 from edgecxr.core.artifacts import backend_for
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError, MissingDependencyError
 from edgecxr.core.fileutil import sha256_file, write_json
+from edgecxr.core.version import __version__
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import SPLITS, manifest_sha256, read_manifest, select
 from edgecxr.runtime.base import infer_in_batches

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecxr import __version__
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError, EdgeCXRError, GateFailedError
 from edgecxr.core.fileutil import atomic_write_bytes, sha256_file
 from edgecxr.core.metadata import META_CALIBRATION, bundle_metadata, set_metadata
 from edgecxr.core.publish import Candidate
+from edgecxr.core.version import __version__
 from edgecxr.data.manifest import manifest_sha256
 from edgecxr.stages.export.onnx_tools import op_counts
 

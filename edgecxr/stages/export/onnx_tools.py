@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecxr import __version__
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.fileutil import atomic_write_bytes
 from edgecxr.core.lazy import require
+from edgecxr.core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecxr import __version__
 from edgecxr.core.errors import GateFailedError
+from edgecxr.core.version import __version__
 from edgecxr.stages.gate.config import Gates
 
 log = logging.getLogger(__name__)

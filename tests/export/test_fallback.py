@@ -153,3 +153,47 @@ def test_the_gate_prefers_the_trained_models_stored_reference_over_a_widened_fp3
     bundle.meta["export"] = {**bundle.meta.get("export", {}), "fp32_from_fp16": {"source": "model.fp16.onnx"}}
     assert _pick_reference(bundle, "auto", backends()) == STORED_KEY
     assert _pick_reference(bundle, "onnx_fp32", backends()) == "onnx_fp32"  # still there when asked for
+
+
+def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle, tmp_path):
+    """A layer that FP32 runs exactly but INT8 cannot: the pointwise conv gets one giant weight per
+    output channel on an input channel that is always zero. FP32 is unchanged (giant x 0); per-channel
+    INT8 scales then round every other weight of the layer to zero. The ranking must put that layer
+    first and the search must float it first."""
+    from onnx import numpy_helper
+
+    bundle = copy_bundle(exported_cnn)
+    fp32 = onnx.load(str(bundle.artifact("onnx_fp32")))
+    inits = {t.name: t for t in fp32.graph.initializer}
+
+    def weight(node):
+        return numpy_helper.to_array(inits[node.input[1]]).copy()
+
+    def put(name, array):
+        inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    first, pointwise = convs[0], next(n for n in convs[1:] if weight(n).shape[2:] == (1, 1))
+    w, b = weight(first), numpy_helper.to_array(inits[first.input[2]]).copy()
+    w[0], b[0] = 0.0, -1.0  # channel 0 of the first conv: always 0 after its ReLU
+    put(first.input[1], w)
+    put(first.input[2], b)
+    wp = weight(pointwise)
+    wp[:, 0] = 1000.0 * np.abs(wp).max()  # reads that zero channel: harmless in FP32, fatal to INT8 scales
+    put(pointwise.input[1], wp)
+    fp32_path = tmp_path / "fragile.onnx"
+    onnx.save(fp32, str(fp32_path))
+    qdq_path = tmp_path / "fragile.int8.onnx"
+    quantize_qdq(fp32_path, qdq_path, _images(bundle, 16, 1), progress=False)
+    qdq = onnx.load(str(qdq_path))
+
+    x = _images(bundle, 24, 3)
+    fp32_probs = _predict(fp32, x)
+    y = fp32_probs.argmax(1)
+    scorer = Scorer(fp32, x, y, bundle.classes, Gates(min_agreement=0.98, max_acc_drop=1.0))
+    full, rows = analyse(qdq, fp32, scorer, alone=True)
+    assert full.passed is False and full.agreement["top1_agreement"] < 0.98
+    assert rows[0].name == pointwise.name
+    assert rows[0].alone_agreement == min(r.alone_agreement for r in rows)  # quantized alone, it does the damage
+    chosen, _ = greedy_fallback(qdq, fp32, scorer, rows)
+    assert chosen[0] == pointwise.name  # floated first (the tiny random model may need a few more)

@@ -18,21 +18,21 @@ def main(path: str) -> None:
     ratios = {(c["name"], c["batch"]): c for c in d["comparison"]}
     for e in d["entries"]:
         for r in e.get("results", []):
-            lat = r["latencyMs"]
+            lat = r["latency_ms"]
             c = ratios[(e["name"], r["batch"])]
             print(f"| {e['name']} | {r['batch']} | {lat['median']:.1f} | {lat['percentile(90%)']:.1f} | "
-                  f"{lat['percentile(99%)']:.1f} | {lat['coefficientOfVariancePct']:.1f}% | "
-                  f"{r['throughputImagesPerS']:.1f} | {c['speedup']:.2f}x |")
+                  f"{lat['percentile(99%)']:.1f} | {lat['coefficient_of_variance_pct']:.1f}% | "
+                  f"{r['throughput_images_per_s']:.1f} | {c['speedup']:.2f}x |")
     print()
     print("| artifact | decode | decoded at | decode ms | preprocess ms | inference ms | end to end ms | preprocess share | decode+preprocess share |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for e in d["entries"]:
-        for key in ("endToEnd", "endToEndFullDecode"):
+        for key in ("end_to_end", "end_to_end_full_decode"):
             x = e.get(key)
             if not x:
                 continue
-            dec, pre, inf, tot = (x[k]["median"] for k in ("decodeMs", "preprocessMs", "inferMs", "endToEndMs"))
-            print(f"| {e['name']} | {x['decode']} | {x['decodedSize'][0]}x{x['decodedSize'][1]} | {dec:.1f} | {pre:.1f} | "
+            dec, pre, inf, tot = (x[k]["median"] for k in ("decode_ms", "preprocess_ms", "infer_ms", "end_to_end_ms"))
+            print(f"| {e['name']} | {x['decode']} | {x['decoded_size'][0]}x{x['decoded_size'][1]} | {dec:.1f} | {pre:.1f} | "
                   f"{inf:.1f} | {tot:.1f} | {pre / tot:.0%} | {(dec + pre) / tot:.0%} |")
 
 

@@ -21,7 +21,7 @@ from edgecxr.runtime.bench import (
     synthetic_batch,
 )
 
-LAT_KEYS = {"min", "max", "mean", "median", "percentile(90%)", "percentile(95%)", "percentile(99%)", "std", "coefficientOfVariancePct"}
+LAT_KEYS = {"min", "max", "mean", "median", "percentile(90%)", "percentile(95%)", "percentile(99%)", "std", "coefficient_of_variance_pct"}
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
@@ -46,10 +46,10 @@ def test_percentile_by_hand_and_errors():
 def test_summarize_and_stability():
     stats = summarize([1.0, 1.0, 1.0, 1.0])
     assert set(stats) == LAT_KEYS
-    assert stats["coefficientOfVariancePct"] == 0 and stats["median"] == 1
+    assert stats["coefficient_of_variance_pct"] == 0 and stats["median"] == 1
     assert stability_warnings("latency", stats) == []
     noisy = summarize([1.0, 1.2, 0.8, 1.0])
-    assert noisy["coefficientOfVariancePct"] == pytest.approx(100 * np.std([1, 1.2, 0.8, 1]) / 1.0, rel=1e-3)
+    assert noisy["coefficient_of_variance_pct"] == pytest.approx(100 * np.std([1, 1.2, 0.8, 1]) / 1.0, rel=1e-3)
     (warning,) = stability_warnings("latency", noisy)
     assert "coefficient of variance" in warning and "2.5%" in warning
     assert summarize([]) == {}
@@ -93,18 +93,18 @@ def test_bench_report_structure(tiny_onnx, real_image):
     assert report["backend"]["backend"] == "onnxruntime"
     assert [r["batch"] for r in report["results"]] == [1, 3]
     for r in report["results"]:
-        assert r["iterations"] == 5 and r["warmupIterations"] >= 1
-        assert set(r["latencyMs"]) == LAT_KEYS and set(r["computeMs"]) == LAT_KEYS
-        lat = r["latencyMs"]
+        assert r["iterations"] == 5 and r["warmup_iterations"] >= 1
+        assert set(r["latency_ms"]) == LAT_KEYS and set(r["compute_ms"]) == LAT_KEYS
+        lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["median"] <= lat["percentile(90%)"] <= lat["percentile(99%)"] <= lat["max"]
-        assert r["throughputImagesPerS"] == pytest.approx(r["throughputQps"] * r["batch"], rel=1e-2)
+        assert r["throughput_images_per_s"] == pytest.approx(r["throughput_qps"] * r["batch"], rel=1e-2)
         assert "h2dMs" not in r  # ONNX Runtime on CPU has no copies to time
         assert isinstance(r["warnings"], list)
-    e2e = report["endToEnd"]
-    assert e2e["iterations"] == 5 and e2e["imageSize"][0] > 32
-    for key in ("decodeMs", "preprocessMs", "inferMs", "endToEndMs"):
+    e2e = report["end_to_end"]
+    assert e2e["iterations"] == 5 and e2e["image_size"][0] > 32
+    for key in ("decode_ms", "preprocess_ms", "infer_ms", "end_to_end_ms"):
         assert set(e2e[key]) == LAT_KEYS
-    assert e2e["endToEndMs"]["median"] >= e2e["decodeMs"]["median"]
+    assert e2e["end_to_end_ms"]["median"] >= e2e["decode_ms"]["median"]
     assert "batch   3" in format_report(report)
 
 
@@ -123,7 +123,7 @@ def test_compare_mode_on_a_bundle(tmp_path):
     assert "engine" in skipped
     rows = report["comparison"]
     assert [r["name"] for r in rows] == ["onnx_fp32", "onnx_int8"]
-    assert rows[0]["speedup"] == 1.0 and rows[0]["latencyRatio"] == 1.0
+    assert rows[0]["speedup"] == 1.0 and rows[0]["latency_ratio"] == 1.0
     assert rows[1]["reference"] == "onnx_fp32" and rows[1]["speedup"] > 0
     text = format_report(report)
     assert "ratios against onnx_fp32" in text and "keras: skipped" in text
@@ -134,12 +134,12 @@ def test_compare_mode_on_a_bundle(tmp_path):
 def test_compare_table_ratios_by_hand():
     def entry(name, medians):
         return {"name": name, "results": [
-            {"batch": b, "latencyMs": {"median": m}, "throughputImagesPerS": b * 1000 / m} for b, m in medians.items()
+            {"batch": b, "latency_ms": {"median": m}, "throughput_images_per_s": b * 1000 / m} for b, m in medians.items()
         ]}
 
     rows = compare_table([entry("ref", {1: 2.0, 8: 10.0}), {"name": "x", "skipped": "no"}, entry("fast", {1: 1.0, 8: 4.0, 16: 7.0})])
     by = {(r["name"], r["batch"]): r for r in rows}
-    assert by[("fast", 1)]["speedup"] == 2.0 and by[("fast", 1)]["latencyRatio"] == 0.5
+    assert by[("fast", 1)]["speedup"] == 2.0 and by[("fast", 1)]["latency_ratio"] == 0.5
     assert by[("fast", 8)]["speedup"] == 2.5
     assert "speedup" not in by[("fast", 16)]  # no reference at that batch size
     assert compare_table([{"name": "x", "skipped": "no"}]) == []

@@ -35,7 +35,7 @@ def images():
 # -- build ----------------------------------------------------------------------------------------
 @pytest.mark.skipif(available("tensorrt"), reason="checks the message on machines without TensorRT")
 def test_build_without_tensorrt_exits_2_with_one_line(cli, bundle):
-    result = cli.invoke(main, ["build", str(bundle.dir), "--precision", "fp16", "--no-verify"])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--precision", "fp16", "--no-verify"])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "tensorrt" in result.output.lower()
     assert "Traceback" not in result.output
@@ -43,7 +43,7 @@ def test_build_without_tensorrt_exits_2_with_one_line(cli, bundle):
 
 
 def test_build_names_the_command_that_makes_the_missing_onnx(cli, bundle):
-    result = cli.invoke(main, ["build", str(bundle.dir), "--precision", "int8"])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--precision", "int8"])
     assert result.exit_code == 1, result.output
     assert "onnx_int8" in result.output and "edgecxr calibrate" in result.output
     assert "Traceback" not in result.output
@@ -52,11 +52,11 @@ def test_build_names_the_command_that_makes_the_missing_onnx(cli, bundle):
 def test_build_rejects_bad_profiles_and_batches(cli, bundle, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('precision = "fp16"\nmax_bacth = 4\n')
-    result = cli.invoke(main, ["build", str(bundle.dir), "--profile", str(bad)])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--profile", str(bad)])
     assert result.exit_code == 1 and "unknown key" in result.output
-    result = cli.invoke(main, ["build", str(bundle.dir), "--batch", "8-2"])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--batch-size", "8-2"])
     assert result.exit_code == 1 and "min_batch" in result.output
-    result = cli.invoke(main, ["build", str(tmp_path / "nowhere")])
+    result = cli.invoke(main, ["build", "-m", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no such file or folder, and not a model name" in result.output
 
 
@@ -125,15 +125,15 @@ def test_bench_json(cli, bundle, tmp_path):
     out = tmp_path / "bench.json"
     result = cli.invoke(
         main,
-        ["bench", "-m", str(bundle.dir), "--batch", "1,2", "--iterations", "3", "--warmup-s", "0", "--json", "--out", str(out)],
+        ["bench", "-m", str(bundle.dir), "--batch-size", "1,2", "--iterations", "3", "--warmup-s", "0", "--json", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report == json.loads(out.read_text())
     assert [r["batch"] for r in report["results"]] == [1, 2]
-    assert "median" in report["results"][0]["latencyMs"]
-    result = cli.invoke(main, ["bench", "-m", str(bundle.dir), "--batch", "0"])
-    assert result.exit_code == 2 and "--batch" in result.output
+    assert "median" in report["results"][0]["latency_ms"]
+    result = cli.invoke(main, ["bench", "-m", str(bundle.dir), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output
 
 
 def test_info(cli):
@@ -202,11 +202,11 @@ def test_bench_out_under_a_file_is_a_usage_error(cli, bundle, tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--batch", "100000"], "<= 256"),  # a typo must not exhaust memory
-        (["--batch", "1,x"], "integers"),
-        (["--compare", "onnx_fp32,onnx_int9"], "onnx_int9"),  # a typo must not be skipped silently
-        (["--compare", "onnx_fp32", "--backend", "onnxruntime"], "--compare"),
-        (["--compare", "onnx_fp32", "--precision", "fp16"], "--compare"),
+        (["--batch-size", "100000"], "<= 256"),  # a typo must not exhaust memory
+        (["--batch-size", "1,x"], "integers"),
+        (["--artifact", "onnx_fp32,onnx_int9"], "onnx_int9"),  # a typo must not be skipped silently
+        (["--artifact", "onnx_fp32", "--backend", "onnxruntime"], "--artifact"),
+        (["--artifact", "onnx_fp32", "--precision", "fp16"], "--artifact"),
         (["--backend", "onnxruntime", "--cuda-graph"], "--cuda-graph"),
         (["--backend", "keras", "--threads", "2"], "--threads"),
     ],
@@ -238,14 +238,14 @@ def test_infer_precision_that_the_file_does_not_have_is_refused(cli, bundle, ima
 
 
 def test_build_batch_and_max_batch_together_is_a_usage_error(cli, bundle):
-    result = cli.invoke(main, ["build", str(bundle.dir), "--batch", "1-8", "--max-batch", "4"])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--batch-size", "1-8", "--max-batch", "4"])
     assert result.exit_code == 2 and "not both" in _one_error_line(result)
 
 
 def test_build_profile_that_is_not_text(cli, bundle, tmp_path):
     png = tmp_path / "profile.toml"
     png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    result = cli.invoke(main, ["build", str(bundle.dir), "--profile", str(png)])
+    result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--profile", str(png)])
     assert result.exit_code == 1 and str(png) in _one_error_line(result)
 
 

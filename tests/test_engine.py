@@ -102,7 +102,7 @@ def test_parse_batch_and_overrides():
     assert prof.name == base.name and prof.compute_capabilities == base.compute_capabilities
     assert resolve_profile(None, max_batch=2).batch == (1, 2, 2)  # opt follows max down
     assert resolve_profile(None, min_batch=4).batch == (4, 8, 8)
-    with pytest.raises(BuildError, match="either --batch"):
+    with pytest.raises(BuildError, match="either a batch range"):
         resolve_profile(None, batch="1-8", max_batch=4)
     with pytest.raises(BuildError):
         resolve_profile(None, min_batch=9, max_batch=4)
@@ -246,9 +246,9 @@ def test_mismatch_error_names_both_sides_and_the_rebuild_command(tmp_path):
         ensure_compatible(engine, side, {**A4000, "tensorrt": "10.5.0"})
     msg = str(info.value)
     assert "GTX 1660 SUPER" in msg and "RTX A4000" in msg and "10.3.0" in msg and "10.5.0" in msg
-    assert f"edgecxr build {bundle.dir} --precision fp16 --profile gtx16xx-turing" in msg
+    assert f"edgecxr build -m {bundle.dir} --precision fp16 --profile gtx16xx-turing" in msg
     ensure_compatible(engine, side, GTX)  # no error
-    assert rebuild_command(tmp_path / "loose.engine", {"precision": "int8"}) == "edgecxr build BUNDLE --precision int8"
+    assert rebuild_command(tmp_path / "loose.engine", {"precision": "int8"}) == "edgecxr build -m BUNDLE --precision int8"
 
 
 def _engine_in_bundle(bundle: Bundle, name: str, platform: dict, precision: str, verified, built_at: str) -> Path:

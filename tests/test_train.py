@@ -99,7 +99,7 @@ def test_resume_continues_from_saved_epoch(manifest, tmp_path):
     out = tmp_path / "run"
     train(_cfg(manifest, out, epochs=1))
     first = json.loads((out / "history.json").read_text())
-    with pytest.raises(EdgeCXRError, match="--resume"):
+    with pytest.raises(EdgeCXRError, match="already holds a training run; resume it"):
         train(_cfg(manifest, out, epochs=2))
     with pytest.raises(EdgeCXRError, match="different options"):
         train(_cfg(manifest, out, epochs=2, batch_size=2, resume=True))
@@ -175,7 +175,7 @@ def test_cli_train_json_and_errors(manifest, tmp_path):
     assert summary["epochs_run"] == 1 and Path(summary["bundle"]) == out
     assert "epoch 1/1" in result.stderr  # one log line per epoch when not a TTY
     again = runner.invoke(main, args)
-    assert again.exit_code == 1 and "--resume" in again.stderr
+    assert again.exit_code == 1 and "resume it" in again.stderr
     bad = runner.invoke(main, ["train", "coronet", "--data", str(manifest), "--out", str(tmp_path / "x"), "--tiny",
                                "--weights", "imagenet"])
     assert bad.exit_code == 2 and "no pretrained weights" in bad.output

@@ -8,22 +8,24 @@ from typing import Any
 
 import click
 
+from edgecxr.cli.options import model_option
 from edgecxr.cli.output import _check_output, _err, _write_output
+from edgecxr.core.artifacts import PRECISIONS
+from edgecxr.runtime.select import BACKENDS
 
 
 # ------------------------------------------------------------------------------------------------
 # bench
 # ------------------------------------------------------------------------------------------------
 @click.command()
-@click.option("--model", "-m", default=None,
-              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]))
-@click.option("--batch", "batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@model_option()
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS))
+@click.option("--batch-size", "batch", default="1,8", show_default=True, help="Batch sizes to sweep, comma-separated.")
 @click.option("--iterations", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--warmup-s", type=click.FloatRange(0), default=2.0, show_default=True, help="Warm-up time per batch size.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Real image: batches use it, and end-to-end latency (decode+preprocess+infer) is measured.")
-@click.option("--compare", help="Bundle artifacts to compare, first is the reference (e.g. keras,onnx_fp32,onnx_int8,engine).")
+@click.option("--artifact", "compare", help="Bundle artifacts to compare, comma-separated, the first is the reference (e.g. keras,onnx_fp32,onnx_int8,engine).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs.")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
@@ -49,24 +51,24 @@ def bench(
 
     \b
     Examples:
-      edgecxr bench --model runs/coronet --batch 1,8 --image scan.png
-      edgecxr bench --model runs/coronet --compare onnx_fp32,onnx_int8,engine --json --out bench.json
+      edgecxr bench -m runs/coronet --batch-size 1,8 --image scan.png
+      edgecxr bench -m runs/coronet --artifact onnx_fp32,onnx_int8,engine --json --out bench.json
     """
     from edgecxr.runtime.bench import COMPARE_NAMES, format_report, parse_batch_sizes, run_bench
 
     try:
         sizes = parse_batch_sizes(batch)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--batch") from None
+        raise click.BadParameter(str(exc), param_hint="--batch-size") from None
     items = [c.strip() for c in compare.split(",") if c.strip()] if compare is not None else None
     if items is not None:
         unknown = [c for c in items if c not in COMPARE_NAMES]
         if unknown or not items:
             raise click.BadParameter(
-                f"unknown item(s) {unknown or [compare]}; choose from {', '.join(COMPARE_NAMES)}", param_hint="--compare"
+                f"unknown item(s) {unknown or [compare]}; choose from {', '.join(COMPARE_NAMES)}", param_hint="--artifact"
             )
         if backend != "auto" or precision is not None:
-            raise click.UsageError("--compare picks backend and precision per item; drop --backend/--precision")
+            raise click.UsageError("--artifact picks backend and precision per item; drop --backend/--precision")
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     if threads and backend in ("tensorrt", "keras"):

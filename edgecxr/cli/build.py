@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgecxr.cli.options import model_option
 from edgecxr.cli.output import _check_output, _err
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.runtime.sysinfo import current_platform
@@ -16,10 +17,10 @@ from edgecxr.stages.engine.build import build_engine
 # build
 # ------------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("bundle", required=False, default=None)
+@model_option("Bundle to build from")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Engine precision (default: the profile's, else fp16).")
 @click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin.")
-@click.option("--batch", help="Batch range: N, MIN-MAX or MIN-OPT-MAX (e.g. 1-8).")
+@click.option("--batch-size", "batch", help="Batch range the engine accepts: N, MIN-MAX or MIN-OPT-MAX (e.g. 1-8).")
 @click.option("--min-batch", type=click.IntRange(1), help="Smallest batch the engine accepts.")
 @click.option("--opt-batch", type=click.IntRange(1), help="Batch TensorRT tunes kernels for.")
 @click.option("--max-batch", type=click.IntRange(1), help="Largest batch the engine accepts.")
@@ -31,7 +32,7 @@ from edgecxr.stages.engine.build import build_engine
 @click.option("--split", default="test", show_default=True, help="Split the gate runs on.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
 def build(
-    bundle: str | None,
+    model: str | None,
     precision: str | None,
     profile: str | None,
     batch: str | None,
@@ -46,10 +47,10 @@ def build(
     split: str,
     out: Path | None,
 ) -> None:
-    """Build a TensorRT engine for this GPU from BUNDLE's FP16 or INT8 ONNX (default: the reference coronet).
+    """Build a TensorRT engine for this GPU from the model's FP16 or INT8 ONNX (default: the reference coronet).
 
-    BUNDLE is a model name (see `edgecxr models`) or a bundle directory. For a reference model the
-    engine goes into a writable copy in the models folder, which `--model NAME` then uses.
+    -m/--model is a model name (see `edgecxr models`) or a bundle directory. For a reference model
+    the engine goes into a writable copy in the models folder, which `-m NAME` then uses.
     Needs TensorRT and an NVIDIA GPU (exit code 2 without them). Writes the engine and its
     .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile), records it in
     bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless --no-verify.
@@ -57,13 +58,13 @@ def build(
     \b
     Examples:
       edgecxr build --precision int8
-      edgecxr build runs/coronet --precision int8 --profile rtx-ampere --batch 1-8
+      edgecxr build -m runs/coronet --precision int8 --profile rtx-ampere --batch-size 1-8
     """
     from edgecxr.runtime import store
     from edgecxr.stages.engine.profile import load_profile, resolve_profile
 
     if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
-        raise click.UsageError("give either --batch or --min-batch/--opt-batch/--max-batch, not both")
+        raise click.UsageError("give either --batch-size or --min-batch/--opt-batch/--max-batch, not both")
     _check_output(out, "--out")
 
     base = load_profile(profile) if profile else None
@@ -80,7 +81,7 @@ def build(
         timing_cache=timing_cache,
         dla_core=dla_core,
     )
-    path = store.resolve(bundle)
+    path = store.resolve(model)
     if store.is_reference(path):
         current_platform()  # no TensorRT or GPU: refuse (exit 2) before copying anything
         from edgecxr.core.artifacts import onnx_key

@@ -6,14 +6,22 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _BUNDLE, _MANIFEST, _gates, _given_options, _load_bundle, _split_list
+from edgecxr.cli.options import (
+    _MANIFEST,
+    _gates,
+    _given_options,
+    _load_bundle,
+    _split_list,
+    bundle_for,
+    model_option,
+)
 from edgecxr.cli.output import _err
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.int8 import calibrate_bundle
 
 
 @click.command("calibrate")
-@click.argument("bundle", type=_BUNDLE)
+@model_option("Bundle to calibrate (a shipped model is copied to the models folder first)")
 @click.option("--data", "manifest", required=True, type=_MANIFEST, help="Manifest CSV with a calib split.")
 @click.option("--split", type=click.Choice(SPLITS), default="calib", show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
@@ -34,10 +42,17 @@ from edgecxr.stages.export.int8 import calibrate_bundle
     default=None,
     help="Folder or .csv for the calibration manifest  [default: calibration/]",
 )
+@click.option("--fallback", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+              help="auto: keep the fewest nodes in float for the gate to pass on --select-split (minutes to an hour on a CPU).")
+@click.option("--explain", is_flag=True, help="Rank every quantized node by its cost on --select-split; writes a table, JSON and plot.")
+@click.option("--select-split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="Where --fallback and --explain choose; never the gate's split.")
+@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Augmented views of each calibration image added to the calibration set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def calibrate(
-    bundle: Path,
+    model: str | None,
     manifest: Path,
     split: str,
     method: str,
@@ -49,15 +64,27 @@ def calibrate(
     verify_limit: int | None,
     gates_file: Path | None,
     calib_manifest_out: Path | None,
+    fallback: str,
+    explain: bool,
+    select_split: str,
+    views: int,
     batch_size: int,
     quiet: bool,
 ) -> None:
-    """Calibrate BUNDLE's FP32 ONNX into a Q/DQ INT8 model (model.int8.onnx) for TensorRT and ONNX Runtime.
+    """Calibrate the bundle's FP32 ONNX into a Q/DQ INT8 model (model.int8.onnx) for TensorRT and ONNX Runtime.
 
     \b
     The INT8 file is published only if it is TensorRT-compatible and passes the accuracy gate on
     --verify-split (exit 3 otherwise; the file is kept as model.int8.rejected.onnx).
-    Example:  edgecxr calibrate runs/coronet --data ../shared/data/cxr/manifest.csv --method percentile
+    \b
+    --fallback auto ranks the quantized nodes by what each costs on --select-split (val), keeps the
+    most costly in float until the gate passes there, re-calibrates with them in float, and only
+    then runs the publication gate on --verify-split (test), once.
+
+    \b
+    Examples:
+      edgecxr calibrate -m runs/coronet --data ../shared/data/cxr/manifest.csv --method percentile
+      edgecxr calibrate -m coronet --data ../shared/data/cxr/manifest.csv --fallback auto
     """
 
     if verify_split == split and verify:
@@ -67,7 +94,9 @@ def calibrate(
         raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
     if not verify and given & {"verify_split", "verify_limit", "gates_file"}:
         raise click.UsageError("--verify-split/--verify-limit/--gates configure the gate that --no-verify skips")
-    b = _load_bundle(bundle)
+    if (fallback == "auto" or explain) and select_split in (split, verify_split):
+        raise click.UsageError(f"--select-split {select_split} must differ from --split and --verify-split")
+    b = _load_bundle(bundle_for(model, writes=True))
     section = calibrate_bundle(
         b,
         manifest,
@@ -79,6 +108,11 @@ def calibrate(
         verify=verify,
         verify_split=verify_split,
         verify_limit=verify_limit,
+        fallback=fallback,
+        explain=explain,
+        select_split=select_split,
+        views=views,
+        log=_err,
         gates=_gates(gates_file),
         calib_manifest_out=calib_manifest_out,
         batch_size=batch_size,
@@ -90,6 +124,11 @@ def calibrate(
     )
     if section.get("excluded_nodes"):
         click.echo(f"  kept in float: {', '.join(section['excluded_nodes'])}")
+    fb = section.get("fallback")
+    if fb:
+        chosen = f"{len(fb['float_nodes'])} node(s) kept in float, " if "float_nodes" in fb else ""
+        click.echo(f"  fallback {fb['mode']} on {fb['selected_on']} ({fb['images']} images): {chosen}"
+                   f"sensitivity table {', '.join(fb['report'].values())} beside the calibration manifest")
     gate = section.get("gate", {})
     if "skipped" in gate:
         _err(f"warning: accuracy gate skipped ({gate['skipped']})")

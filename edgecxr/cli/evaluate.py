@@ -13,12 +13,13 @@ from pathlib import Path
 
 import click
 
+from edgecxr.cli.options import bundle_for, model_option
 from edgecxr.core.artifacts import BUNDLE_FILES
 from edgecxr.data.manifest import SPLITS
 
 
 @click.command("evaluate")
-@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@model_option("Bundle to evaluate")
 @click.option(
     "--data",
     "manifest",
@@ -46,7 +47,7 @@ from edgecxr.data.manifest import SPLITS
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def evaluate(
-    bundle: Path,
+    model: str | None,
     manifest: Path,
     split: str,
     artifact: str,
@@ -56,12 +57,12 @@ def evaluate(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Evaluate BUNDLE on a manifest split: confusion matrix, per-class metrics, bootstrap CIs.
+    """Evaluate the bundle on a manifest split: confusion matrix, per-class metrics, bootstrap CIs.
 
     \b
     Writes evaluation-<split>.json and confusion-<split>.png into the bundle (with -<artifact>
     appended for non-Keras artifacts) and a summary under "evaluations" in bundle.json.
-    Example:  edgecxr evaluate runs/coronet --data ../shared/data/cxr/manifest.csv
+    Example:  edgecxr evaluate -m runs/coronet --data ../shared/data/cxr/manifest.csv
     """
     from edgecxr.stages.evaluate import evaluate_bundle
     from edgecxr.stages.metrics_report import format_report
@@ -70,7 +71,7 @@ def evaluate(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = evaluate_bundle(
-            bundle,
+            bundle_for(model),
             manifest,
             split,
             backend=backend,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _BUNDLE, _MANIFEST, _load_bundle, _split_list
+from edgecxr.cli.options import _MANIFEST, _load_bundle, _split_list, bundle_for, model_option
 from edgecxr.cli.output import _err
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.onnx import export_bundle
 
 
 @click.command("export")
-@click.argument("bundle", type=_BUNDLE)
+@model_option("Bundle with a Keras model")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset (>= 13 for INT8 Q/DQ).")
 @click.option("--data", "manifest", type=_MANIFEST, help="Manifest CSV: compare Keras and ONNX on held-out images of it.")
 @click.option(
@@ -44,7 +44,7 @@ from edgecxr.stages.export.onnx import export_bundle
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def export(
-    bundle: Path,
+    model: str | None,
     opset: int,
     manifest: Path | None,
     parity_split: str | None,
@@ -57,17 +57,17 @@ def export(
     batch_size: int,
     quiet: bool,
 ) -> None:
-    """Export BUNDLE's Keras model to model.onnx (and model.fp16.onnx), checked against Keras.
+    """Export the bundle's Keras model to model.onnx (and model.fp16.onnx), checked against Keras.
 
     \b
     Parity: ONNX vs Keras on the val split of --data (or random inputs without --data, which
     proves the conversion only); fails (exit 3) above --atol and publishes nothing.
-    Example:  edgecxr export runs/coronet --data ../shared/data/cxr/manifest.csv
+    Example:  edgecxr export -m runs/coronet --data ../shared/data/cxr/manifest.csv
     """
 
     if parity_split is not None and manifest is None:
         raise click.UsageError("--parity-split needs --data")
-    b = _load_bundle(bundle)
+    b = _load_bundle(bundle_for(model))
     if manifest is None:
         _err("note: no --data given: parity is checked on random inputs, not X-rays")
     section = export_bundle(

@@ -11,9 +11,12 @@ from typing import Any
 
 import click
 
+from edgecxr.cli.options import model_option
 from edgecxr.cli.output import _check_output, _err, _write_output
+from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.data.io import expand_inputs
 from edgecxr.runtime.classifier import Classifier
+from edgecxr.runtime.select import BACKENDS
 from edgecxr.runtime.store import DEFAULT_MODEL
 
 
@@ -35,7 +38,7 @@ def predictions_csv(preds: list[Any], classes: list[str]) -> str:
 
 
 def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
-    """Aligned text table for people: file, label, probability (or the top-k), or the error."""
+    """Aligned text table for people: source, label, probability (or the top-k), or the error."""
     rows = []
     for p in preds:
         if not p.ok:
@@ -44,17 +47,16 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
             rows.append((str(p.source), p.label or "", "  ".join(f"{c} {v:.3f}" for c, v in p.top_k(top_k))))
         else:
             rows.append((str(p.source), p.label or "", f"{p.top1:.3f}"))
-    header = ("file", "label", f"top-{top_k}" if top_k else "probability")
+    header = ("source", "label", f"top-{top_k}" if top_k else "probability")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in [header, *rows])
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--model", "-m", default=None,
-              help="Model name (see `edgecxr models`), bundle directory, .engine or .onnx file  [default: coronet]")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "keras"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Restrict a bundle to this precision.")
+@model_option()
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Restrict a bundle to this precision.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV file (atomically).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,8 +11,6 @@ from edgecxr.stages.gate.config import Gates
 
 _MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
-
-_BUNDLE = click.Path(exists=True, path_type=Path)
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -40,3 +39,29 @@ def _given_options(ctx: click.Context) -> set[str]:
         for name in ctx.params
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
     }
+
+
+def model_option(what: str = "Model") -> Any:
+    """`-m/--model`, the one way every command names its model."""
+    return click.option(
+        "-m", "--model", "model", default=None, metavar="NAME|PATH",
+        help=f"{what}: a model name (see `edgecxr models`), a bundle directory or a model file  [default: coronet]",
+    )
+
+
+def bundle_for(model: str | None, writes: bool = False) -> Path:
+    """The bundle directory `-m` names. A command that writes into it gets a writable copy of a
+    shipped reference model (in the models folder) instead of the installed package."""
+    from edgecxr.runtime import store
+
+    path = store.resolve(model)
+    if path.is_file():
+        if not (path.parent / "bundle.json").is_file():
+            raise click.BadParameter(f"{path} is a model file outside a bundle; this command needs a bundle",
+                                     param_hint="-m/--model")
+        path = path.parent
+    if writes and store.is_reference(path):
+        name = path.name
+        path = store.writable(path)
+        click.echo(f"working in {path} (a writable copy of the reference model {name})", err=True)
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _BUNDLE, _MANIFEST, _gates, _load_bundle, _split_list
+from edgecxr.cli.options import _MANIFEST, _gates, _load_bundle, _split_list, bundle_for, model_option
 from edgecxr.core.errors import BundleError
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.gate.report import format_text
@@ -15,7 +15,7 @@ from edgecxr.stages.gate.run import run_gate
 
 
 @click.command("verify")
-@click.argument("bundle", type=_BUNDLE)
+@model_option("Bundle to verify (a shipped model is copied to the models folder first)")
 @click.option("--data", "manifest", required=True, type=_MANIFEST, help="Manifest CSV.")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--gates", "gates_file", type=_MANIFEST, default=None, help="TOML file of gate thresholds ([gates] table).")
@@ -28,7 +28,8 @@ from edgecxr.stages.gate.run import run_gate
 )
 @click.option("--max-prob-diff", type=click.FloatRange(0, 1), default=None, help="Max |probability difference| vs reference  [default: not gated]")
 @click.option(
-    "--artifacts",
+    "--artifact",
+    "artifacts",
     default=None,
     help="Comma-separated: keras,onnx_fp32,onnx_fp16,onnx_int8,engines (or engine files)  [default: all present]",
 )
@@ -42,7 +43,7 @@ from edgecxr.stages.gate.run import run_gate
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def verify(
-    bundle: Path,
+    model: str | None,
     manifest: Path,
     split: str,
     gates_file: Path | None,
@@ -58,16 +59,16 @@ def verify(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Accuracy regression gate: every artifact of BUNDLE vs the FP32 reference on held-out images.
+    """Accuracy regression gate: every artifact of the bundle vs the FP32 reference on held-out images.
 
     \b
     Writes verify.json and verify.md into the bundle and a summary into bundle.json; exits 3
     when any artifact fails a gate.
-    Example:  edgecxr verify runs/coronet --data ../shared/data/cxr/manifest.csv --split test
+    Example:  edgecxr verify -m runs/coronet --data ../shared/data/cxr/manifest.csv --split test
     """
 
     if artifacts is not None and not _split_list(artifacts):
-        raise click.BadParameter("names no artifact; leave it out to verify all present", param_hint="--artifacts")
+        raise click.BadParameter("names no artifact; leave it out to verify all present", param_hint="--artifact")
     gates = _gates(
         gates_file,
         max_acc_drop=max_acc_drop,
@@ -76,7 +77,7 @@ def verify(
         max_prob_diff=max_prob_diff,
     )
     result = run_gate(
-        _load_bundle(bundle),
+        _load_bundle(bundle := bundle_for(model, writes=True)),
         manifest,
         split,
         artifacts=_split_list(artifacts) if artifacts is not None else None,

@@ -110,7 +110,7 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(
             f"{engine}: no sidecar {path.name}; edgecxr only runs engines it built "
-            "(rebuild with `edgecxr build BUNDLE --precision fp16|int8`)"
+            "(rebuild with `edgecxr build -m BUNDLE --precision fp16|int8`)"
         )
     try:
         data = read_json(path)
@@ -207,7 +207,7 @@ def rebuild_command(engine: str | Path, sidecar: dict[str, Any]) -> str:
         if (parent / "bundle.json").is_file():
             bundle = str(parent)
             break
-    cmd = f"edgecxr build {bundle} --precision {sidecar.get('precision', 'fp16')}"
+    cmd = f"edgecxr build -m {bundle} --precision {sidecar.get('precision', 'fp16')}"
     prof = sidecar.get("profile") or {}
     if prof.get("name") and prof.get("name") != "default":
         cmd += f" --profile {prof['name']}"

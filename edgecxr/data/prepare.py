@@ -280,7 +280,7 @@ def prepare_dataset(
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     if manifest.exists() and not overwrite:
-        raise DataError(f"{manifest} already exists; pass --force to replace it")
+        raise DataError(f"{manifest} already exists; it is replaced only when forced")
 
     candidates: list[Candidate] = []
     skipped: Counter[str] = Counter()

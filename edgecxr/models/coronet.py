@@ -64,7 +64,7 @@ def resolve_weights(weights: str | Path | None) -> str | None:
     path = Path(text).expanduser()
     if not path.is_file():
         raise EdgeCXRError(
-            f"weights file {text} not found; pass --weights imagenet, --weights none or the path of "
+            f"weights file {text} not found; the weights are 'imagenet', 'none' or the path of "
             "Xception no-top weights (xception_weights_tf_dim_ordering_tf_kernels_notop.h5 or a .weights.h5)"
         )
     return str(path)
@@ -103,12 +103,12 @@ def build_coronet(
         if input_size < XCEPTION_MIN_SIZE:
             raise EdgeCXRError(
                 f"Xception needs an input of at least {XCEPTION_MIN_SIZE}x{XCEPTION_MIN_SIZE}, got {input_size}; "
-                "use base='tiny' (--tiny) for small test models"
+                "use the tiny base for small test models"
             )
         backbone = _xception(keras, shape, weights)
     else:
         if weights is not None:
-            raise EdgeCXRError("the tiny CoroNet base has no pretrained weights; use --weights none")
+            raise EdgeCXRError("the tiny CoroNet base has no pretrained weights; start from random weights")
         if input_size < 16:
             raise EdgeCXRError(f"tiny CoroNet needs an input of at least 16x16, got {input_size}")
         backbone = _tiny_base(keras, shape)
@@ -129,8 +129,8 @@ def _xception(keras: Any, shape: tuple[int, int, int], weights: str | None) -> A
     except Exception as exc:  # Keras raises a bare Exception when the download fails
         if weights == "imagenet":
             raise EdgeCXRError(
-                f"could not download the ImageNet Xception weights ({exc}); without internet pass "
-                "--weights none (train from scratch) or --weights PATH to a local "
+                f"could not download the ImageNet Xception weights ({exc}); without internet start from "
+                "random weights (train from scratch) or the path of a local "
                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
             ) from exc
         if weights is not None:

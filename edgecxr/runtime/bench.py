@@ -7,7 +7,7 @@ backend can time it (`Runner.timings()`: CUDA events for TensorRT, only compute 
 and Keras). A coefficient of variation above 2.5% is flagged: such numbers are not stable enough to
 compare (another process, thermal throttling, too few iterations).
 
-JSON field names follow trtexec's (`latencyMs`, `h2dMs`, `computeMs`, `d2hMs`, `throughputQps`,
+JSON field names follow trtexec's (`latency_ms`, `h2dMs`, `compute_ms`, `d2hMs`, `throughput_qps`,
 `percentile(90%)`...), so results can be read next to `trtexec --exportTimes` output.
 
 With `image=` a full-size X-ray is also measured end to end (decode + preprocess + batch-1
@@ -37,7 +37,7 @@ from edgecxr.runtime.store import DEFAULT_MODEL
 CV_WARN_PCT = 2.5
 PERCENTILES = (90, 95, 99)
 #: largest batch size benchmarked: the largest an engine profile allows (as for `infer --batch-size`)
-#: what `--compare` accepts besides bundle artifact keys
+#: what a comparison accepts: the artifact keys of core.artifacts
 COMPARE_NAMES = tuple(BY_KEY)  #: keras, onnx_fp32, onnx_fp16, onnx_int8, engine
 
 
@@ -74,16 +74,16 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     for q in PERCENTILES:
         out[f"percentile({q}%)"] = percentile(values, q)
     out["std"] = std
-    out["coefficientOfVariancePct"] = 100.0 * std / mean if mean > 0 else 0.0
+    out["coefficient_of_variance_pct"] = 100.0 * std / mean if mean > 0 else 0.0
     return {k: round(v, 4) for k, v in out.items()}
 
 
 def stability_warnings(name: str, stats: dict[str, float], threshold: float = CV_WARN_PCT) -> list[str]:
-    cv = stats.get("coefficientOfVariancePct")
+    cv = stats.get("coefficient_of_variance_pct")
     if cv is not None and cv > threshold:
         return [
             f"{name} is unstable: coefficient of variance {cv:.1f}% > {threshold}% "
-            "(close other programs, check thermal throttling, or raise --iterations / --warmup-s)"
+            "(close other programs, check thermal throttling, or run more iterations and a longer warm-up)"
         ]
     return []
 
@@ -126,17 +126,17 @@ def bench_runner(
     result: dict[str, Any] = {
         "batch": n,
         "iterations": iterations,
-        "warmupIterations": warm,
-        "warmupS": warmup_s,
-        "totalHostWalltimeS": round(total, 4),
-        "throughputQps": round(iterations / total, 3) if total > 0 else None,
-        "throughputImagesPerS": round(iterations * n / total, 3) if total > 0 else None,
-        "latencyMs": summarize(latency),
+        "warmup_iterations": warm,
+        "warmup_s": warmup_s,
+        "total_host_walltime_s": round(total, 4),
+        "throughput_qps": round(iterations / total, 3) if total > 0 else None,
+        "throughput_images_per_s": round(iterations * n / total, 3) if total > 0 else None,
+        "latency_ms": summarize(latency),
     }
-    names = {"h2d_ms": "h2dMs", "compute_ms": "computeMs", "d2h_ms": "d2hMs"}
+    names = {"h2d_ms": "h2dMs", "compute_ms": "compute_ms", "d2h_ms": "d2hMs"}
     for key, values in split.items():
         result[names.get(key, key)] = summarize(values)
-    result["warnings"] = stability_warnings(f"latency at batch {n}", result["latencyMs"])
+    result["warnings"] = stability_warnings(f"latency at batch {n}", result["latency_ms"])
     return result
 
 
@@ -179,16 +179,16 @@ def bench_end_to_end(
         total.append((t3 - t0) * 1e3)
     result = {
         "image": str(image),
-        "imageSize": [int(first.shape[1]), int(first.shape[0])],
-        "decodedSize": [int(pixels.shape[1]), int(pixels.shape[0])],
+        "image_size": [int(first.shape[1]), int(first.shape[0])],
+        "decoded_size": [int(pixels.shape[1]), int(pixels.shape[0])],
         "decode": "full" if full_decode else "reduced-if-large",
         "iterations": iterations,
-        "decodeMs": summarize(decode),
-        "preprocessMs": summarize(prep),
-        "inferMs": summarize(infer),
-        "endToEndMs": summarize(total),
+        "decode_ms": summarize(decode),
+        "preprocess_ms": summarize(prep),
+        "infer_ms": summarize(infer),
+        "end_to_end_ms": summarize(total),
     }
-    result["warnings"] = stability_warnings("end-to-end latency", result["endToEndMs"])
+    result["warnings"] = stability_warnings("end-to-end latency", result["end_to_end_ms"])
     return result
 
 
@@ -212,14 +212,14 @@ def _bench_classifier(
     if image:
         e2e_iters = max(1, min(iterations, 50))
         log(f"  end to end on {image}: {e2e_iters} iterations")
-        out["endToEnd"] = bench_end_to_end(clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0))
-        if out["endToEnd"]["decodedSize"] != out["endToEnd"]["imageSize"]:
+        out["end_to_end"] = bench_end_to_end(clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0))
+        if out["end_to_end"]["decoded_size"] != out["end_to_end"]["image_size"]:
             log(f"  end to end with full-resolution decode (for comparison): {e2e_iters} iterations")
-            out["endToEndFullDecode"] = bench_end_to_end(
+            out["end_to_end_full_decode"] = bench_end_to_end(
                 clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0), full_decode=True
             )
     out["warnings"] = [w for r in results for w in r["warnings"]]
-    for key in ("endToEnd", "endToEndFullDecode"):
+    for key in ("end_to_end", "end_to_end_full_decode"):
         out["warnings"] += list((out.get(key) or {}).get("warnings", []))
     return out
 
@@ -253,17 +253,17 @@ def compare_table(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in ran:
         for r in entry["results"]:
             base = ref_by_batch.get(r["batch"])
-            med = r["latencyMs"]["median"]
+            med = r["latency_ms"]["median"]
             row = {
                 "name": entry["name"],
                 "batch": r["batch"],
-                "medianLatencyMs": med,
-                "throughputImagesPerS": r["throughputImagesPerS"],
+                "median_latency_ms": med,
+                "throughput_images_per_s": r["throughput_images_per_s"],
                 "reference": ref["name"],
             }
             if base is not None and med > 0:
-                row["latencyRatio"] = round(med / base["latencyMs"]["median"], 4)
-                row["speedup"] = round(base["latencyMs"]["median"] / med, 4)
+                row["latency_ratio"] = round(med / base["latency_ms"]["median"], 4)
+                row["speedup"] = round(base["latency_ms"]["median"] / med, 4)
             rows.append(row)
     return rows
 
@@ -274,7 +274,7 @@ def _load_for_compare(bundle_dir: Path, name: str, **options: Any) -> Any:
     from edgecxr.runtime.select import choose_engine
 
     if name not in COMPARE_NAMES:
-        raise BundleError(f"--compare item {name!r} unknown; choose from {COMPARE_NAMES}")
+        raise BundleError(f"unknown artifact {name!r} to compare; choose from {COMPARE_NAMES}")
     if name == "keras":
         return Classifier.load(bundle_dir, backend="keras", **options)
     if name.startswith("onnx_"):
@@ -308,19 +308,19 @@ def run_bench(
     options = options or {}
     report: dict[str, Any] = {
         "model": str(model or DEFAULT_MODEL),
-        "edgecxrVersion": __version__,
+        "edgecxr_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpu": cpu_info()},
-        "batchSizes": list(batch_sizes),
+        "batch_sizes": list(batch_sizes),
         "iterations": iterations,
-        "warmupS": warmup_s,
+        "warmup_s": warmup_s,
     }
     if compare:
         from edgecxr.runtime import store
 
         model = store.resolve(model)
         if not Path(model).is_dir():
-            raise BundleError(f"{model}: --compare needs a bundle directory")
+            raise BundleError(f"{model}: comparing artifacts needs a bundle directory")
         entries = []
         for name in compare:
             log(f"{name}:")
@@ -350,26 +350,26 @@ def format_report(report: dict[str, Any]) -> str:
     def block(title: str, entry: dict[str, Any]) -> None:
         lines.append(title)
         for r in entry.get("results", []):
-            lat = r["latencyMs"]
+            lat = r["latency_ms"]
             line = (
-                f"  batch {r['batch']:>3}: throughput {r['throughputImagesPerS']:.1f} img/s "
-                f"({r['throughputQps']:.1f} qps); latency ms min {lat['min']:.3f} median {lat['median']:.3f} "
+                f"  batch {r['batch']:>3}: throughput {r['throughput_images_per_s']:.1f} img/s "
+                f"({r['throughput_qps']:.1f} qps); latency ms min {lat['min']:.3f} median {lat['median']:.3f} "
                 f"mean {lat['mean']:.3f} p90 {lat['percentile(90%)']:.3f} p95 {lat['percentile(95%)']:.3f} "
-                f"p99 {lat['percentile(99%)']:.3f} (CV {lat['coefficientOfVariancePct']:.1f}%)"
+                f"p99 {lat['percentile(99%)']:.3f} (CV {lat['coefficient_of_variance_pct']:.1f}%)"
             )
             lines.append(line)
-            split = [f"{k[:-2]} {r[k]['median']:.3f}" for k in ("h2dMs", "computeMs", "d2hMs") if r.get(k)]
+            split = [f"{k[:-2]} {r[k]['median']:.3f}" for k in ("h2dMs", "compute_ms", "d2hMs") if r.get(k)]
             if split:
                 lines.append("             median split ms: " + ", ".join(split))
-        for key, how in (("endToEnd", ""), ("endToEndFullDecode", ", full-resolution decode")):
+        for key, how in (("end_to_end", ""), ("end_to_end_full_decode", ", full-resolution decode")):
             e2e = entry.get(key)
             if not e2e:
                 continue
             lines.append(
-                f"  end to end ({e2e['imageSize'][0]}x{e2e['imageSize'][1]} image decoded at "
-                f"{e2e['decodedSize'][0]}x{e2e['decodedSize'][1]}{how}), median ms: "
-                f"decode {e2e['decodeMs']['median']:.2f} + preprocess {e2e['preprocessMs']['median']:.2f} "
-                f"+ infer {e2e['inferMs']['median']:.2f} = {e2e['endToEndMs']['median']:.2f}"
+                f"  end to end ({e2e['image_size'][0]}x{e2e['image_size'][1]} image decoded at "
+                f"{e2e['decoded_size'][0]}x{e2e['decoded_size'][1]}{how}), median ms: "
+                f"decode {e2e['decode_ms']['median']:.2f} + preprocess {e2e['preprocess_ms']['median']:.2f} "
+                f"+ infer {e2e['infer_ms']['median']:.2f} = {e2e['end_to_end_ms']['median']:.2f}"
             )
 
     if "entries" in report:

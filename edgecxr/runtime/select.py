@@ -126,7 +126,7 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "keras":
         if precision not in (None, "fp32"):
-            raise BundleError(f"the Keras reference model is fp32; --precision {precision} needs another backend")
+            raise BundleError(f"the Keras reference model is fp32; precision {precision} needs another backend")
         return ArtifactChoice("keras", bundle.artifact("keras"), "fp32", "Keras reference model (asked for)")
     notes: list[str] = []
     if backend in ("auto", "tensorrt"):
@@ -151,7 +151,7 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
                 raise EngineMismatchError(
                     f"{bundle.dir}: no usable TensorRT engine for {platform['gpu']['name']} with TensorRT "
                     f"{platform['tensorrt']} ({detail}). Build one here with: "
-                    f"edgecxr build {bundle.dir} --precision {precision or 'fp16'}"
+                    f"edgecxr build -m {bundle.dir} --precision {precision or 'fp16'}"
                 )
             notes.append("no matching TensorRT engine" + (f" ({'; '.join(rejected)})" if rejected else ""))
         elif backend == "tensorrt":

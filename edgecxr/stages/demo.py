@@ -198,7 +198,7 @@ def run_demo(
     log("\nsummary:")
     for name, outcome in st.results.items():
         log(f"  {name:<10} {outcome}")
-    log(f"bundle: {bundle_dir}   try: edgecxr infer --model {bundle_dir} {example.parent}")
+    log(f"bundle: {bundle_dir}   try: edgecxr infer -m {bundle_dir} {example.parent}")
     return {"stages": st.results, "prediction": pred.to_dict(), "backend": info, "bundle": str(bundle_dir)}
 
 

@@ -17,7 +17,7 @@ def _run(*args: str):
 
 def test_export_command(keras_lstm_bundle, copy_bundle):
     bundle = copy_bundle(keras_lstm_bundle)
-    res = _run("export", bundle.dir, "--parity-images", "4", "-q")
+    res = _run("export", "-m", bundle.dir, "--parity-images", "4", "-q")
     assert res.exit_code == 0, res.output
     assert "random" in res.output and "max |dp|" in res.output and "model.fp16.onnx" in res.output
     meta = Bundle.load(bundle.dir).meta
@@ -25,15 +25,15 @@ def test_export_command(keras_lstm_bundle, copy_bundle):
 
 
 def test_export_usage_and_bundle_errors(tmp_path, keras_cnn_bundle):
-    res = _run("export", keras_cnn_bundle, "--parity-split", "val")
+    res = _run("export", "-m", keras_cnn_bundle, "--parity-split", "val")
     assert res.exit_code == 2 and "--parity-split needs --data" in res.output
-    res = _run("export", tmp_path)
+    res = _run("export", "-m", tmp_path)
     assert res.exit_code == 1 and "not a model bundle" in res.output
 
 
 def test_export_parity_failure_exits_3(keras_cnn_bundle, copy_bundle):
     bundle = copy_bundle(keras_cnn_bundle)
-    res = _run("export", bundle.dir, "--atol", "0", "--no-fp16", "-q")
+    res = _run("export", "-m", bundle.dir, "--atol", "0", "--no-fp16", "-q")
     assert res.exit_code == 3 and "differs from Keras" in res.output
 
 
@@ -41,8 +41,7 @@ def test_calibrate_command(exported_cnn, copy_bundle, synthetic_manifest, tmp_pa
     bundle = copy_bundle(exported_cnn)
     gates = tmp_path / "gates.toml"
     gates.write_text("[gates]\nmax_acc_drop = 100.0\nmin_agreement = 0.0\ncovid_sensitivity_not_lower = false\n")
-    res = _run(
-        "calibrate", bundle.dir, "--data", synthetic_manifest, "--method", "percentile", "--keep-float", "head",
+    res = _run("calibrate", "-m", bundle.dir, "--data", synthetic_manifest, "--method", "percentile", "--keep-float", "head",
         "--limit", "8", "--verify-limit", "8", "--gates", gates, "--calib-manifest-out", tmp_path / "cal", "-q",
     )
     assert res.exit_code == 0, res.output
@@ -54,23 +53,22 @@ def test_calibrate_command(exported_cnn, copy_bundle, synthetic_manifest, tmp_pa
 
 
 def test_calibrate_rejects_gating_on_calibration_split(exported_cnn, synthetic_manifest):
-    res = _run("calibrate", exported_cnn, "--data", synthetic_manifest, "--verify-split", "calib")
+    res = _run("calibrate", "-m", exported_cnn, "--data", synthetic_manifest, "--verify-split", "calib")
     assert res.exit_code == 2 and "held-out" in res.output
-    res = _run("calibrate", exported_cnn, "--data", synthetic_manifest, "--keep-float", "nope", "--no-verify", "-q")
+    res = _run("calibrate", "-m", exported_cnn, "--data", synthetic_manifest, "--keep-float", "nope", "--no-verify", "-q")
     assert res.exit_code == 1 and "no node named 'nope'" in res.output
 
 
 def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic_manifest, tmp_path):
     bundle = copy_bundle(exported_cnn)
-    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--bootstrap", "0", "--json", "-q")
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--bootstrap", "0", "--json", "-q")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["passed"] is True and data["data"]["n"] == 8 and data["reference"] == "keras"
     assert (bundle.dir / "verify.md").is_file()
 
     # a gate nothing can pass: FP16 cannot match to 1e-12 -> exit 3, report still written
-    res = _run(
-        "verify", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--artifacts", "onnx_fp16",
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--artifact", "onnx_fp16",
         "--max-prob-diff", "1e-12", "--bootstrap", "0", "-q",
     )
     assert res.exit_code == 3
@@ -79,9 +77,9 @@ def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic
 
     gates = tmp_path / "g.toml"
     gates.write_text("[gates]\nmin_agreement = 2\n")
-    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--gates", gates)
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--gates", gates)
     assert res.exit_code == 1 and "min_agreement" in res.output
-    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--min-agreement", "1.5")
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--min-agreement", "1.5")
     assert res.exit_code == 2
 
 
@@ -96,21 +94,21 @@ def test_verify_with_an_empty_artifact_list_is_a_usage_error(tmp_path):
     """`--artifacts ,` used to gate nothing and exit 0."""
     bundle, manifest = _stub_bundle_and_manifest(tmp_path)
     for value in (",", ""):
-        res = _run("verify", bundle, "--data", manifest, "--artifacts", value)
-        assert res.exit_code == 2 and "--artifacts" in res.output and "Traceback" not in res.output
+        res = _run("verify", "-m", bundle, "--data", manifest, "--artifact", value)
+        assert res.exit_code == 2 and "--artifact" in res.output and "Traceback" not in res.output
 
 
 def test_calibrate_options_that_would_be_ignored_are_usage_errors(tmp_path):
     bundle, manifest = _stub_bundle_and_manifest(tmp_path)
-    res = _run("calibrate", bundle, "--data", manifest, "--percentile", "99.9")
+    res = _run("calibrate", "-m", bundle, "--data", manifest, "--percentile", "99.9")
     assert res.exit_code == 2 and "--method percentile" in res.output
-    res = _run("calibrate", bundle, "--data", manifest, "--no-verify", "--verify-limit", "8")
+    res = _run("calibrate", "-m", bundle, "--data", manifest, "--no-verify", "--verify-limit", "8")
     assert res.exit_code == 2 and "--no-verify" in res.output
 
 
 def test_verify_with_nothing_to_compare_is_an_error(keras_cnn_bundle, copy_bundle, synthetic_manifest):
     """Only the reference (model.keras) exists: the gate compared nothing and must not exit 0."""
     bundle = copy_bundle(keras_cnn_bundle)
-    res = _run("verify", bundle.dir, "--data", synthetic_manifest, "--split", "test", "--bootstrap", "0", "-q")
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--split", "test", "--bootstrap", "0", "-q")
     assert res.exit_code == 1, res.output
     assert "nothing was verified" in res.output

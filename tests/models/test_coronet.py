@@ -71,7 +71,7 @@ def test_imagenet_download_failure_says_use_weights_none(monkeypatch):
         raise Exception("URL fetch failure: Name or service not known")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(EdgeCXRError, match="--weights none"):
+    with pytest.raises(EdgeCXRError, match="start from random weights"):
         build_coronet(input_size=71, weights="imagenet")
 
 

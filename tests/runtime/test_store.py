@@ -121,6 +121,6 @@ def test_build_refuses_without_tensorrt_before_copying(models_dir, fake_referenc
 
     if tensorrt_version() is not None:
         pytest.skip("TensorRT is installed here")
-    result = CliRunner().invoke(main, ["build", "tinynet", "--precision", "fp16"])
+    result = CliRunner().invoke(main, ["build", "-m", "tinynet", "--precision", "fp16"])
     assert result.exit_code == 2 and result.output.startswith("error:") and "TensorRT" in result.output
     assert not (models_dir / "tinynet").exists()

@@ -166,7 +166,7 @@ def build_engine(
         raise BuildError(f"{onnx_path}: input {inp.name!r} has shape {shape}, bundle expects (N, {spec.input_shape})")
     if shape[0] != -1 and not profile.min_batch == profile.max_batch == shape[0]:
         raise BuildError(
-            f"{onnx_path}: the ONNX has a fixed batch of {shape[0]}; build with --batch {shape[0]} or re-export "
+            f"{onnx_path}: the ONNX has a fixed batch of {shape[0]}; build for batch {shape[0]} only, or re-export "
             "with a dynamic batch (`edgecxr export`)"
         )
 
@@ -294,7 +294,7 @@ def _verify_engine(bundle: Any, engine: Path, manifest: str | Path | None, split
     if not manifest or not Path(manifest).is_file():
         raise BundleError(
             f"the accuracy gate needs the data manifest ({manifest or 'none recorded in bundle.json'} not found); "
-            "pass --data MANIFEST, or --no-verify to skip the gate"
+            "give the manifest, or build without the gate"
         )
     log(f"verifying {engine.name} on split {split!r} of {manifest} (accuracy regression gate)")
     result = run_gate(bundle, manifest, split, artifacts=[str(engine)], write=False, raise_on_fail=False)

@@ -179,7 +179,7 @@ def resolve_profile(
         changes["precision"] = precision
     if batch is not None:
         if any(v is not None for v in (min_batch, opt_batch, max_batch)):
-            raise BuildError("give either --batch or --min-batch/--opt-batch/--max-batch, not both")
+            raise BuildError("give either a batch range or single min/opt/max batch sizes, not both")
         changes["min_batch"], changes["opt_batch"], changes["max_batch"] = parse_batch(batch)
     else:
         lo = min_batch if min_batch is not None else base.min_batch
@@ -233,7 +233,7 @@ def check_precision_support(precision: str, compute_capability: str, gpu_name: s
     if precision == "fp16" and not has_fast_fp16(compute_capability):
         raise BackendUnavailableError(
             f"{gpu_name} (sm {compute_capability}) has no fast FP16 (e.g. Pascal GTX 10xx runs FP16 at 1/64 rate); "
-            "build --precision int8, or use ONNX Runtime"
+            "build an INT8 engine, or use ONNX Runtime"
         )
     if precision == "int8" and not has_int8(compute_capability):
         raise BackendUnavailableError(f"{gpu_name} (sm {compute_capability}) has no INT8 support (needs sm61+)")

@@ -109,7 +109,7 @@ def export_bundle(
         ExportError: the graph cannot be exported in a deployable form (e.g. LSTM not one op).
     """
     if parity_split is not None and manifest is None:
-        raise BundleError("a parity split needs a manifest (--data)")
+        raise BundleError("a parity split needs a manifest")
     t0 = time.perf_counter()
     keras_path = bundle.artifact("keras")
     model = load_keras(keras_path)
@@ -117,7 +117,7 @@ def export_bundle(
 
     onnx_model = keras_to_onnx(model, bundle.spec, opset)
     check_lstm_ops(onnx_model, expected_lstm)
-    note = "disabled (--no-optimize)"
+    note = "disabled on request"
     if optimize:
         onnx_model, note = optimize_onnx(onnx_model)
     set_metadata(onnx_model, bundle_metadata(bundle, "fp32"))

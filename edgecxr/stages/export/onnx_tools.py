@@ -197,7 +197,7 @@ def parity_inputs(
         "images": n,
         "range": [lo, hi],
         "seed": seed,
-        "note": "random inputs (no --data): proves the conversion, not the behaviour on X-rays",
+        "note": "random inputs (no manifest): proves the conversion, not the behaviour on X-rays",
     }
 
 

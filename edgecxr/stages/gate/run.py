@@ -272,7 +272,7 @@ def run_gate(
     from edgecxr.data.manifest import manifest_sha256
 
     if manifest is None:
-        raise BundleError("the accuracy gate needs a data manifest (--data) to score held-out images")
+        raise BundleError("the accuracy gate needs a data manifest to score held-out images")
     t0 = time.perf_counter()
     gates = gates or Gates()
     registry, registry_note = _registry()

@@ -163,7 +163,7 @@ def fit(
         state = read_json(state_path)
         if state["identity"] != _identity(cfg):
             raise EdgeCXRError(
-                f"{workdir}: --resume with different options than the saved run "
+                f"{workdir}: cannot resume with different options than the saved run "
                 f"(saved {state['identity']}, now {_identity(cfg)})"
             )
         model = keras.saving.load_model(ckpt / "last.keras")
@@ -173,8 +173,8 @@ def fit(
         print(f"resuming {workdir} after epoch {state['epoch']}", file=log, flush=True)
     elif state_path.is_file() or (workdir / "bundle.json").is_file():
         if cfg.resume:
-            raise EdgeCXRError(f"{workdir}: cannot resume, {state_path} is missing; choose another --out")
-        raise EdgeCXRError(f"{workdir} already holds a training run; pass --resume to continue it, or choose another --out")
+            raise EdgeCXRError(f"{workdir}: cannot resume, {state_path} is missing; choose another output folder")
+        raise EdgeCXRError(f"{workdir} already holds a training run; resume it, or choose another output folder")
     else:
         if cfg.resume:
             print(f"nothing to resume in {workdir}; starting a new run", file=log, flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables from `edgecxr bench --compare ... --out FILE` JSON (for docs/BENCHMARKS.md).
+"""Markdown tables from `edgecxr bench --artifact ... --out FILE` JSON (for docs/BENCHMARKS.md).
 
 Usage: python scripts/bench_table.py runs/coronet/bench.json
 """

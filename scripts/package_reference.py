@@ -71,8 +71,8 @@ def main() -> None:
           f"{metrics['per_class']['covid']['recall']:.4f}; stored {STORED_REFERENCE}", flush=True)
 
     if Bundle.load(args.bundle).artifact("onnx_fp16", must_exist=False) is None:
-        edgecxr("export", str(args.bundle), "--data", str(args.data))
-    edgecxr("verify", str(args.bundle), "--data", str(args.data), "--split", "test", "--artifacts", ",".join(keys))
+        edgecxr("export", "-m", str(args.bundle), "--data", str(args.data))
+    edgecxr("verify", "-m", str(args.bundle), "--data", str(args.data), "--split", "test", "--artifact", ",".join(keys))
     dest = args.reference_dir / args.name
     shipped = store.copy_deployable(args.bundle, dest, keys, replace=True, extra_files=(STORED_REFERENCE,))
     if args.init_from:

@@ -18,8 +18,8 @@ NAME=$(basename "$BUNDLE")
 OUT="$BUNDLE/calib-compare"
 mkdir -p "$OUT"
 
-$ED evaluate "$BUNDLE" --data "$DATA" --split test -q
-$ED export "$BUNDLE" --data "$DATA" -q
+$ED evaluate -m "$BUNDLE" --data "$DATA" --split test -q
+$ED export -m "$BUNDLE" --data "$DATA" -q
 
 # Calibration methods (and the keep-float variant), each scored on the test split against Keras.
 variants=()
@@ -28,7 +28,7 @@ if [ -n "$KEEP" ]; then for m in $METHODS; do variants+=("$m|$KEEP"); done; fi
 for v in "${variants[@]}"; do
   m=${v%%|*}; k=${v#*|}
   tag="$m${k:+-keep-${k//,/-}}"
-  $ED calibrate "$BUNDLE" --data "$DATA" --method "$m" ${k:+--keep-float "$k"} --no-verify -q
-  $ED verify "$BUNDLE" --data "$DATA" --split test --artifacts onnx_int8 --json -q > "$OUT/$tag.json" || true
+  $ED calibrate -m "$BUNDLE" --data "$DATA" --method "$m" ${k:+--keep-float "$k"} --no-verify -q
+  $ED verify -m "$BUNDLE" --data "$DATA" --split test --artifact onnx_int8 --json -q > "$OUT/$tag.json" || true
   cp "$BUNDLE/model.int8.onnx" "$OUT/$tag.int8.onnx"
 done

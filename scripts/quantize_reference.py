@@ -34,8 +34,13 @@ def main() -> int:
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--views", type=int, default=0)
     ap.add_argument("--explain", action="store_true", help="also measure each node quantized alone (slower)")
+    ap.add_argument("--ship", action="store_true", help="after a passing run, add its INT8 to the shipped model")
+    ap.add_argument("--ship-only", action="store_true", help="ship the INT8 of an earlier run in --out, do not calibrate")
     args = ap.parse_args()
     dest = Path(args.out) / args.name
+    if args.ship_only:
+        ship(dest, REFERENCE_DIR / args.name)
+        return 0
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(REFERENCE_DIR / args.name, dest)
@@ -51,7 +56,34 @@ def main() -> int:
         return exc.exit_code
     section["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(section, indent=2, sort_keys=True, default=str))
+    if args.ship:
+        ship(dest, REFERENCE_DIR / args.name)
     return 0
+
+
+def ship(work: Path, reference: Path) -> None:
+    """Copy a gated INT8 model into the shipped reference bundle with its calibration record, verdict and hash."""
+    from edgecxr.runtime import store
+
+    src = Bundle.load(work)
+    int8 = src.artifact("onnx_int8")
+    verdict = src.gate_verdicts().get("onnx_int8") or {}
+    if verdict.get("passed") is not True or verdict.get("split") != "test":
+        raise SystemExit(f"{work}: its INT8 has not passed the gate on test; nothing shipped")
+    shutil.copy2(int8, reference / "model.int8.onnx")
+    dst = Bundle.load(reference)
+    dst.set_artifact("onnx_int8", reference / "model.int8.onnx")
+    calib = {k: v for k, v in src.meta["calibration"].items() if k not in ("sidecar",)}
+    calib["manifest"] = f"calibration/{Path(calib['manifest']).name}"  # the repository's copy, not this machine's path
+    dst.meta["calibration"] = calib
+    dst.meta.setdefault("export", {})["fp32_from_fp16"] = src.meta["export"]["fp32_from_fp16"]
+    dst.save()
+    run = {k: verdict[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates") if k in verdict}
+    row = {k: v for k, v in verdict.items() if k not in run and k not in ("by", "path")}
+    dst.record_gate({"onnx_int8": row}, run, by="calibrate")
+    store.record_hashes(Bundle.load(reference))
+    size = sum(p.stat().st_size for p in reference.iterdir())
+    print(f"shipped {int8.name} into {reference} ({size / 1e6:.1f} MB in the folder)")
 
 
 if __name__ == "__main__":

@@ -308,3 +308,10 @@ def test_every_help_has_an_example(cli, command):
     result = cli.invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout and "edgecxr " in result.stdout.split("Example", 1)[1]
+
+
+def test_a_bad_top_level_option_is_one_error_line(cli):
+    result = cli.invoke(main, ["--bogus"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: No such option '--bogus'; see 'main --help'"]  # CliRunner names it main
+    assert cli.invoke(main, ["--version"]).exit_code == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import click
 
@@ -50,6 +51,30 @@ class LazyGroup(click.Group):
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Errors in the top-level options (`edgecxr --bogus`) get the same one `error:` line as the rest."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            # non-standalone Click returns an Exit's code instead of exiting (commands return None)
+            sys.exit(rv if isinstance(rv, int) else 0)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                click.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+                sys.exit(0 if exc.ctx is None else 2)
+            hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("\nerror: interrupted", err=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click override
         try:

@@ -20,8 +20,8 @@ def main(path: str) -> None:
         for r in e.get("results", []):
             lat = r["latency_ms"]
             c = ratios[(e["name"], r["batch"])]
-            print(f"| {e['name']} | {r['batch']} | {lat['median']:.1f} | {lat['percentile(90%)']:.1f} | "
-                  f"{lat['percentile(99%)']:.1f} | {lat['coefficient_of_variance_pct']:.1f}% | "
+            print(f"| {e['name']} | {r['batch']} | {lat['median']:.1f} | {lat['p90']:.1f} | "
+                  f"{lat['p99']:.1f} | {lat['coefficient_of_variance_pct']:.1f}% | "
                   f"{r['throughput_images_per_s']:.1f} | {c['speedup']:.2f}x |")
     print()
     print("| artifact | decode | decoded at | decode ms | preprocess ms | inference ms | end to end ms | preprocess share | decode+preprocess share |")

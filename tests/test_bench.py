@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -21,7 +22,24 @@ from edgecxr.runtime.bench import (
     synthetic_batch,
 )
 
-LAT_KEYS = {"min", "max", "mean", "median", "percentile(90%)", "percentile(95%)", "percentile(99%)", "std", "coefficient_of_variance_pct"}
+LAT_KEYS = {"min", "max", "mean", "median", "p90", "p95", "p99", "std", "coefficient_of_variance_pct"}
+SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+def _keys(value):
+    """Every dict key at any depth of a JSON-like value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item)
+
+
+def assert_snake_case(report):
+    bad = sorted({k for k in _keys(json.loads(json.dumps(report))) if not SNAKE.match(k)})
+    assert not bad, f"JSON keys not in snake_case: {bad}"
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
@@ -89,16 +107,16 @@ def real_image():
 def test_bench_report_structure(tiny_onnx, real_image):
     image = real_image
     report = run_bench(tiny_onnx, batch_sizes=[1, 3], iterations=5, warmup_s=0.0, image=image, log=lambda m: None)
-    json.dumps(report)
+    assert_snake_case(report)
     assert report["backend"]["backend"] == "onnxruntime"
     assert [r["batch"] for r in report["results"]] == [1, 3]
     for r in report["results"]:
         assert r["iterations"] == 5 and r["warmup_iterations"] >= 1
         assert set(r["latency_ms"]) == LAT_KEYS and set(r["compute_ms"]) == LAT_KEYS
         lat = r["latency_ms"]
-        assert 0 < lat["min"] <= lat["median"] <= lat["percentile(90%)"] <= lat["percentile(99%)"] <= lat["max"]
+        assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["throughput_images_per_s"] == pytest.approx(r["throughput_qps"] * r["batch"], rel=1e-2)
-        assert "h2dMs" not in r  # ONNX Runtime on CPU has no copies to time
+        assert "h2d_ms" not in r  # ONNX Runtime on CPU has no copies to time
         assert isinstance(r["warnings"], list)
     e2e = report["end_to_end"]
     assert e2e["iterations"] == 5 and e2e["image_size"][0] > 32
@@ -125,10 +143,29 @@ def test_compare_mode_on_a_bundle(tmp_path):
     assert [r["name"] for r in rows] == ["onnx_fp32", "onnx_int8"]
     assert rows[0]["speedup"] == 1.0 and rows[0]["latency_ratio"] == 1.0
     assert rows[1]["reference"] == "onnx_fp32" and rows[1]["speedup"] > 0
+    assert_snake_case(report)
     text = format_report(report)
     assert "ratios against onnx_fp32" in text and "keras: skipped" in text
     with pytest.raises(BundleError, match="bundle directory"):
         run_bench(bundle.default_path("onnx_fp32"), compare=["onnx_fp32"], iterations=1, warmup_s=0, log=lambda m: None)
+
+
+def test_transfer_split_keys_are_snake_case_and_shown():
+    """A backend that times copies (TensorRT's h2d/compute/d2h) reports them under snake_case keys."""
+    from edgecxr.runtime.bench import bench_runner
+
+    class Timed:
+        def infer(self, batch):
+            return batch
+
+        def timings(self):
+            return {"h2d_ms": 0.1, "compute_ms": 1.0, "d2h_ms": 0.05}
+
+    r = bench_runner(Timed(), np.zeros((2, 4), np.float32), iterations=3, warmup_s=0.0)
+    assert {"h2d_ms", "compute_ms", "d2h_ms"} <= set(r) and set(r["h2d_ms"]) == LAT_KEYS
+    report = {"backend": {"backend": "tensorrt"}, "results": [r]}
+    assert_snake_case(report)
+    assert "median split ms: h2d 0.100, compute 1.000, d2h 0.050" in format_report(report)
 
 
 def test_compare_table_ratios_by_hand():

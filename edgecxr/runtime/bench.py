@@ -7,8 +7,9 @@ backend can time it (`Runner.timings()`: CUDA events for TensorRT, only compute 
 and Keras). A coefficient of variation above 2.5% is flagged: such numbers are not stable enough to
 compare (another process, thermal throttling, too few iterations).
 
-JSON field names follow trtexec's (`latency_ms`, `h2dMs`, `compute_ms`, `d2hMs`, `throughput_qps`,
-`percentile(90%)`...), so results can be read next to `trtexec --exportTimes` output.
+JSON field names are snake_case versions of trtexec's (`latency_ms`, `h2d_ms`, `compute_ms`, `d2h_ms`,
+`throughput_qps`, `p90`/`p95`/`p99` for its `percentile(90%)`...), so results can be read next to
+`trtexec --exportTimes` output.
 
 With `image=` a full-size X-ray is also measured end to end (decode + preprocess + batch-1
 inference), which is what a scanner-side user waits for. `compare=` runs several artifacts of one
@@ -36,7 +37,6 @@ from edgecxr.runtime.store import DEFAULT_MODEL
 #: coefficient of variation (std / mean of latency) above which results are flagged as unstable
 CV_WARN_PCT = 2.5
 PERCENTILES = (90, 95, 99)
-#: largest batch size benchmarked: the largest an engine profile allows (as for `infer --batch-size`)
 #: what a comparison accepts: the artifact keys of core.artifacts
 COMPARE_NAMES = tuple(BY_KEY)  #: keras, onnx_fp32, onnx_fp16, onnx_int8, engine
 
@@ -72,7 +72,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
         "median": percentile(values, 50),
     }
     for q in PERCENTILES:
-        out[f"percentile({q}%)"] = percentile(values, q)
+        out[f"p{q}"] = percentile(values, q)
     out["std"] = std
     out["coefficient_of_variance_pct"] = 100.0 * std / mean if mean > 0 else 0.0
     return {k: round(v, 4) for k, v in out.items()}
@@ -133,9 +133,8 @@ def bench_runner(
         "throughput_images_per_s": round(iterations * n / total, 3) if total > 0 else None,
         "latency_ms": summarize(latency),
     }
-    names = {"h2d_ms": "h2dMs", "compute_ms": "compute_ms", "d2h_ms": "d2hMs"}
-    for key, values in split.items():
-        result[names.get(key, key)] = summarize(values)
+    for key, values in split.items():  # h2d_ms, compute_ms, d2h_ms (Runner.timings() keys)
+        result[key] = summarize(values)
     result["warnings"] = stability_warnings(f"latency at batch {n}", result["latency_ms"])
     return result
 
@@ -354,11 +353,11 @@ def format_report(report: dict[str, Any]) -> str:
             line = (
                 f"  batch {r['batch']:>3}: throughput {r['throughput_images_per_s']:.1f} img/s "
                 f"({r['throughput_qps']:.1f} qps); latency ms min {lat['min']:.3f} median {lat['median']:.3f} "
-                f"mean {lat['mean']:.3f} p90 {lat['percentile(90%)']:.3f} p95 {lat['percentile(95%)']:.3f} "
-                f"p99 {lat['percentile(99%)']:.3f} (CV {lat['coefficient_of_variance_pct']:.1f}%)"
+                f"mean {lat['mean']:.3f} p90 {lat['p90']:.3f} p95 {lat['p95']:.3f} "
+                f"p99 {lat['p99']:.3f} (CV {lat['coefficient_of_variance_pct']:.1f}%)"
             )
             lines.append(line)
-            split = [f"{k[:-2]} {r[k]['median']:.3f}" for k in ("h2dMs", "compute_ms", "d2hMs") if r.get(k)]
+            split = [f"{k[:-3]} {r[k]['median']:.3f}" for k in ("h2d_ms", "compute_ms", "d2h_ms") if r.get(k)]
             if split:
                 lines.append("             median split ms: " + ", ".join(split))
         for key, how in (("end_to_end", ""), ("end_to_end_full_decode", ", full-resolution decode")):

@@ -19,7 +19,7 @@ from edgecxr.data.manifest import SPLITS
 
 
 @click.command("evaluate")
-@model_option("Bundle to evaluate")
+@model_option("Bundle to evaluate (a shipped model is copied to the models folder first)")
 @click.option(
     "--data",
     "manifest",
@@ -71,7 +71,7 @@ def evaluate(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = evaluate_bundle(
-            bundle_for(model),
+            bundle_for(model, writes=True),  # it writes its report into the bundle
             manifest,
             split,
             backend=backend,

@@ -15,8 +15,9 @@ from edgecxr.stages.gate.reference import STORED_KEY
 from edgecxr.stages.gate.run import run_gate
 
 NAMES = ("coronet", "cnn-lstm")
-#: Repository growth allowed for the shipped models together (issue: about 120 MB).
-MAX_SHIPPED_BYTES = 120 * 10**6
+#: Repository growth allowed for the shipped models together: about 120 MB for the FP16 models (issue
+#: "reference models that ship"), plus their INT8 models (issue "INT8 that passes the gate").
+MAX_SHIPPED_BYTES = 150 * 10**6
 
 
 @pytest.fixture(autouse=True)

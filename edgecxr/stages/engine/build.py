@@ -248,7 +248,8 @@ def _check_and_publish(
     log(f"wrote {engine} ({size_mb:.1f} MB, {sidecar['build_seconds']:.0f} s) and {side.name}")
     record_engine(bundle, engine, sidecar)
     if gate is not None:
-        record_verdicts(Bundle.load(bundle.dir), gate, by="build", rename={candidate_key: f"engine:{engine.name}"})
+        record_verdicts(Bundle.load(bundle.dir), gate, by="build", rename={candidate_key: f"engine:{engine.name}"},
+                        paths={f"engine:{engine.name}": engine})
     result = BuildResult(engine, side, sidecar)
     result.gate = gate
     return result

@@ -99,6 +99,12 @@ def write_explanation(record: dict[str, Any], out: Path, title: str) -> dict[str
     return files
 
 
+def _short(name: str) -> str:
+    """A readable label for a tf2onnx node name: its Keras layer ("block9_sepconv1_1") where it has one."""
+    parts = name.split("/")
+    return next((p for p in parts if p.startswith("block")), parts[-2] if len(parts) > 2 else parts[-1])
+
+
 def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> str | None:
     """Bar chart of the agreement each node recovers in float (top 30); None without matplotlib."""
     from edgecxr.core.lazy import available
@@ -108,7 +114,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> str | None:
     from edgecxr.stages.plots import plot_bars
 
     top = list(rows[:30])
-    plot_bars([r["name"].split("/")[-2] if "/" in r["name"] else r["name"] for r in top],
+    plot_bars([_short(r["name"]) for r in top],
               [r["kept_float_gain"] * 100 for r in top], path,
               title=f"{title}: agreement recovered by one node in float (pp)")
     return path.name

@@ -379,7 +379,7 @@ def calibrate_bundle(
     # The verdict goes where every verdict goes (bundle.json["gate"]); the calibration section keeps the rest.
     bundle.update(calibration={k: v for k, v in section.items() if k != "gate"})
     if result is not None:
-        record_verdicts(bundle, result, by="calibrate")
+        record_verdicts(bundle, result, by="calibrate", paths={"onnx_int8": final})
     return section
 
 

@@ -22,14 +22,18 @@ def write_report(bundle: Bundle, result: VerifyResult) -> tuple[Path, Path]:
 
 
 def record_verdicts(bundle: Bundle, result: VerifyResult, by: str, report: Path | None = None,
-                    rename: dict[str, str] | None = None) -> None:
+                    rename: dict[str, str] | None = None, paths: dict[str, Path] | None = None) -> None:
     """Record the verdicts of one gate run in bundle.json["gate"] (Bundle.record_gate).
 
     `rename` maps result keys to the keys the artifacts are published under (a candidate file's
-    key to its final one). The reference artifact is not recorded: it is not gated.
+    key to its final one), `paths` the files they were published as. The reference artifact is not
+    recorded: it is not gated.
     """
     summary = result.summary()
     rows = {(rename or {}).get(k, k): v for k, v in summary.pop("artifacts").items() if k != result.reference}
+    for key, path in (paths or {}).items():  # where a checked candidate was published
+        if key in rows:
+            rows[key]["path"] = str(path)
     run = {k: summary[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates")}
     if report is not None:
         run.update(report=report.name, report_sha256=sha256_file(report))

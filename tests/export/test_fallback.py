@@ -197,3 +197,17 @@ def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle
     assert rows[0].alone_agreement == min(r.alone_agreement for r in rows)  # quantized alone, it does the damage
     chosen, _ = greedy_fallback(qdq, fp32, scorer, rows)
     assert chosen[0] == pointwise.name  # floated first (the tiny random model may need a few more)
+
+
+def test_when_nothing_passes_the_ranking_is_still_written_and_nothing_is_published(exported_cnn, copy_bundle,
+                                                                                   synthetic_manifest, tmp_path):
+    from edgecxr.core.errors import GateFailedError
+
+    bundle = copy_bundle(exported_cnn)
+    with pytest.raises(GateFailedError, match="no INT8 model passes the gate on val") as info:
+        calibrate_bundle(bundle, synthetic_manifest, gates=EXACT, fallback="auto", calib_manifest_out=tmp_path,
+                         progress=False)  # weighted nodes only: the activation Q/DQ left cannot meet 1e-6
+    assert "sensitivity" in str(info.value)
+    ranking = read_json(next(tmp_path.glob("*-sensitivity.json")))
+    assert ranking["float_nodes"] is None and ranking["ranking"]
+    assert bundle.artifact("onnx_int8", must_exist=False) is None

@@ -45,8 +45,12 @@ def explain_and_choose(
         "ranking": [r.to_dict() for r in rows],
     }
     if choose:
-        chosen, history = greedy_fallback(qdq, fp32, scorer, rows, log=log)
-        record.update(float_nodes=chosen, search=history)
+        try:
+            chosen, history = greedy_fallback(qdq, fp32, scorer, rows, log=log)
+        except BundleError as exc:  # nothing passes: the caller still writes the ranking, then refuses
+            record.update(float_nodes=None, search_failed=str(exc))
+        else:
+            record.update(float_nodes=chosen, search=history)
     return record
 
 
@@ -87,7 +91,7 @@ def write_explanation(record: dict[str, Any], out: Path, title: str) -> dict[str
         alone = "" if r.get("alone_agreement") is None else f"{r['alone_agreement']:.2%}"
         lines.append(f"| {k} | `{r['name']}` | {r['op_type']} | {r['weights']:,} | {r['kept_float_agreement']:.2%} | "
                      f"{r['kept_float_gain'] * 100:+.2f} pp | {r['kept_float_mean_diff']:.4f} | {alone} |")
-    if "float_nodes" in record:
+    if record.get("float_nodes") is not None:
         lines += ["", f"Kept in float by the greedy search ({len(record['float_nodes'])}): "
                   + (", ".join(f"`{n}`" for n in record["float_nodes"]) or "none")]
     md_path = out.with_suffix(".md")
@@ -140,7 +144,7 @@ def fallback_record(analysis: dict[str, Any], fallback: str, split: str, csv_pat
     files = write_explanation(analysis, csv_path.with_name(csv_path.stem + "-sensitivity"), bundle.model)
     record: dict[str, Any] = {"mode": fallback, "selected_on": split, "images": analysis["selection_images"],
                               "fully_quantized": analysis["fully_quantized"], "report": files}
-    if "float_nodes" in analysis:
+    if analysis.get("float_nodes") is not None:
         gains = {r["name"]: r["kept_float_gain"] for r in analysis["ranking"]}
         record["float_nodes"] = [{"name": n, "agreement_gain_alone": gains.get(n)} for n in analysis["float_nodes"]]
         record["search"] = analysis.get("search", [])

@@ -300,6 +300,12 @@ def calibrate_bundle(
         if analysing:
             analysis = analyse_candidate(bundle, manifest, fp32_model, tmp, select_split, gates or Gates(), fallback == "auto",
                                 explain, progress, say)
+            if fallback == "auto" and analysis["float_nodes"] is None:
+                analysis.pop("scorer", None)
+                files = fallback_record(analysis, fallback, select_split, csv_path, bundle)["report"]
+                raise GateFailedError(f"no INT8 model passes the gate on {select_split}: {analysis['search_failed']}; "
+                                      f"nothing published (sensitivity ranking in {', '.join(files.values())} "
+                                      f"beside {csv_path.name})")
             if fallback == "auto" and analysis["float_nodes"]:
                 def requantize(nodes: list[str]) -> Any:
                     quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,

@@ -35,6 +35,12 @@ def rejected_path(final: str | Path) -> Path:
     return final.with_name(f"{final.stem}.rejected{final.suffix}")
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class Candidate:
     """A new model file on its way to `final`.
 
@@ -52,6 +58,7 @@ class Candidate:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=f".candidate{self.final.suffix}",
                                    dir=self.final.parent)
         os.close(fd)
+        os.chmod(tmp, _default_mode())  # mkstemp makes it private; a published model is as readable as any new file
         self.path = Path(tmp)
         self.outcome: str | None = None
 

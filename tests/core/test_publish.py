@@ -42,3 +42,17 @@ def test_an_error_before_the_verdict_leaves_nothing_behind(tmp_path):
         c.path.with_name(c.path.name + ".json").write_text("{}")
         raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_published_file_gets_the_ordinary_mode_not_the_temp_files_private_one(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with Candidate(tmp_path / "m.engine") as c:
+            c.path.write_bytes(b"x")  # written in place, as the engine build does
+            final = c.publish()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o644

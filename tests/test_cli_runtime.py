@@ -205,6 +205,7 @@ def test_bench_out_under_a_file_is_a_usage_error(cli, bundle, tmp_path):
         (["--batch-size", "100000"], "<= 256"),  # a typo must not exhaust memory
         (["--batch-size", "1,x"], "integers"),
         (["--artifact", "onnx_fp32,onnx_int9"], "onnx_int9"),  # a typo must not be skipped silently
+        (["--artifact", ","], "none given"),
         (["--artifact", "onnx_fp32", "--backend", "onnxruntime"], "--artifact"),
         (["--artifact", "onnx_fp32", "--precision", "fp16"], "--artifact"),
         (["--backend", "onnxruntime", "--cuda-graph"], "--cuda-graph"),
@@ -239,7 +240,9 @@ def test_infer_precision_that_the_file_does_not_have_is_refused(cli, bundle, ima
 
 def test_build_batch_and_max_batch_together_is_a_usage_error(cli, bundle):
     result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--batch-size", "1-8", "--max-batch", "4"])
-    assert result.exit_code == 2 and "not both" in _one_error_line(result)
+    line = _one_error_line(result)
+    assert result.exit_code == 2 and "not both" in line
+    assert line.endswith("(options: --batch-size, --min-batch, --opt-batch, --max-batch)")
 
 
 def test_build_profile_that_is_not_text(cli, bundle, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BackendUnavailableError, BundleError, EngineMismatchError
+from edgecxr.core.errors import ArgumentError, BackendUnavailableError, BundleError, EngineMismatchError
 from edgecxr.core.fileutil import write_json
 from edgecxr.core.metadata import (
     check_compatibility,
@@ -102,7 +102,7 @@ def test_parse_batch_and_overrides():
     assert prof.name == base.name and prof.compute_capabilities == base.compute_capabilities
     assert resolve_profile(None, max_batch=2).batch == (1, 2, 2)  # opt follows max down
     assert resolve_profile(None, min_batch=4).batch == (4, 8, 8)
-    with pytest.raises(BuildError, match="either a batch range"):
+    with pytest.raises(ArgumentError, match="either a batch range"):
         resolve_profile(None, batch="1-8", max_batch=4)
     with pytest.raises(BuildError):
         resolve_profile(None, min_batch=9, max_batch=4)

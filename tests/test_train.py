@@ -176,6 +176,9 @@ def test_cli_train_json_and_errors(manifest, tmp_path):
     assert "epoch 1/1" in result.stderr  # one log line per epoch when not a TTY
     again = runner.invoke(main, args)
     assert again.exit_code == 1 and "resume it" in again.stderr
+    assert again.stderr.rstrip().endswith("(options: --resume/--no-resume, --out)")  # the CLI names its flags
+    folds = runner.invoke(main, ["train", "cnn-lstm", "--data", str(manifest), "--out", str(tmp_path / "f"), "--folds", "1"])
+    assert folds.exit_code == 2 and "folds must be 0" in folds.stderr and "(options: --folds)" in folds.stderr
     bad = runner.invoke(main, ["train", "coronet", "--data", str(manifest), "--out", str(tmp_path / "x"), "--tiny",
                                "--weights", "imagenet"])
     assert bad.exit_code == 2 and "no pretrained weights" in bad.output

@@ -80,7 +80,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeCXRError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc}{option_hint(self, ctx, exc.params)}", err=True)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             if isinstance(exc, _NO_ARGS_IS_HELP):
@@ -108,6 +108,41 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 #: exit code after Ctrl-C (SIGINT), as shells report it
 INTERRUPTED_EXIT_CODE = 130
+
+
+def _params_of(command: click.Command | None) -> list[click.Parameter]:
+    """A command's parameters, and for a group those of its subcommands (`data prepare`, `models add`)."""
+    if command is None:
+        return []
+    params = list(command.params)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            params += _params_of(sub)
+    return params
+
+
+def _option_label(param: click.Parameter) -> str:
+    if not isinstance(param, click.Option):
+        return (param.name or "").upper()  # a positional argument, e.g. MANIFEST
+    names = [o for o in param.opts if o.startswith("--")] or param.opts
+    return "/".join([names[0], *param.secondary_opts])
+
+
+def option_hint(group: click.Group, ctx: click.Context, params: tuple[str, ...]) -> str:
+    """' (options: --parity-split, --data)': the command's options for the library arguments an error names.
+
+    Library errors name the thing that is wrong (`EdgeCXRError.params`: the library call's argument
+    names); the CLI's options carry the same names as the arguments they set, so the flags come
+    from the command itself and the library never spells one.
+    """
+    if not params or ctx.invoked_subcommand is None:
+        return ""
+    by_name: dict[str, str] = {}
+    for param in _params_of(group.get_command(ctx, ctx.invoked_subcommand)):
+        if param.name and not getattr(param, "hidden", False):
+            by_name.setdefault(param.name, _option_label(param))
+    labels = list(dict.fromkeys(by_name[p] for p in params if p in by_name))
+    return f" (options: {', '.join(labels)})" if labels else ""
 
 
 def os_error_message(exc: OSError) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgecxr.cli.options import model_option
+from edgecxr.cli.options import _split_list, model_option
 from edgecxr.cli.output import _check_output, _err, _write_output
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.runtime.select import BACKENDS
@@ -54,21 +54,13 @@ def bench(
       edgecxr bench -m runs/coronet --batch-size 1,8 --image scan.png
       edgecxr bench -m runs/coronet --artifact onnx_fp32,onnx_int8,engine --json --out bench.json
     """
-    from edgecxr.runtime.bench import COMPARE_NAMES, format_report, parse_batch_sizes, run_bench
+    from edgecxr.runtime.bench import format_report, parse_batch_sizes, run_bench
 
     try:
         sizes = parse_batch_sizes(batch)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--batch-size") from None
-    items = [c.strip() for c in compare.split(",") if c.strip()] if compare is not None else None
-    if items is not None:
-        unknown = [c for c in items if c not in COMPARE_NAMES]
-        if unknown or not items:
-            raise click.BadParameter(
-                f"unknown item(s) {unknown or [compare]}; choose from {', '.join(COMPARE_NAMES)}", param_hint="--artifact"
-            )
-        if backend != "auto" or precision is not None:
-            raise click.UsageError("--artifact picks backend and precision per item; drop --backend/--precision")
+    items = _split_list(compare) if compare is not None else None  # run_bench refuses unknown names
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     if threads and backend in ("tensorrt", "keras"):

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import model_option
+from edgecxr.cli.options import _MANIFEST, bundle_for, model_option
 from edgecxr.cli.output import _check_output, _err
 from edgecxr.core.errors import EdgeCXRError
+from edgecxr.data.manifest import SPLITS
 from edgecxr.runtime.sysinfo import current_platform
 from edgecxr.stages.engine.build import build_engine
 
@@ -17,19 +18,20 @@ from edgecxr.stages.engine.build import build_engine
 # build
 # ------------------------------------------------------------------------------------------------
 @click.command()
-@model_option("Bundle to build from")
+@model_option("Bundle to build from (a shipped model is copied to the models folder first)")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Engine precision (default: the profile's, else fp16).")
 @click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin.")
-@click.option("--batch-size", "batch", help="Batch range the engine accepts: N, MIN-MAX or MIN-OPT-MAX (e.g. 1-8).")
-@click.option("--min-batch", type=click.IntRange(1), help="Smallest batch the engine accepts.")
-@click.option("--opt-batch", type=click.IntRange(1), help="Batch TensorRT tunes kernels for.")
-@click.option("--max-batch", type=click.IntRange(1), help="Largest batch the engine accepts.")
+@click.option("--batch-size", "batch", metavar="N|MIN-MAX|MIN-OPT-MAX",
+              help="Batch sizes the engine accepts (e.g. 1-8; OPT is the one TensorRT tunes for)  [default: the profile's]")
+@click.option("--min-batch", type=click.IntRange(1), help="Only the smallest batch (the rest from the profile).")
+@click.option("--opt-batch", type=click.IntRange(1), help="Only the batch TensorRT tunes kernels for.")
+@click.option("--max-batch", type=click.IntRange(1), help="Only the largest batch the engine accepts.")
 @click.option("--workspace-mb", type=click.IntRange(16), help="Builder workspace memory limit.")
 @click.option("--timing-cache", help="Timing cache file ('' to disable); {gpu} and {trt} are expanded.")
 @click.option("--dla-core", type=int, help="Build for this DLA core (Jetson); -1 for the GPU.")
-@click.option("--no-verify", is_flag=True, help="Skip the accuracy gate on the new engine.")
-@click.option("--data", "manifest", type=click.Path(dir_okay=False, path_type=Path), help="Manifest for the gate (default: the bundle's).")
-@click.option("--split", default="test", show_default=True, help="Split the gate runs on.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Run the accuracy gate on the new engine.")
+@click.option("--data", "manifest", type=_MANIFEST, help="Manifest for the gate  [default: the one recorded in the bundle]")
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split the gate runs on.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
 def build(
     model: str | None,
@@ -42,29 +44,28 @@ def build(
     workspace_mb: int | None,
     timing_cache: str | None,
     dla_core: int | None,
-    no_verify: bool,
+    verify: bool,
     manifest: Path | None,
     split: str,
     out: Path | None,
 ) -> None:
     """Build a TensorRT engine for this GPU from the model's FP16 or INT8 ONNX (default: the reference coronet).
 
-    -m/--model is a model name (see `edgecxr models`) or a bundle directory. For a reference model
-    the engine goes into a writable copy in the models folder, which `-m NAME` then uses.
-    Needs TensorRT and an NVIDIA GPU (exit code 2 without them). Writes the engine and its
-    .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile), records it in
-    bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless --no-verify.
+    -m/--model is a model name (see `edgecxr models`), a bundle directory or an ONNX file in one.
+    For a reference model the engine goes into a writable copy in the models folder, which
+    `-m NAME` then uses. Needs TensorRT and an NVIDIA GPU (exit code 2 without them). Writes the
+    engine and its .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile),
+    records it in bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless
+    --no-verify. --batch-size gives the whole range; --min/--opt/--max-batch change one bound of
+    the profile's.
 
     \b
     Examples:
       edgecxr build --precision int8
       edgecxr build -m runs/coronet --precision int8 --profile rtx-ampere --batch-size 1-8
     """
-    from edgecxr.runtime import store
     from edgecxr.stages.engine.profile import load_profile, resolve_profile
 
-    if batch is not None and any(v is not None for v in (min_batch, opt_batch, max_batch)):
-        raise click.UsageError("give either --batch-size or --min-batch/--opt-batch/--max-batch, not both")
     _check_output(out, "--out")
 
     base = load_profile(profile) if profile else None
@@ -81,16 +82,17 @@ def build(
         timing_cache=timing_cache,
         dla_core=dla_core,
     )
-    path = store.resolve(model)
-    if store.is_reference(path):
-        current_platform()  # no TensorRT or GPU: refuse (exit 2) before copying anything
+
+    def can_build(reference: Path) -> None:
+        """Refuse before copying a reference model: no TensorRT or GPU (exit 2), or no such precision."""
+        current_platform()
         from edgecxr.core.artifacts import onnx_key
         from edgecxr.core.bundle import Bundle
 
-        if Bundle.load(path).artifact(onnx_key(settings.precision), must_exist=False) is None:
-            raise EdgeCXRError(f"the reference model {path.name} ships no {settings.precision} ONNX that passed the "
-                               "accuracy gate; see `edgecxr models` for its precisions")
-        path = store.writable(path)
-        _err(f"building into {path} (a writable copy of the reference model {path.name})")
-    result = build_engine(path, settings, out=out, verify=not no_verify, manifest=manifest, split=split, log=_err)
+        if Bundle.load(reference).artifact(onnx_key(settings.precision), must_exist=False) is None:
+            raise EdgeCXRError(f"the reference model {reference.name} ships no {settings.precision} ONNX that passed "
+                               "the accuracy gate; see `edgecxr models` for its precisions")
+
+    path = bundle_for(model, writes=True, before_copy=can_build)
+    result = build_engine(path, settings, out=out, verify=verify, manifest=manifest, split=split, log=_err)
     click.echo(str(result.engine))

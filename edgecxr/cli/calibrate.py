@@ -17,7 +17,7 @@ from edgecxr.cli.options import (
 )
 from edgecxr.cli.output import _err
 from edgecxr.data.manifest import SPLITS
-from edgecxr.stages.export.int8 import calibrate_bundle
+from edgecxr.stages.export.int8 import calibrate_bundle, check_splits
 
 
 @click.command("calibrate")
@@ -87,15 +87,12 @@ def calibrate(
       edgecxr calibrate -m coronet --data ../shared/data/cxr/manifest.csv --fallback auto
     """
 
-    if verify_split == split and verify:
-        raise click.UsageError(f"--verify-split {verify_split} is the calibration split; the gate needs held-out images")
     given = _given_options(click.get_current_context())
     if method != "percentile" and "percentile" in given:
         raise click.UsageError(f"--percentile applies to --method percentile, not {method}")
     if not verify and given & {"verify_split", "verify_limit", "gates_file"}:
         raise click.UsageError("--verify-split/--verify-limit/--gates configure the gate that --no-verify skips")
-    if (fallback == "auto" or explain) and select_split in (split, verify_split):
-        raise click.UsageError(f"--select-split {select_split} must differ from --split and --verify-split")
+    check_splits(split, verify, verify_split, fallback, explain, select_split)  # before copying a shipped model
     b = _load_bundle(bundle_for(model, writes=True))
     section = calibrate_bundle(
         b,

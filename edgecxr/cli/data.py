@@ -59,23 +59,21 @@ def check(manifest: str, as_json: bool, no_hash: bool, decode: bool) -> None:
               help="train,val,calib,test fractions of each class's images.")
 @click.option("--copy/--link", "copy", default=False, show_default=True,
               help="Copy images under OUT/images/, or reference them in place (relative paths from OUT).")
-@click.option("--force", is_flag=True, help="Replace an existing OUT/manifest.csv.")
+@click.option("--force", "overwrite", is_flag=True, help="Replace an existing OUT/manifest.csv.")
 def prepare(covid_dir: str | None, kermany_dir: str | None, out_dir: str, seed: int, fractions: str,
-            copy: bool, force: bool) -> None:
+            copy: bool, overwrite: bool) -> None:
     """Build a manifest with a patient-level, class-stratified split from the public downloads.
 
     \b
     Example:  edgecxr data prepare --covid covid-chestxray-dataset --kermany chest_xray --out data/cxr
     Images are not resized. Check the result with `edgecxr data check OUT/manifest.csv`.
     """
-    if covid_dir is None and kermany_dir is None:
-        raise click.UsageError("give --covid and/or --kermany")
     try:
         fracs = parse_fractions(fractions)
     except DataError as exc:
         raise click.BadParameter(str(exc), param_hint="--fractions") from None
     result = prepare_dataset(
-        out_dir, covid_dir=covid_dir, kermany_dir=kermany_dir, seed=seed, fractions=fracs, copy=copy, overwrite=force
+        out_dir, covid_dir=covid_dir, kermany_dir=kermany_dir, seed=seed, fractions=fracs, copy=copy, overwrite=overwrite
     )
     click.echo(f"wrote {result.manifest} ({result.n_images} images, seed {seed})")
     counts = {label: {**row, TOTAL: sum(row.values())} for label, row in result.counts.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,13 @@ def model_option(what: str = "Model") -> Any:
     )
 
 
-def bundle_for(model: str | None, writes: bool = False) -> Path:
-    """The bundle directory `-m` names. A command that writes into it gets a writable copy of a
-    shipped reference model (in the models folder) instead of the installed package."""
+def bundle_for(model: str | None, writes: bool = False, before_copy: Callable[[Path], None] | None = None) -> Path:
+    """The bundle directory `-m` names (a model file inside a bundle names its bundle).
+
+    A command that writes into it (`writes`) gets a writable copy of a shipped reference model (in
+    the models folder) instead of the installed package; `before_copy(reference_dir)` may refuse
+    first, so nothing is copied for a run that cannot work.
+    """
     from edgecxr.runtime import store
 
     path = store.resolve(model)
@@ -61,6 +66,8 @@ def bundle_for(model: str | None, writes: bool = False) -> Path:
                                      param_hint="-m/--model")
         path = path.parent
     if writes and store.is_reference(path):
+        if before_copy is not None:
+            before_copy(path)
         name = path.name
         path = store.writable(path)
         click.echo(f"working in {path} (a writable copy of the reference model {name})", err=True)

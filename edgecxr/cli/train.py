@@ -77,8 +77,6 @@ def train(model: str, data: str, out: str, as_json: bool, **options: object) -> 
     from edgecxr.stages.train.config import TrainConfig
     from edgecxr.stages.train.run import train as run_training
 
-    if options.get("folds") == 1:
-        raise click.UsageError("--folds must be 0 (no cross-validation) or at least 2")
     weights = options.get("weights")
     if options.get("tiny") and weights is not None and str(weights).lower() != "none":
         raise click.UsageError("--tiny models have no pretrained weights; drop --weights or pass --weights none")

@@ -11,9 +11,26 @@ from pathlib import Path
 
 
 class EdgeCXRError(Exception):
-    """Base class: every error the CLI reports as a message rather than a traceback."""
+    """Base class: every error the CLI reports as a message rather than a traceback.
+
+    `params` names the arguments of the library call the error is about (e.g. ("parity_split",
+    "manifest")). Library messages name the thing, never a command-line flag; the CLI adds the
+    options that set those arguments.
+    """
 
     exit_code = 1
+    params: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        if params:
+            self.params = tuple(params)
+
+
+class ArgumentError(EdgeCXRError, ValueError):
+    """Arguments that contradict each other or cannot apply (a usage error: exit code 2, like the CLI's)."""
+
+    exit_code = 2
 
 
 class ImageLoadError(EdgeCXRError):

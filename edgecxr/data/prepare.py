@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from edgecxr.core.errors import DataError
+from edgecxr.core.errors import ArgumentError, DataError
 from edgecxr.core.fileutil import atomic_write_text, sha256_file
 from edgecxr.data.manifest import CLASSES_4, SPLITS
 
@@ -275,12 +275,13 @@ def prepare_dataset(
         DataError: a folder is in neither layout, nothing was found, or the manifest exists.
     """
     if covid_dir is None and kermany_dir is None:
-        raise DataError("give at least one of the covid-chestxray-dataset and Kaggle chest_xray folders")
+        raise ArgumentError("give at least one of the covid-chestxray-dataset and Kaggle chest_xray folders",
+                            params=("covid_dir", "kermany_dir"))
     fractions = parse_fractions(fractions)
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     if manifest.exists() and not overwrite:
-        raise DataError(f"{manifest} already exists; it is replaced only when forced")
+        raise DataError(f"{manifest} already exists; it is replaced only when forced", params=("overwrite",))
 
     candidates: list[Candidate] = []
     skipped: Counter[str] = Counter()

@@ -65,7 +65,8 @@ def resolve_weights(weights: str | Path | None) -> str | None:
     if not path.is_file():
         raise EdgeCXRError(
             f"weights file {text} not found; the weights are 'imagenet', 'none' or the path of "
-            "Xception no-top weights (xception_weights_tf_dim_ordering_tf_kernels_notop.h5 or a .weights.h5)"
+            "Xception no-top weights (xception_weights_tf_dim_ordering_tf_kernels_notop.h5 or a .weights.h5)",
+            params=("weights",),
         )
     return str(path)
 
@@ -108,7 +109,8 @@ def build_coronet(
         backbone = _xception(keras, shape, weights)
     else:
         if weights is not None:
-            raise EdgeCXRError("the tiny CoroNet base has no pretrained weights; start from random weights")
+            raise EdgeCXRError("the tiny CoroNet base has no pretrained weights; start from random weights",
+                               params=("weights",))
         if input_size < 16:
             raise EdgeCXRError(f"tiny CoroNet needs an input of at least 16x16, got {input_size}")
         backbone = _tiny_base(keras, shape)
@@ -131,10 +133,11 @@ def _xception(keras: Any, shape: tuple[int, int, int], weights: str | None) -> A
             raise EdgeCXRError(
                 f"could not download the ImageNet Xception weights ({exc}); without internet start from "
                 "random weights (train from scratch) or the path of a local "
-                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                params=("weights",),
             ) from exc
         if weights is not None:
-            raise EdgeCXRError(f"could not load Xception weights from {weights}: {exc}") from exc
+            raise EdgeCXRError(f"could not load Xception weights from {weights}: {exc}", params=("weights",)) from exc
         raise
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.artifacts import BY_KEY, MAX_BATCH
-from edgecxr.core.errors import BundleError, EdgeCXRError
+from edgecxr.core.errors import ArgumentError, BundleError, EdgeCXRError
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.core.version import __version__
 from edgecxr.runtime.store import DEFAULT_MODEL
@@ -300,10 +300,22 @@ def run_bench(
     options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Benchmark a model (bundle, engine or ONNX), or with `compare` several artifacts of one bundle."""
+    """Benchmark a model (bundle, engine or ONNX), or with `compare` several artifacts of one bundle.
+
+    `compare` items are artifact keys (COMPARE_NAMES), each run on its own backend; the first is the
+    reference of the ratios. Unknown items are refused before anything runs.
+    """
     from edgecxr.runtime.classifier import Classifier
     from edgecxr.runtime.sysinfo import cpu_info
 
+    if compare is not None:
+        unknown = [c for c in compare if c not in COMPARE_NAMES]
+        if unknown or not compare:
+            raise ArgumentError(f"artifacts to compare: unknown {unknown or 'none given'}; choose from "
+                                f"{', '.join(COMPARE_NAMES)}", params=("compare",))
+        if backend != "auto" or precision is not None:
+            raise ArgumentError("a comparison picks the backend and precision of each artifact; leave them unset",
+                                params=("compare", "backend", "precision"))
     options = options or {}
     report: dict[str, Any] = {
         "model": str(model or DEFAULT_MODEL),

@@ -126,7 +126,8 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "keras":
         if precision not in (None, "fp32"):
-            raise BundleError(f"the Keras reference model is fp32; precision {precision} needs another backend")
+            raise BundleError(f"the Keras reference model is fp32; precision {precision} needs another backend",
+                              params=("precision", "backend"))
         return ArtifactChoice("keras", bundle.artifact("keras"), "fp32", "Keras reference model (asked for)")
     notes: list[str] = []
     if backend in ("auto", "tensorrt"):

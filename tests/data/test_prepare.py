@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cxr_fixtures import COVID_ROWS, KERMANY_FILES
 
-from edgecxr.core.errors import DataError
+from edgecxr.core.errors import ArgumentError, DataError
 from edgecxr.data.check import check_manifest
 from edgecxr.data.manifest import read_manifest
 from edgecxr.data.prepare import assign_splits, parse_fractions, prepare_dataset
@@ -123,8 +123,9 @@ def test_prepare_refuses_other_layouts(covid_layout: Path, kermany_layout: Path,
     (bad / "metadata.csv").write_text("id,label\n1,covid\n")
     with pytest.raises(DataError, match=r"missing column\(s\)"):
         prepare_dataset(tmp_path / "o6", covid_dir=bad, progress=False)
-    with pytest.raises(DataError, match="at least one"):
+    with pytest.raises(ArgumentError, match="at least one") as info:
         prepare_dataset(tmp_path / "o7", progress=False)
+    assert info.value.params == ("covid_dir", "kermany_dir")
 
 
 def test_prepare_finds_layout_one_level_down_and_keeps_existing_manifest(covid_layout: Path, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ def test_export_command(keras_lstm_bundle, copy_bundle):
 
 def test_export_usage_and_bundle_errors(tmp_path, keras_cnn_bundle):
     res = _run("export", "-m", keras_cnn_bundle, "--parity-split", "val")
-    assert res.exit_code == 2 and "--parity-split needs --data" in res.output
+    assert res.exit_code == 2 and "a parity split needs a manifest (options: --parity-split, --data)" in res.output
+    assert "random inputs" not in res.output  # refused before the note about running without --data
     res = _run("export", "-m", tmp_path)
     assert res.exit_code == 1 and "not a model bundle" in res.output
 
@@ -91,7 +92,7 @@ def _stub_bundle_and_manifest(tmp_path):
 
 
 def test_verify_with_an_empty_artifact_list_is_a_usage_error(tmp_path):
-    """`--artifacts ,` used to gate nothing and exit 0."""
+    """`--artifact ,` used to gate nothing and exit 0."""
     bundle, manifest = _stub_bundle_and_manifest(tmp_path)
     for value in (",", ""):
         res = _run("verify", "-m", bundle, "--data", manifest, "--artifact", value)
@@ -104,6 +105,17 @@ def test_calibrate_options_that_would_be_ignored_are_usage_errors(tmp_path):
     assert res.exit_code == 2 and "--method percentile" in res.output
     res = _run("calibrate", "-m", bundle, "--data", manifest, "--no-verify", "--verify-limit", "8")
     assert res.exit_code == 2 and "--no-verify" in res.output
+
+
+def test_calibrate_split_conflicts_are_refused_before_a_shipped_model_is_copied(tmp_path, monkeypatch):
+    """The library's own split check runs before `-m coronet` is copied; the CLI adds the flags."""
+    monkeypatch.setenv("EDGECXR_MODELS", str(tmp_path / "models"))
+    _, manifest = _stub_bundle_and_manifest(tmp_path)
+    res = _run("calibrate", "-m", "coronet", "--data", manifest, "--verify-split", "calib")
+    assert res.exit_code == 2 and "(options: --verify-split, --split)" in res.output
+    res = _run("calibrate", "-m", "coronet", "--data", manifest, "--explain", "--select-split", "test")
+    assert res.exit_code == 2 and "(options: --select-split, --split, --verify-split)" in res.output
+    assert not (tmp_path / "models" / "coronet").exists()
 
 
 def test_verify_with_nothing_to_compare_is_an_error(keras_cnn_bundle, copy_bundle, synthetic_manifest):

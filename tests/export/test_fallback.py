@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgecxr.core.errors import BundleError
+from edgecxr.core.errors import ArgumentError, BundleError
 from edgecxr.core.fileutil import read_json
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.int8 import calibrate_bundle, quantize_qdq
@@ -104,7 +104,7 @@ def test_calibrate_fallback_auto_chooses_on_val_and_gates_on_test(exported_cnn, 
 def test_fallback_never_chooses_on_the_gate_or_calibration_split(exported_cnn, copy_bundle, synthetic_manifest):
     bundle = copy_bundle(exported_cnn)
     for split in ("test", "calib"):
-        with pytest.raises(BundleError, match="choose on their own split"):
+        with pytest.raises(ArgumentError, match="choose on their own split"):
             calibrate_bundle(bundle, synthetic_manifest, fallback="auto", select_split=split, progress=False)
     with pytest.raises(BundleError, match="unknown fallback"):
         calibrate_bundle(bundle, synthetic_manifest, fallback="sometimes", progress=False)

@@ -167,7 +167,8 @@ def build_engine(
     if shape[0] != -1 and not profile.min_batch == profile.max_batch == shape[0]:
         raise BuildError(
             f"{onnx_path}: the ONNX has a fixed batch of {shape[0]}; build for batch {shape[0]} only, or re-export "
-            "with a dynamic batch (`edgecxr export`)"
+            "with a dynamic batch (`edgecxr export`)",
+            params=("batch",),
         )
 
     config = builder.create_builder_config()
@@ -295,7 +296,8 @@ def _verify_engine(bundle: Any, engine: Path, manifest: str | Path | None, split
     if not manifest or not Path(manifest).is_file():
         raise BundleError(
             f"the accuracy gate needs the data manifest ({manifest or 'none recorded in bundle.json'} not found); "
-            "give the manifest, or build without the gate"
+            "give the manifest, or build without the gate",
+            params=("manifest", "verify"),
         )
     log(f"verifying {engine.name} on split {split!r} of {manifest} (accuracy regression gate)")
     result = run_gate(bundle, manifest, split, artifacts=[str(engine)], write=False, raise_on_fail=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.artifacts import MAX_BATCH
-from edgecxr.core.errors import BackendUnavailableError, BundleError
+from edgecxr.core.errors import ArgumentError, BackendUnavailableError, BundleError
 from edgecxr.core.lazy import require
 
 try:  # Python 3.11+; on 3.10 the API-identical backport (pip install tomli)
@@ -179,7 +179,8 @@ def resolve_profile(
         changes["precision"] = precision
     if batch is not None:
         if any(v is not None for v in (min_batch, opt_batch, max_batch)):
-            raise BuildError("give either a batch range or single min/opt/max batch sizes, not both")
+            raise ArgumentError("give either a batch range or single min/opt/max batch sizes, not both",
+                                params=("batch", "min_batch", "opt_batch", "max_batch"))
         changes["min_batch"], changes["opt_batch"], changes["max_batch"] = parse_batch(batch)
     else:
         lo = min_batch if min_batch is not None else base.min_batch

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BundleError, DataError, EdgeCXRError, GateFailedError
+from edgecxr.core.errors import ArgumentError, BundleError, DataError, EdgeCXRError, GateFailedError
 from edgecxr.core.fileutil import atomic_write_bytes, sha256_file
 from edgecxr.core.metadata import META_CALIBRATION, bundle_metadata, set_metadata
 from edgecxr.core.publish import Candidate
@@ -185,6 +185,24 @@ def quantize_qdq(
     return options
 
 
+def check_splits(split: str = "calib", verify: bool = True, verify_split: str = "test", fallback: str = "none",
+                 explain: bool = False, select_split: str = "val") -> None:
+    """Refuse (ArgumentError) splits that would gate or choose on the calibration images, before any work.
+
+    `calibrate_bundle` calls it first; a caller may call it earlier (the CLI does, before copying a
+    shipped model to calibrate it).
+    """
+    if verify and verify_split == split:
+        raise ArgumentError(f"the gate must score held-out images, not the calibration split {split!r}",
+                            params=("verify_split", "split"))
+    if fallback not in FALLBACKS:
+        raise BundleError(f"unknown fallback {fallback!r}; choose from {list(FALLBACKS)}")
+    if (fallback == "auto" or explain) and select_split in (split, verify_split):
+        raise ArgumentError(f"fallback and sensitivity choose on their own split, not {select_split!r} "
+                            f"(calibration {split!r}, gate {verify_split!r}); use val",
+                            params=("select_split", "split", "verify_split"))
+
+
 def calibrate_bundle(
     bundle: Bundle,
     manifest: str | Path,
@@ -244,14 +262,8 @@ def calibrate_bundle(
 
     from edgecxr.data.manifest import read_manifest, select
 
-    if verify and verify_split == split:
-        raise BundleError(f"the gate must score held-out images, not the calibration split {split!r}")
-    if fallback not in FALLBACKS:
-        raise BundleError(f"unknown fallback {fallback!r}; choose from {list(FALLBACKS)}")
+    check_splits(split, verify, verify_split, fallback, explain, select_split)
     analysing = fallback == "auto" or explain
-    if analysing and select_split in (split, verify_split):
-        raise BundleError(f"fallback and sensitivity choose on their own split, not {select_split!r} "
-                          f"(calibration {split!r}, gate {verify_split!r}); use val")
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     fp32_path = ensure_fp32(bundle)  # widened from the FP16 model where the bundle ships no FP32

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.errors import ArgumentError, GateFailedError
 from edgecxr.core.fileutil import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,7 +109,7 @@ def export_bundle(
         ExportError: the graph cannot be exported in a deployable form (e.g. LSTM not one op).
     """
     if parity_split is not None and manifest is None:
-        raise BundleError("a parity split needs a manifest")
+        raise ArgumentError("a parity split needs a manifest", params=("parity_split", "manifest"))
     t0 = time.perf_counter()
     keras_path = bundle.artifact("keras")
     model = load_keras(keras_path)

@@ -160,27 +160,27 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> dict[str
         if item == "first-conv":
             convs = [n.name for n in nodes if n.op_type == "Conv"]
             if not convs:
-                raise BundleError("keep-float alias first-conv: the model has no Conv node")
+                raise BundleError("nodes to keep in float: first-conv, but the model has no Conv node", params=("keep_float",))
             out[item] = convs[:1]
         elif item == "head":
             last = max((i for i, n in enumerate(nodes) if n.op_type in ("Conv", "LSTM")), default=-1)
             head = [n.name for n in nodes[last + 1 :] if n.op_type in ("MatMul", "Gemm")]
             if not head:
-                raise BundleError("keep-float alias head: no MatMul/Gemm node after the last Conv/LSTM")
+                raise BundleError("nodes to keep in float: head, but no MatMul/Gemm node follows the last Conv/LSTM", params=("keep_float",))
             out[item] = head
         elif item == "lstm":
             out[item] = [n.name for n in nodes if n.op_type == "LSTM"]
         elif item == "depthwise":
             grouped = [n.name for n in nodes if n.op_type == "Conv" and _conv_group(n) > 1]
             if not grouped:
-                raise BundleError("keep-float alias depthwise: the model has no grouped (depthwise) Conv node")
+                raise BundleError("nodes to keep in float: depthwise, but the model has no grouped (depthwise) Conv node", params=("keep_float",))
             out[item] = grouped
         elif item in names:
             out[item] = [item]
         else:
             close = difflib.get_close_matches(item, sorted(names), n=3)
             hint = f"; did you mean {close}?" if close else f"; aliases: {list(KEEP_FLOAT_ALIASES)}"
-            raise BundleError(f"keep-float: no node named {item!r} in the FP32 graph{hint}")
+            raise BundleError(f"nodes to keep in float: no node named {item!r} in the FP32 graph{hint}", params=("keep_float",))
     return out
 
 

@@ -117,7 +117,8 @@ def _artifact_paths(
         else:
             found = [p for p in (Path(item), bundle.dir / item) if p.is_file()]
             if not found and not any(Path(item).suffix.lower() in k.suffixes for k in KINDS):
-                raise BundleError(f"unknown artifact {item!r}; known: {[*BUNDLE_FILES, 'engines']} or an artifact file")
+                raise BundleError(f"unknown artifact {item!r}; known: {[*BUNDLE_FILES, 'engines']} or an artifact file",
+                                  params=("artifacts",))
             key, path = file_key(item), (found[0] if found else Path(item))
         out[key] = path
         if artifacts is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.core.errors import DataError, EdgeCXRError
+from edgecxr.core.errors import ArgumentError, DataError, EdgeCXRError
 from edgecxr.data.manifest import Record, label_indices
 from edgecxr.models import default_input_size, model_options
 from edgecxr.models import get as get_model
@@ -89,7 +89,7 @@ class TrainConfig:
         if cfg.lr <= 0 or cfg.patience < 0 or cfg.folds < 0:
             raise EdgeCXRError("lr must be > 0, patience >= 0 and folds >= 0")
         if cfg.folds == 1:
-            raise EdgeCXRError("folds must be 0 (no cross-validation) or >= 2")
+            raise ArgumentError("folds must be 0 (no cross-validation) or >= 2", params=("folds",))
         if cfg.limit_per_class is not None and cfg.limit_per_class < 1:
             raise EdgeCXRError("limit_per_class must be >= 1")
         if cfg.optimizer not in OPTIMIZERS or cfg.schedule not in SCHEDULES or cfg.precision not in PRECISIONS:

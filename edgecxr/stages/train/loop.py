@@ -173,8 +173,10 @@ def fit(
         print(f"resuming {workdir} after epoch {state['epoch']}", file=log, flush=True)
     elif state_path.is_file() or (workdir / "bundle.json").is_file():
         if cfg.resume:
-            raise EdgeCXRError(f"{workdir}: cannot resume, {state_path} is missing; choose another output folder")
-        raise EdgeCXRError(f"{workdir} already holds a training run; resume it, or choose another output folder")
+            raise EdgeCXRError(f"{workdir}: cannot resume, {state_path} is missing; choose another output folder",
+                               params=("out",))
+        raise EdgeCXRError(f"{workdir} already holds a training run; resume it, or choose another output folder",
+                           params=("resume", "out"))
     else:
         if cfg.resume:
             print(f"nothing to resume in {workdir}; starting a new run", file=log, flush=True)

@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
                "limit_per_class": cfg.limit_per_class}
     existing = [p for p in (out / CKPT_DIR / "state.json", out / "bundle.json", out / "cv.json") if p.is_file()]
     if existing and not cfg.resume:  # checked before minutes of image decoding, not after
-        raise EdgeCXRError(f"{out} already holds a training run; resume it, or choose another output folder")
+        raise EdgeCXRError(f"{out} already holds a training run; resume it, or choose another output folder",
+                           params=("resume", "out"))
     if cfg.folds:
         return _cross_validate(cfg, records, classes, dataset, out, log, verbose)
     train_recs = limit_records(select(records, "train"), classes, cfg.limit_per_class, cfg.seed)

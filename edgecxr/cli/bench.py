@@ -20,12 +20,14 @@ from edgecxr.runtime.select import BACKENDS
 @click.command()
 @model_option()
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS))
-@click.option("--batch-size", "batch", default="1,8", show_default=True, help="Batch sizes to sweep, comma-separated.")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Only this precision of a bundle.")
+@click.option("--batch-size", "batch", default="1,8", show_default=True, metavar="N[,N...]", help="Batch sizes to sweep, comma-separated.")
 @click.option("--iterations", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--warmup-s", type=click.FloatRange(0), default=2.0, show_default=True, help="Warm-up time per batch size.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Real image: batches use it, and end-to-end latency (decode+preprocess+infer) is measured.")
-@click.option("--artifact", "compare", help="Bundle artifacts to compare, comma-separated, the first is the reference (e.g. keras,onnx_fp32,onnx_int8,engine).")
+@click.option("--artifact", "compare", metavar="KEY[,KEY...]",
+              help="Compare these artifacts of the bundle (keras, onnx_fp32, onnx_fp16, onnx_int8, engine), each on its "
+                   "own backend; the first is the reference of the ratios. Not with --backend/--precision.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs.")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")

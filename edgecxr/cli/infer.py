@@ -56,7 +56,7 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
 @click.argument("inputs", nargs=-1, required=True)
 @model_option()
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), help="Restrict a bundle to this precision.")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Only this precision of a bundle.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV file (atomically).")
@@ -84,10 +84,10 @@ def infer(
     \b
     Examples:
       edgecxr infer scan.png                      (the reference CoroNet)
-      edgecxr infer --model cnn-lstm scans/ --json
-      edgecxr infer --model runs/coronet scan.dcm
-      edgecxr infer --model runs/coronet 'scans/**/*.png' --json > predictions.json
-      edgecxr infer --model runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
+      edgecxr infer -m cnn-lstm scans/ --json
+      edgecxr infer -m runs/coronet scan.dcm
+      edgecxr infer -m runs/coronet 'scans/**/*.png' --json > predictions.json
+      edgecxr infer -m runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
     """
     from tqdm import tqdm
 

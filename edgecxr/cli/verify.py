@@ -31,7 +31,9 @@ from edgecxr.stages.gate.run import run_gate
     "--artifact",
     "artifacts",
     default=None,
-    help="Comma-separated: keras,onnx_fp32,onnx_fp16,onnx_int8,engines (or engine files)  [default: all present]",
+    metavar="KEY[,KEY...]",
+    help="Artifacts to gate, comma-separated: keras, onnx_fp32, onnx_fp16, onnx_int8, engines (all built), "
+    "engine:<file> or an artifact file  [default: all present]",
 )
 @click.option("--reference", type=click.Choice(["auto", "keras", "onnx_fp32", "stored_fp32"]), default="auto",
               show_default=True,

@@ -67,6 +67,7 @@ def test_infer_mixed_good_and_broken_files(cli, bundle, images, tmp_path):
     result = cli.invoke(main, args)
     assert result.exit_code == 1, result.output
     out = result.stdout
+    assert out.split()[:3] == ["source", "label", "probability"]  # the table's header says `source`, like the CSV and JSON
     for p in images:
         assert str(p) in out
     assert out.count("ERROR") == len(bad)
@@ -87,7 +88,7 @@ def test_infer_json_and_csv(cli, bundle, images, tmp_path):
     good = [p for p in doc["predictions"] if p["error"] is None]
     assert len(good) == len(images)
     for p in good:
-        assert p["label"] in tinymodels.CLASSES and len(p["top_k"]) == 2
+        assert p["label"] in tinymodels.CLASSES and len(p["top_k"]) == 2 and p["source"]
         assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert len(rows) == len(images) + 1

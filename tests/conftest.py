@@ -38,3 +38,10 @@ def shared_originals() -> Path:
 def examples() -> Path:
     """Committed CC BY 4.0 Kermany example images (see examples/images/ATTRIBUTION.md)."""
     return EXAMPLES
+
+
+@pytest.fixture(autouse=True)
+def int8_capable_cpu(monkeypatch):
+    """Tests of the artifact choice assume a CPU with an integer dot-product instruction (where `auto`
+    prefers a gated INT8 model), whatever CPU runs them; tests of the other order patch it back."""
+    monkeypatch.setattr("edgecxr.runtime.select.cpu_int8_fast", lambda: True)

@@ -229,3 +229,19 @@ def test_folder_of_copies(tiny_onnx, images, tmp_path):
     assert preds[0].probabilities == pytest.approx(
         next(p for p in preds if Path(p.source).name == "UPPER.PNG").probabilities
     )
+
+
+def test_on_a_cpu_without_int8_dot_products_fp32_then_fp16_come_before_int8(tmp_path, monkeypatch):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=True, int8_passed=True)
+    assert choose_onnx(bundle, None, int8_fast=True).precision == "int8"
+    choice = choose_onnx(bundle, None, int8_fast=False)
+    assert choice.precision == "fp32" and choice.reason == "fp32 ONNX"
+    # a shipped model has no FP32: then the gated FP16 (ONNX Runtime runs it as fast as FP32), INT8 last
+    bundle.artifact("onnx_fp32").unlink()
+    bundle.record_gate({"onnx_fp16": {"passed": True}}, {"time": "t"}, by="verify")
+    choice = choose_onnx(bundle, None, int8_fast=False)
+    assert choice.precision == "fp16" and "fp32 ONNX absent" in choice.reason
+    bundle.record_gate({"onnx_fp16": {"passed": False}}, {"time": "t2"}, by="verify")
+    assert choose_onnx(bundle, None, int8_fast=False).precision == "int8"
+    monkeypatch.setattr("edgecxr.runtime.select.cpu_int8_fast", lambda: False)
+    assert choose_onnx(bundle, None).precision == "int8"  # the default asks the CPU

@@ -49,7 +49,7 @@ def test_paths_win_over_names_and_unknown_names_list_the_models(models_dir, fake
 def test_reference_model_loads_by_name_on_fp16_and_predicts(models_dir, fake_reference):
     with Classifier.load("tinynet") as clf:
         assert clf.backend_info["precision"] == "fp16"
-        assert "no fp32 shipped" in clf.backend_info["reason"]
+        assert "fp32 ONNX absent" in clf.backend_info["reason"]
         x = np.zeros((2, *tinymodels.SPEC.input_shape), np.float32)
         np.testing.assert_allclose(clf.runner.infer(x), tinymodels.reference_probs(x), atol=2e-3)
 

@@ -110,6 +110,8 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False, int8_fas
         int8_fast = cpu_int8_fast()
     order = ("fp16", "fp32", "int8") if cuda else ("int8", "fp32", "fp16") if int8_fast else ("fp32", "fp16", "int8")
     passed_over: list[str] = []
+    if not cuda and not int8_fast and bundle.artifact(onnx_key("int8"), must_exist=False) is not None:
+        passed_over.append("int8 ONNX last: this CPU has no integer dot-product instruction (VNNI, dotprod)")
     for prec in order:
         path = bundle.artifact(onnx_key(prec), must_exist=False)
         if prec == "fp32":

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.errors import ArgumentError, BundleError, GateFailedError
 from edgecxr.core.metadata import (
     META_BUNDLE_FORMAT,
     META_CLASSES,
@@ -130,7 +130,7 @@ def test_export_needs_keras_artifact(tmp_path):
 
 
 def test_parity_split_without_manifest_is_an_error(exported_cnn):
-    with pytest.raises(BundleError, match="needs a manifest"):
+    with pytest.raises(ArgumentError, match="needs a manifest"):
         export_bundle(Bundle.load(exported_cnn), parity_split="val", progress=False)
 
 

@@ -17,7 +17,8 @@ from edgecxr.cli.options import (
 )
 from edgecxr.cli.output import _err
 from edgecxr.data.manifest import SPLITS
-from edgecxr.stages.export.int8 import calibrate_bundle, check_splits
+from edgecxr.stages.export.fallback import check_splits
+from edgecxr.stages.export.int8 import calibrate_bundle
 
 
 @click.command("calibrate")

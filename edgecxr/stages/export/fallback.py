@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BundleError
+from edgecxr.core.errors import ArgumentError, BundleError
 from edgecxr.core.fileutil import atomic_write_text
 from edgecxr.data.dataset import load_split
 from edgecxr.stages.export.sensitivity import Scorer, analyse, greedy_fallback
@@ -150,3 +150,21 @@ def fallback_record(analysis: dict[str, Any], fallback: str, split: str, csv_pat
         record["search"] = analysis.get("search", [])
         record["confirmation"] = analysis.get("confirmation", [])
     return record
+
+
+def check_splits(split: str = "calib", verify: bool = True, verify_split: str = "test", fallback: str = "none",
+                 explain: bool = False, select_split: str = "val") -> None:
+    """Refuse (ArgumentError) splits that would gate or choose on the calibration images, before any work.
+
+    `calibrate_bundle` calls it first; a caller may call it earlier (the CLI does, before copying a
+    shipped model to calibrate it).
+    """
+    if verify and verify_split == split:
+        raise ArgumentError(f"the gate must score held-out images, not the calibration split {split!r}",
+                            params=("verify_split", "split"))
+    if fallback not in FALLBACKS:
+        raise BundleError(f"unknown fallback {fallback!r}; choose from {list(FALLBACKS)}")
+    if (fallback == "auto" or explain) and select_split in (split, verify_split):
+        raise ArgumentError(f"fallback and sensitivity choose on their own split, not {select_split!r} "
+                            f"(calibration {split!r}, gate {verify_split!r}); use val",
+                            params=("select_split", "split", "verify_split"))

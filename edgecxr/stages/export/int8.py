@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import ArgumentError, BundleError, DataError, EdgeCXRError, GateFailedError
+from edgecxr.core.errors import BundleError, DataError, EdgeCXRError, GateFailedError
 from edgecxr.core.fileutil import atomic_write_bytes, sha256_file
 from edgecxr.core.metadata import META_CALIBRATION, bundle_metadata, set_metadata
 from edgecxr.core.publish import Candidate
@@ -67,7 +67,7 @@ from edgecxr.stages.export.calib_set import (
     with_views,
     write_calibration_manifest,
 )
-from edgecxr.stages.export.fallback import FALLBACKS, analyse_candidate, confirm, fallback_record
+from edgecxr.stages.export.fallback import analyse_candidate, check_splits, confirm, fallback_record
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.qdq_check import (
     ALWAYS_FLOAT_OPS,
@@ -185,22 +185,6 @@ def quantize_qdq(
     return options
 
 
-def check_splits(split: str = "calib", verify: bool = True, verify_split: str = "test", fallback: str = "none",
-                 explain: bool = False, select_split: str = "val") -> None:
-    """Refuse (ArgumentError) splits that would gate or choose on the calibration images, before any work.
-
-    `calibrate_bundle` calls it first; a caller may call it earlier (the CLI does, before copying a
-    shipped model to calibrate it).
-    """
-    if verify and verify_split == split:
-        raise ArgumentError(f"the gate must score held-out images, not the calibration split {split!r}",
-                            params=("verify_split", "split"))
-    if fallback not in FALLBACKS:
-        raise BundleError(f"unknown fallback {fallback!r}; choose from {list(FALLBACKS)}")
-    if (fallback == "auto" or explain) and select_split in (split, verify_split):
-        raise ArgumentError(f"fallback and sensitivity choose on their own split, not {select_split!r} "
-                            f"(calibration {split!r}, gate {verify_split!r}); use val",
-                            params=("select_split", "split", "verify_split"))
 
 
 def calibrate_bundle(

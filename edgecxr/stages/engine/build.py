@@ -213,27 +213,27 @@ def build_engine(
     # Candidate -> gate -> publish or reject (core.publish): a failing engine never takes the final path.
     with Candidate(engine_path, companions=(".json", ".verify.json")) as candidate:
         candidate.path.write_bytes(bytes(serialized))
-        return _check_and_publish(bundle, candidate, serialized_sidecar=dict(
+        sidecar = make_sidecar(
             bundle_meta=bundle.meta,
             engine_file=engine_path.name,
             engine_sha256=sha256_file(candidate.path),
-        precision=precision,
-        onnx_file=onnx_path.name,
-        onnx_sha256=sha256_file(onnx_path),
-        platform=platform,
-        io=io,
-        profile=profile,
+            precision=precision,
+            onnx_file=onnx_path.name,
+            onnx_sha256=sha256_file(onnx_path),
+            platform=platform,
+            io=io,
+            profile=profile,
             build_seconds=build_seconds,
             strongly_typed=strongly_typed,
-        ), verify=verify, manifest=manifest, split=split, log=log)
+        )
+        return _check_and_publish(bundle, candidate, sidecar, verify=verify, manifest=manifest, split=split, log=log)
 
 
 def _check_and_publish(
-    bundle: Any, candidate: Candidate, serialized_sidecar: dict[str, Any], *, verify: bool,
+    bundle: Any, candidate: Candidate, sidecar: dict[str, Any], *, verify: bool,
     manifest: str | Path | None, split: str, log: Callable[[str], None],
 ) -> BuildResult:
     """Write the candidate's sidecar, run the accuracy gate on it, then publish (or reject) both."""
-    sidecar = make_sidecar(**serialized_sidecar)
     write_json(sidecar_path(candidate.path), sidecar)
     size_mb = candidate.path.stat().st_size / 1e6
     gate = None

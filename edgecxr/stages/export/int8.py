@@ -280,18 +280,18 @@ def calibrate_bundle(
         },
     )
 
+    options: dict[str, Any] = {}
+
+    def quantize(also_float: Sequence[str] = ()) -> Any:
+        """Calibrate into the candidate with `excluded` plus `also_float` in float; the model written."""
+        options.update(quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,
+                                    nodes_to_exclude=[*excluded, *also_float], batch_size=batch_size,
+                                    progress=progress))
+        return onnx.load(str(tmp))
+
     with Candidate(bundle.default_path("onnx_int8")) as candidate:
         tmp = candidate.path
-        options = quantize_qdq(
-            fp32_path,
-            tmp,
-            x,
-            method=method,
-            percentile=percentile,
-            nodes_to_exclude=excluded,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        quantize()
         analysis: dict[str, Any] | None = None
         if analysing:
             analysis = analyse_candidate(bundle, manifest, fp32_model, tmp, select_split, gates or Gates(), fallback == "auto",
@@ -303,17 +303,11 @@ def calibrate_bundle(
                                       f"nothing published (sensitivity ranking in {', '.join(files.values())} "
                                       f"beside {csv_path.name})")
             if fallback == "auto" and analysis["float_nodes"]:
-                def requantize(nodes: list[str]) -> Any:
-                    quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,
-                                 nodes_to_exclude=[*excluded, *nodes], batch_size=batch_size, progress=progress)
-                    return onnx.load(str(tmp))
-
-                chosen, steps = confirm(requantize, analysis.pop("scorer"), analysis["float_nodes"],
+                # confirm's last, passing re-calibration is the model left in the candidate
+                chosen, steps = confirm(quantize, analysis.pop("scorer"), analysis["float_nodes"],
                                         analysis["ranking"], say)
                 analysis.update(float_nodes=chosen, confirmation=steps)
                 excluded = list(dict.fromkeys([*excluded, *chosen]))
-                options = quantize_qdq(fp32_path, tmp, x, method=method, percentile=percentile,
-                                       nodes_to_exclude=excluded, batch_size=batch_size, progress=progress)
             analysis.pop("scorer", None)
         model = onnx.load(str(tmp))
         set_metadata(model, {**bundle_metadata(bundle, "int8"), META_CALIBRATION: calib_sha})

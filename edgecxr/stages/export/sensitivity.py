@@ -155,12 +155,11 @@ class Scorer:
         return res
 
 
-def _weights(fp32: Any, node_name: str) -> int:
-    inits = {t.name: t for t in fp32.graph.initializer}
-    node = next((n for n in fp32.graph.node if n.name == node_name), None)
-    if node is None:
-        return 0
-    return int(sum(int(np.prod(inits[i].dims)) for i in node.input[1:2] if i in inits))
+def _weight_counts(fp32: Any) -> dict[str, int]:
+    """Node name -> parameters of its weight input (input 1) in the FP32 model, for every node."""
+    dims = {t.name: t.dims for t in fp32.graph.initializer}
+    return {n.name: int(np.prod(dims[n.input[1]])) if len(n.input) > 1 and n.input[1] in dims else 0
+            for n in fp32.graph.node}
 
 
 def analyse(
@@ -172,11 +171,12 @@ def analyse(
     base = full.agreement["top1_agreement"]
     nodes = quantized_nodes(qdq, weighted_only)
     names = [n.name for n in nodes]
+    weights = _weight_counts(fp32)
     rows = []
     t0 = time.perf_counter()
     for k, node in enumerate(nodes, 1):
         kept = scorer.score(hybrid(qdq, fp32, [node.name]))
-        row = NodeSensitivity(node.name, node.op_type, _weights(fp32, node.name),
+        row = NodeSensitivity(node.name, node.op_type, weights.get(node.name, 0),
                               kept.agreement["top1_agreement"], kept.agreement["top1_agreement"] - base,
                               kept.agreement["mean_abs_diff"])
         if alone:

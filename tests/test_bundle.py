@@ -70,9 +70,9 @@ def _valid_meta() -> dict:
         (lambda m: {**m, "classes": "covid"}, "'classes' must be a non-empty list"),
         (lambda m: {**m, "classes": []}, "'classes' must be a non-empty list"),
         (lambda m: {**m, "artifacts": ["model.onnx"]}, "'artifacts' must be an object"),
-        (lambda m: {**m, "preprocess": "coronet"}, "'preprocess' must be an object"),
-        (lambda m: {**m, "preprocess": {"family": "coronet"}}, "incomplete preprocessing"),
-        (lambda m: {**m, "preprocess": {**m["preprocess"], "height": "tall"}}, "preprocessing metadata"),
+        (lambda m: {**m, "preprocess": "coronet"}, "preprocess must be an object"),
+        (lambda m: {**m, "preprocess": {"family": "coronet"}}, r"preprocess is incomplete: missing \['version'"),
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "height": "tall"}}, "preprocess.height must be an integer"),
     ],
 )
 def test_corrupt_bundle_json_is_a_bundle_error_naming_the_file(tmp_path, change, match):

@@ -21,15 +21,29 @@ from typing import Any
 
 from edgecxr.core.artifacts import BUNDLE_FILES, kind
 from edgecxr.core.errors import BundleError
-from edgecxr.core.fileutil import read_json, write_json
+from edgecxr.core.fileutil import sha256_file, write_json
+from edgecxr.core.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFacts,
+    check_bundle,
+    check_relative_path,
+    read_json_file,
+)
 from edgecxr.core.spec import PreprocessSpec
 
 BUNDLE_FILE = "bundle.json"
 #: bundle.json section holding every accuracy-gate verdict (see Bundle.gate_verdicts)
 GATE_SECTION = "gate"
-FORMAT = "edgecxr-bundle"
-FORMAT_VERSION = 1
-
+#: bundle.json map artifact key -> sha256 of the file, written whenever an artifact is set
+HASHES = "artifact_sha256"
+#: where bundles written before HASHES existed kept each artifact's sha256: (section, key) paths,
+#: each written by the stage in the same step that published the file
+_LEGACY_HASHES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "onnx_fp32": (("export", "fp32_from_fp16", "sha256"), ("export", "onnx_sha256")),
+    "onnx_fp16": (("export", "fp16", "sha256"),),
+    "onnx_int8": (("calibration", "sha256"),),
+}
 
 
 class Bundle:
@@ -73,23 +87,8 @@ class Bundle:
         path = directory / BUNDLE_FILE
         if not path.is_file():
             raise BundleError(f"{directory}: not a model bundle (no {BUNDLE_FILE}); train one with `edgecxr train`")
-        try:
-            meta = read_json(path)
-        except ValueError as exc:
-            raise BundleError(f"{path}: corrupt JSON: {exc}") from exc
-        if not isinstance(meta, dict):
-            raise BundleError(f"{path}: not an edgecxr bundle (a JSON {type(meta).__name__}, not an object)")
-        if meta.get("format") != FORMAT:
-            raise BundleError(f"{path}: not an edgecxr bundle (format={meta.get('format')!r})")
-        version = meta.get("format_version", 0)
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise BundleError(f"{path}: corrupt bundle: format_version {version!r} is not an integer")
-        if version > FORMAT_VERSION:
-            raise BundleError(f"{path}: bundle format {version} is newer than this edgecxr ({FORMAT_VERSION}); upgrade")
-        for key in ("model", "classes", "preprocess"):
-            if key not in meta:
-                raise BundleError(f"{path}: missing '{key}'")
-        _check_sections(path, meta)
+        meta = read_json_file(path)
+        check_bundle(meta, path)  # types, ranges, paths and hashes; one-line BundleError naming the field
         return cls(directory, meta)
 
     # -- accessors ----------------------------------------------------------------------------
@@ -109,10 +108,34 @@ class Bundle:
     def path(self) -> Path:
         return self.dir / BUNDLE_FILE
 
+    @property
+    def facts(self) -> ModelFacts:
+        """What bundle.json says about the model, to compare with what each model file says."""
+        return ModelFacts(classes=tuple(self.classes), spec=self.spec, model=self.model)
+
+    def inside(self, rel: str, field: str) -> Path:
+        """`rel` (a path from bundle.json) as a path in the bundle; BundleError if it leads outside.
+
+        Both the written path ('..', absolute) and where it resolves to (a symlink to /etc/passwd)
+        must stay in the bundle folder: bundle.json is data, and data must not choose which file
+        of the machine gets loaded as a model.
+        """
+        check_relative_path(rel, str(self.path), field)
+        path = self.dir / rel
+        try:
+            path.resolve().relative_to(self.dir.resolve())
+        except ValueError:
+            raise BundleError(f"{self.path}: {field} = {rel!r} resolves to {path.resolve()}, outside the bundle "
+                              "(a symlink?); artifact files must be inside the bundle folder") from None
+        return path
+
     def artifact(self, key: str, must_exist: bool = True) -> Path | None:
-        """Path of an artifact recorded in the bundle; None when absent (or BundleError if required)."""
-        name = self.meta.get("artifacts", {}).get(key)
-        path = self.dir / name if name else None
+        """Path of an artifact recorded in the bundle; None when absent (or BundleError if required).
+
+        A recorded path that leads outside the bundle is always an error, never "absent".
+        """
+        name = (self.meta.get("artifacts") or {}).get(key)
+        path = self.inside(name, f"artifacts.{key}") if name else None
         if path is not None and path.exists():
             return path
         if must_exist:
@@ -126,12 +149,40 @@ class Bundle:
         return self.dir / BUNDLE_FILES[key]
 
     def set_artifact(self, key: str, path: str | Path) -> None:
+        """Record `path` (a published file inside the bundle) as artifact `key`, with its sha256.
+
+        Every stage publishes through here, so every artifact's hash is recorded when it is made
+        and the runtime can refuse a file replaced afterwards (Classifier.load). Saved by the
+        caller's next `update`/`save`.
+        """
         path = Path(path)
         try:
             rel = path.resolve().relative_to(self.dir.resolve())
         except ValueError:
             raise BundleError(f"artifact {path} is outside the bundle {self.dir}") from None
         self.meta.setdefault("artifacts", {})[key] = rel.as_posix()
+        hashes = self.meta.setdefault(HASHES, {})
+        if path.is_file():
+            hashes[key] = sha256_file(path)
+        else:
+            hashes.pop(key, None)
+
+    def recorded_sha256(self, key: str) -> str | None:
+        """The sha256 bundle.json records for artifact `key`; None when it records none.
+
+        Bundles written before HASHES existed are read through the hash each stage wrote in its
+        own section when it published the file (export, calibration).
+        """
+        digest = (self.meta.get(HASHES) or {}).get(key)
+        if digest:
+            return str(digest)
+        for trail in _LEGACY_HASHES.get(key, ()):
+            node: Any = self.meta
+            for step in trail:
+                node = node.get(step) if isinstance(node, dict) else None
+            if isinstance(node, str) and node:
+                return node
+        return None
 
     # -- the accuracy gate's verdicts: one section, "gate", keyed by artifact ------------------------
     def gate_verdicts(self) -> dict[str, dict[str, Any]]:
@@ -195,23 +246,6 @@ def _legacy_verdicts(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
             out[f"engine:{Path(rel).name}"] = {"passed": entry["verified"], "time": str(entry.get("built_at", "")),
                                               "by": "build"}
     return out
-
-
-def _check_sections(path: Path, meta: dict[str, Any]) -> None:
-    """Type-check the sections every stage reads, so a hand-edited bundle.json fails here, by name."""
-    classes = meta["classes"]
-    if not isinstance(meta["model"], str):
-        raise BundleError(f"{path}: corrupt bundle: 'model' must be a string, got {meta['model']!r}")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise BundleError(f"{path}: corrupt bundle: 'classes' must be a non-empty list of names, got {classes!r}")
-    if not isinstance(meta.get("artifacts", {}), dict):
-        raise BundleError(f"{path}: corrupt bundle: 'artifacts' must be an object of key -> file name")
-    if not isinstance(meta["preprocess"], dict):
-        raise BundleError(f"{path}: corrupt bundle: 'preprocess' must be an object")
-    try:
-        PreprocessSpec.from_dict(meta["preprocess"])
-    except BundleError as exc:
-        raise BundleError(f"{path}: {exc}") from None
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

@@ -1,54 +1,54 @@
 """What the runtime reads from a model file: ONNX metadata_props and the TensorRT engine sidecar.
 
 Written by the export and build stages, read by the runtime; kept here, below both, so the runtime
-never imports a stage to learn the format.
+never imports a stage to learn the format. Everything read is validated by edgecxr.core.schema
+(the same rules as bundle.json), so a hand-edited sidecar or metadata entry is a one-line
+BundleError naming the file and the field, never a KeyError or a silently wrong class order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecxr.core.bundle import FORMAT, FORMAT_VERSION, Bundle
-from edgecxr.core.errors import BundleError
+from edgecxr.core.errors import BundleError, EngineMismatchError
+from edgecxr.core.fileutil import sha256_file
+from edgecxr.core.schema import (
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    ModelFacts,
+    check_sidecar,
+    parse_json,
+    read_json_file,
+)
 from edgecxr.core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
-from datetime import datetime, timezone
 
-from edgecxr.core.errors import EngineMismatchError
-from edgecxr.core.fileutil import read_json
+__all__ = ["SIDECAR_FORMAT", "SIDECAR_VERSION"]  # the sidecar's identity lives with its schema
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-
-
 OUTPUT_NAME = "probs"
 
-
 META_CLASSES = "edgecxr.classes"  # JSON list, model output order
-
-
 META_PREPROCESS = "edgecxr.preprocess"  # JSON PreprocessSpec.to_dict()
-
-
 META_MODEL = "edgecxr.model"  # "coronet" / "cnn-lstm"
-
-
 META_BUNDLE_FORMAT = "edgecxr.bundle_format"  # "edgecxr-bundle/1"
-
-
 META_VERSION = "edgecxr.version"  # edgecxr version that wrote the file
-
-
 META_PRECISION = "edgecxr.precision"  # "fp32" / "fp16" / "int8"
-
-
 META_CALIBRATION = "edgecxr.calibration_sha256"  # INT8 only: sha256 of the calibration manifest
+
+#: metadata_props holding JSON, and the fact (schema.ModelFacts / bundle.json key) each entry states
+_JSON_PROPS = (META_CLASSES, META_PREPROCESS)
+_FACTS = {META_CLASSES: "classes", META_PREPROCESS: "preprocess", META_MODEL: "model", META_PRECISION: "precision"}
 
 
 def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
@@ -73,27 +73,41 @@ def bundle_metadata(bundle: Bundle, precision: str) -> dict[str, str]:
 
 
 def read_metadata(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values (classes, preprocess) decoded.
+    """metadata_props of an ONNX file, JSON values (classes, preprocess) decoded (depth-limited).
 
     Loads without external data so reading the metadata of a large model stays cheap.
     """
     import onnx
 
+    where = "ONNX metadata"
     if not isinstance(model, onnx.ModelProto):
+        where = f"{model} (ONNX metadata)"
         model = onnx.load(str(model), load_external_data=False)
-    out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        value: Any = prop.value
-        if prop.key in (META_CLASSES, META_PREPROCESS):
-            value = json.loads(value)
-        out[prop.key] = value
-    return out
+    return decode_metadata({p.key: p.value for p in model.metadata_props}, where)
 
 
-SIDECAR_FORMAT = "edgecxr-engine"
+def decode_metadata(props: Mapping[str, str], where: str) -> dict[str, Any]:
+    """metadata_props (key -> string, as onnx or an onnxruntime session gives them), JSON values decoded."""
+    return {k: parse_json(v, f"{where} {k}") if k in _JSON_PROPS else v for k, v in props.items()}
 
 
-SIDECAR_VERSION = 1
+def onnx_facts(props: Mapping[str, Any], where: str) -> ModelFacts:
+    """The facts decoded metadata states, validated like bundle.json (unique classes, spec in range...)."""
+    return ModelFacts.parse({name: props[key] for key, name in _FACTS.items() if key in props}, where)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """classes / preprocess / model / precision from an ONNX file's metadata_props (written by `edgecxr export`),
+    validated by the same schema as bundle.json."""
+    try:
+        props = read_metadata(path)
+    except BundleError:
+        raise
+    except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{path}: not a readable ONNX model ({why})") from exc
+    onnx_facts(props, f"{path} (ONNX metadata)")
+    return {name: props[key] for key, name in _FACTS.items() if key in props}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,25 +119,39 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
-    """The engine's sidecar; an engine without one is refused (nothing says what GPU or TRT built it)."""
+    """The engine's sidecar, validated; an engine without one is refused (nothing says what GPU or TRT built it)."""
     path = sidecar_path(engine)
     if not path.is_file():
         raise BundleError(
             f"{engine}: no sidecar {path.name}; edgecxr only runs engines it built "
             "(rebuild with `edgecxr build -m BUNDLE --precision fp16|int8`)"
         )
-    try:
-        data = read_json(path)
-    except ValueError as exc:
-        raise BundleError(f"{path}: corrupt sidecar JSON: {exc}") from exc
-    if data.get("format") != SIDECAR_FORMAT:
-        raise BundleError(f"{path}: not an edgecxr engine sidecar (format={data.get('format')!r})")
-    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
-        raise BundleError(f"{path}: sidecar format {data['format_version']} is newer than this edgecxr; upgrade")
-    for key in ("tensorrt", "gpu", "precision", "classes", "preprocess", "io"):
-        if key not in data:
-            raise BundleError(f"{path}: sidecar is missing '{key}'")
+    data = read_json_file(path)
+    check_sidecar(data, path)
     return data
+
+
+def sidecar_facts(sidecar: dict[str, Any], engine: str | Path) -> ModelFacts:
+    """The facts a (validated) sidecar states, to compare with its bundle's."""
+    return ModelFacts.parse(sidecar, str(sidecar_path(engine)))
+
+
+def verify_engine(engine: str | Path, sidecar: dict[str, Any], recorded: str | None = None) -> str:
+    """Refuse an engine whose sha256 differs from its sidecar's (or the sidecar's from `recorded`,
+    bundle.json's); returns the sha256.
+
+    Runs before TensorRT is imported: a replaced or truncated engine never reaches the
+    deserializer, and an engine is never run under the facts of another engine's sidecar.
+    """
+    expected = sidecar["engine"]["sha256"]
+    name = sidecar_path(engine).name
+    if recorded is not None and recorded != expected:
+        raise BundleError(f"{engine}: bundle.json records another sha256 than {name} (engine or sidecar replaced); "
+                          f"rebuild it with `{rebuild_command(engine, sidecar)}`")
+    if sha256_file(engine) != expected:
+        raise BundleError(f"{engine}: sha256 does not match {name} (file changed after it was built); "
+                          f"rebuild it with `{rebuild_command(engine, sidecar)}`")
+    return expected
 
 
 def make_sidecar(
@@ -222,15 +250,3 @@ def ensure_compatible(engine: str | Path, sidecar: dict[str, Any], platform: dic
             f"{engine}: engine does not match this machine: {'; '.join(reasons)}. "
             f"Rebuild it here with: {rebuild_command(engine, sidecar)}"
         )
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """classes / preprocess / model / precision from an ONNX file's metadata_props (written by `edgecxr export`)."""
-    from edgecxr.core.metadata import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, read_metadata
-
-    try:
-        props = read_metadata(path)
-    except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
-        raise BundleError(f"{path}: not a readable ONNX model ({exc})") from exc
-    names = {META_CLASSES: "classes", META_PREPROCESS: "preprocess", META_MODEL: "model", META_PRECISION: "precision"}
-    return {name: props[key] for key, name in names.items() if key in props}

@@ -24,6 +24,7 @@ Output is float32 NHWC, the layout the Keras models, their ONNX exports and Tens
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,10 @@ IMPLEMENTED_VERSIONS = (1,)
 
 #: BT.601 luma weights in RGB order (Pillow "L" mode, used to build ../shared/data/cxr).
 _LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+#: Largest |scale| / |offset| accepted: inputs are mapped from [0, 1]; even a 16-bit "raw counts"
+#: model (scale 65535) fits, while a garbage value (1e30, NaN) is refused when the spec is read.
+MAX_AFFINE = 65535.0
 
 #: Tolerance for float input that should be in [0, 1] (accumulated rounding from decoders).
 _FLOAT_RANGE_SLACK = 1e-3
@@ -66,19 +71,31 @@ class PreprocessSpec:
     layout: str = "NHWC"
 
     def __post_init__(self) -> None:
+        # Types first: a hand-edited "height": "224" or "scale": NaN must fail here, by field name,
+        # not as a TypeError deep in cv2 or as silently wrong pixels.
+        if not isinstance(self.family, str) or not self.family.strip() or len(self.family) > 64:
+            _invalid("family", "must be a non-empty name (at most 64 characters)", self.family)
+        if not _is_int(self.version):
+            _invalid("version", "must be an integer", self.version)
         if self.version not in IMPLEMENTED_VERSIONS:
             raise BundleError(
-                f"preprocessing version {self.version} is not implemented by this edgecxr "
+                f"preprocess.version {self.version} is not implemented by this edgecxr "
                 f"(implements {list(IMPLEMENTED_VERSIONS)}); upgrade edgecxr or re-export the model"
             )
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 8 <= value <= 4096:
+                _invalid(name, "must be an integer in 8..4096", value)
+        if not _is_int(self.channels) or self.channels not in (1, 3):
+            _invalid("channels", "must be 1 or 3", self.channels)
         if self.resize != "stretch":
-            raise BundleError(f"unknown resize policy {self.resize!r} (only 'stretch')")
+            _invalid("resize", "must be 'stretch' (the only resize policy)", self.resize)
         if self.layout != "NHWC":
-            raise BundleError(f"unknown layout {self.layout!r} (only 'NHWC')")
-        if not (8 <= self.height <= 4096 and 8 <= self.width <= 4096):
-            raise BundleError(f"input size {self.height}x{self.width} outside 8..4096")
-        if self.channels not in (1, 3):
-            raise BundleError(f"channels must be 1 or 3, got {self.channels}")
+            _invalid("layout", "must be 'NHWC' (the only layout)", self.layout)
+        if not _is_real(self.scale) or not 0 < self.scale <= MAX_AFFINE:
+            _invalid("scale", f"must be a finite number in (0, {MAX_AFFINE:g}]", self.scale)
+        if not _is_real(self.offset) or not -MAX_AFFINE <= self.offset <= MAX_AFFINE:
+            _invalid("offset", f"must be a finite number in [-{MAX_AFFINE:g}, {MAX_AFFINE:g}]", self.offset)
 
     @property
     def id(self) -> str:
@@ -102,16 +119,39 @@ class PreprocessSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        """Rebuild a spec from bundle/ONNX/engine metadata; unknown keys are an error, not ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: Any) -> PreprocessSpec:
+        """Rebuild a spec from bundle/ONNX/engine metadata; unknown or missing keys are an error, not ignored.
+
+        Messages name the field as `preprocess.<name>`; callers prefix the file they read.
+        """
+        if not isinstance(data, dict):
+            raise BundleError(f"preprocess must be an object of preprocessing fields, got {_show(data)}")
+        fields = dataclasses.fields(cls)
+        unknown = set(data) - {f.name for f in fields}
         if unknown:
-            raise BundleError(f"preprocessing metadata has unknown fields {sorted(unknown)}; written by a newer edgecxr?")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise BundleError(f"incomplete preprocessing metadata: {exc}") from exc
+            raise BundleError(f"preprocess has unknown fields {sorted(map(str, unknown))}; written by a newer edgecxr?")
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise BundleError(f"preprocess is incomplete: missing {missing}")
+        return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: repr, cut short (a hostile file may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _invalid(name: str, rule: str, value: Any) -> None:
+    raise BundleError(f"preprocess.{name} {rule}, got {_show(value)}")
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

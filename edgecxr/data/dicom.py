@@ -18,19 +18,34 @@ bit depth's maximum; no LUTs apply to them.
 
 Refused, with a one-line ImageLoadError: files without pixel data (reports, DICOMDIR, ...),
 multi-frame images (which frame is the radiograph is not ours to guess; export one frame),
-PALETTE COLOR, images outside MIN_SIDE..MAX_SIDE (checked from Rows/Columns before decoding),
-and compressed transfer syntaxes that no installed plugin decodes; that message names the transfer
-syntax and the package to install.
+PALETTE COLOR, and compressed transfer syntaxes that no installed plugin decodes; that message
+names the transfer syntax and the package to install.
+
+Checked before any pixel is decoded, because pydicom allocates what the header says and its JPEG
+plugins decode damaged data without complaint (half a JPEG frame decodes to a gray lower half):
+  * Rows, Columns, SamplesPerPixel and BitsAllocated against `DecodeLimits` (edgecxr.data.limits):
+    side, pixel count, decoded bytes and the decoded/file ratio;
+  * native pixel data at least as long as Rows x Columns x SamplesPerPixel x frames x bits needs
+    (pydicom's expected length, which knows YBR_FULL_422 and 1-bit packing);
+  * an encapsulated JPEG frame (baseline, extended, lossless) goes through the JPEG file checks:
+    an end-of-image marker, a frame size equal to Rows/Columns, and one libjpeg decode whose
+    warnings are errors (`edgecxr.data.raster.check_jpeg_frame`);
+  * a Deflated Explicit VR data set is inflated once in bounded steps first: pydicom inflates it
+    in one call, so a few KB could otherwise become gigabytes.
+While decoding, pydicom's warnings that mean wrong pixels (an RLE segment that decodes to more
+bytes than the image has, more frames than the header says) are errors too.
 """
 
 from __future__ import annotations
 
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from edgecxr.core.errors import ImageLoadError, MissingDependencyError
+from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits, check_expansion, check_file_size, check_header
 
 #: Packages that decode each family of compressed transfer syntaxes (beyond pydicom alone).
 _JPEG_HINT = "pylibjpeg and pylibjpeg-libjpeg: pip install 'edgecxr[dicom]'"
@@ -50,23 +65,36 @@ _HINTS = {
     "1.2.840.10008.1.2.5": "pylibjpeg-rle (pydicom alone should decode RLE; is numpy installed?)",
 }
 
+#: Transfer syntaxes whose frames are ISO 10918 JPEG streams (checked like JPEG files).
+_JPEG_STREAMS = frozenset(
+    ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"]
+)
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
-def load_dicom(path: str | Path) -> np.ndarray:
+def load_dicom(path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
     """Read a single-frame DICOM radiograph as a 2-D float32 display image in [0, 1].
 
-    See the module docstring for the LUT chain and what is refused.
+    See the module docstring for the LUT chain, what is checked and what is refused. `limits`
+    defaults to edgecxr.data.limits.DEFAULT_LIMITS.
 
     Raises:
         ImageLoadError: not a readable DICOM image, or one this function does not decode.
         MissingDependencyError: pydicom itself is not installed.
     """
-    from edgecxr.data.raster import MAX_SIDE, MIN_SIDE
-
     path = Path(path)
+    limits = DEFAULT_LIMITS if limits is None else limits
     pydicom = _pydicom()
+    try:
+        file_bytes = path.stat().st_size
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    check_file_size(path, file_bytes, limits)
+    _check_deflated(path, pydicom, file_bytes, limits)
     ds = _read(path, pydicom)
 
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -84,16 +112,19 @@ def load_dicom(path: str | Path) -> np.ndarray:
     rows, cols = _int(ds.get("Rows", 0), 0), _int(ds.get("Columns", 0), 0)
     if rows <= 0 or cols <= 0:
         raise ImageLoadError(path, f"DICOM has no valid Rows/Columns ({rows}x{cols})")
-    if max(rows, cols) > MAX_SIDE:
-        raise ImageLoadError(path, f"image too large ({cols}x{rows} px; at most {MAX_SIDE} px per side)")
-    if min(rows, cols) < MIN_SIDE:
-        raise ImageLoadError(path, f"image too small ({cols}x{rows} px; at least {MIN_SIDE} px per side)")
+    samples, bits = _int(ds.get("SamplesPerPixel", 1), 1), _int(ds.get("BitsAllocated", 0), 0)
+    if samples not in (1, 3):
+        raise ImageLoadError(path, f"DICOM with {samples} samples per pixel is not supported")
+    if bits not in (1, 8, 16, 32):
+        raise ImageLoadError(path, f"DICOM with {bits} bits allocated is not supported")
+    check_header(path, "DICOM", cols, rows, samples, max(1, bits // 8), file_bytes, limits)
 
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _GRAY + _COLOR:
         raise ImageLoadError(path, f"photometric interpretation {photometric or '(missing)'} is not supported")
 
     tsyntax = _transfer_syntax(path, ds, pydicom)
+    _check_pixel_data(path, ds, tsyntax, rows, cols, samples, bits)
     arr = _decode(path, ds, tsyntax)
     if arr.ndim != (2 if photometric in _GRAY else 3):
         raise ImageLoadError(path, f"DICOM pixel data decoded to unexpected shape {arr.shape}")
@@ -101,6 +132,68 @@ def load_dicom(path: str | Path) -> np.ndarray:
     if photometric in _COLOR:
         return _color_to_unit(path, ds, arr)
     return _gray_to_unit(path, ds, arr, photometric)
+
+
+def _check_deflated(path: Path, pydicom, file_bytes: int, limits: DecodeLimits) -> None:
+    """Inflate a Deflated Explicit VR data set once, in bounded steps, before pydicom inflates it whole."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:
+        return  # no preamble or unreadable meta: not deflated, or `_read` reports it
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+        return
+    group = meta.get("FileMetaInformationGroupLength")
+    if group is None:
+        raise ImageLoadError(path, "deflated DICOM without a file meta group length; its size cannot be bounded")
+    cap = limits.max_decoded_bytes + (1 << 20)  # the pixels plus the other elements of the data set
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(132 + 12 + int(group))  # preamble + 'DICM', then (0002,0000) UL and the group
+            while (chunk := fh.read(1 << 20)) and not inflater.eof:
+                while chunk and total <= cap:
+                    total += len(inflater.decompress(chunk, 1 << 22))
+                    chunk = inflater.unconsumed_tail
+                if total > cap:
+                    raise ImageLoadError(
+                        path, f"decompression bomb (deflated DICOM data set inflates to more than {cap >> 20} MiB)"
+                    )
+    except (OSError, zlib.error) as exc:
+        raise ImageLoadError(path, f"corrupt deflated DICOM data set ({_one_line(exc)})") from exc
+    if not inflater.eof:
+        raise ImageLoadError(path, "truncated deflated DICOM data set (the deflate stream does not end)")
+    check_expansion(path, "deflated DICOM data set", total, file_bytes, limits)
+
+
+def _check_pixel_data(path: Path, ds, uid, rows: int, cols: int, samples: int, bits: int) -> None:
+    """Native pixel data long enough for the header; an encapsulated JPEG frame checked like a JPEG."""
+    data = ds.PixelData
+    if not uid.is_encapsulated:
+        try:
+            from pydicom.pixels.utils import get_expected_length
+
+            need = int(get_expected_length(ds, unit="bytes"))
+        except Exception:  # attributes pydicom cannot size: the plain product
+            need = (rows * cols * samples * bits + 7) // 8
+        if len(data) < need:
+            raise ImageLoadError(
+                path,
+                f"truncated DICOM pixel data ({len(data)} of the {need} bytes that {cols}x{rows} px x "
+                f"{samples} sample(s) x {bits} bits need)",
+            )
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(data, number_of_frames=1))
+    except Exception as exc:
+        raise ImageLoadError(path, f"corrupt encapsulated DICOM pixel data ({_one_line(exc)})") from exc
+    if str(uid) in _JPEG_STREAMS:
+        from edgecxr.data.raster import check_jpeg_frame
+
+        check_jpeg_frame(path, frame, cols, rows)
 
 
 def _pydicom():
@@ -163,13 +256,29 @@ def _transfer_syntax(path: Path, ds, pydicom):
     return uid
 
 
+#: pydicom decoder warnings that mean the pixels are not the encoded image (garbage in an RLE
+#: segment decodes to more bytes than the image has; more frames than the header says).
+_FATAL_DECODE_WARNINGS = (
+    "non-conformant padding",
+    "frames have been found",
+    "sufficient to contain",
+    "matches the expected number for uncompressed data",
+)
+
+
 def _decode(path: Path, ds, uid) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(ds.pixel_array)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arr = np.asarray(ds.pixel_array)
+    except MemoryError:
+        raise  # load_image reports it as "out of memory"
     except Exception as exc:
         raise ImageLoadError(path, f"pixel data could not be decoded ({uid.name}: {_one_line(exc)})") from exc
+    for warning in caught:
+        if any(text in str(warning.message) for text in _FATAL_DECODE_WARNINGS):
+            raise ImageLoadError(path, f"corrupt pixel data ({uid.name}: {_one_line(warning.message)})")
+    return arr
 
 
 def _gray_to_unit(path: Path, ds, arr: np.ndarray, photometric: str) -> np.ndarray:

@@ -5,13 +5,24 @@ DICOM (after modality/VOI LUT, see `edgecxr.data.dicom`). Anything that cannot b
 `ImageLoadError(path, reason)` with a one-line reason; batch callers (`Classifier.predict`) catch it
 per file and report it in place of the result, so one bad file never stops the others.
 
-Why the container is checked before decoding:
-  * OpenCV allocates whatever the header asks for, so a 60000x60000 PNG of a few KB (a
-    decompression bomb) would take gigabytes. The PNG IHDR / JPEG SOF dimensions are read first and
-    anything outside MIN_SIDE..MAX_SIDE is refused without decoding.
-  * libjpeg fills a truncated JPEG with gray and reports success (only a warning on stderr), which
-    would send half an X-ray to the model. A JPEG whose entropy-coded data is not followed by an
-    end-of-image marker, or a PNG that ends before its IEND chunk, is rejected as truncated.
+Nothing wrong gets through, as far as the format lets anyone tell: a file that is not the image
+it claims to be is refused, not handed to the model (JPEG has no checksum; see edgecxr.data.raster
+for the one kind of damage that can decode silently). In order, cheapest first:
+  1. stat: a regular file, not empty, at most DecodeLimits.max_file_bytes (a 4 GB file with a PNG
+     header is refused without reading it);
+  2. the container, before any pixel is decoded (edgecxr.data.raster): PNG chunk CRCs, IHDR,
+     IDAT, IEND; JPEG markers up to the scan and the end-of-image marker (libjpeg fills a
+     truncated JPEG with gray and reports success); DICOM Rows/Columns/BitsAllocated and a pixel
+     data element long enough for them (edgecxr.data.dicom);
+  3. the header's size against `DecodeLimits` (edgecxr.data.limits): OpenCV and pydicom
+     allocate whatever the header asks for, so side, pixel count, decoded bytes and the ratio of
+     decoded to file bytes (a decompression bomb: 2 MB of zlib zeros claiming 16384x16384 RGBA
+     16-bit) are refused from the header;
+  4. the decode itself: libjpeg/libpng warnings (half a JPEG with an end marker appended,
+     garbage in the scan, IDAT data that does not fit) are errors (edgecxr.data.decoder_log), as
+     are a DICOM plugin's failures and a JPEG frame in a DICOM that libjpeg warns about;
+  5. MemoryError anywhere in decoding becomes an ImageLoadError, so a batch goes on with the
+     next file instead of dying with a traceback.
 
 Raster decoding uses `IMREAD_ANYDEPTH | IMREAD_ANYCOLOR` rather than `IMREAD_UNCHANGED`: it keeps
 16-bit samples, expands palette and 1/2/4-bit PNGs, drops alpha (as the curated set's Pillow "L"
@@ -31,12 +42,14 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from edgecxr.core.errors import DataError, ImageLoadError
+from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits, check_file_size
 from edgecxr.data.raster import _JPEG_SOI, _PNG_SIGNATURE, _check_size, _load_raster
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -49,9 +62,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 
-
-
-def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(
+    path: str | Path, min_size: tuple[int, int] | None = None, limits: DecodeLimits | None = None
+) -> np.ndarray:
     """Decode one X-ray to a 2-D gray array (uint8/uint16, or float32 in [0, 1] for DICOM).
 
     `min_size` (height, width) is the size the image will be resized to (the model input); when
@@ -62,31 +75,45 @@ def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.
     'DICM' preamble, or a `.dcm` / `.dicom` suffix on a file that is not PNG/JPEG, selects the
     DICOM reader (which also reads old files without a preamble).
 
+    `limits` bounds what is decoded at all (file size, pixels, decoded bytes, bomb ratio); None
+    uses DEFAULT_LIMITS (see edgecxr.data.limits for the values and why).
+
     Raises:
-        ImageLoadError: the file is missing, empty, truncated, corrupt, of an unsupported format,
-            or its size is outside MIN_SIDE..MAX_SIDE.
+        ImageLoadError: the file is missing, empty, too large, truncated, corrupt (including
+            decoder warnings), of an unsupported format, outside the limits, or decoding ran out
+            of memory.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(path, "file not found")
-    if path.is_dir():
-        raise ImageLoadError(path, "is a directory, not an image")
+    limits = DEFAULT_LIMITS if limits is None else limits
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageLoadError(path, "empty file (0 bytes)")
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageLoadError(path, "is a directory, not an image")
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the read; /dev/zero would never end.
+        raise ImageLoadError(path, "not a regular file (a device, pipe or socket)")
+    check_file_size(path, info.st_size, limits)
+    try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
     is_raster = head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SOI)
-    if not is_raster and (path.suffix.lower() in DICOM_SUFFIXES or _is_dicom_head(head)):
-        from edgecxr.data.dicom import load_dicom
+    try:
+        if not is_raster and (path.suffix.lower() in DICOM_SUFFIXES or _is_dicom_head(head)):
+            from edgecxr.data.dicom import load_dicom
 
-        image = load_dicom(path)
-    else:
-        image = _load_raster(path, head, min_size)
-    _check_size(path, image)
+            image = load_dicom(path, limits)
+        else:
+            image = _load_raster(path, head, min_size, limits)
+    except MemoryError as exc:
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        raise ImageLoadError(path, f"out of memory while decoding{detail}") from None
+    _check_size(path, image, limits)
     return image
 
 
@@ -167,3 +194,6 @@ def _is_dicom_head(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

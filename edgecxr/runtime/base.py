@@ -89,6 +89,18 @@ class Runner(abc.ABC):
         """What ran: backend, device, precision; recorded in verify/bench output."""
         return {"backend": self.name, "path": str(self.path)}
 
+    def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        """(input shape, output shape) the loaded model declares; dynamic dims as str/None/-1, None where unknown.
+
+        Lets the caller compare them with the bundle's preprocessing and classes right after the
+        load, instead of the first batch failing deep inside the backend.
+        """
+        return None, None
+
+    def embedded_metadata(self) -> dict[str, str]:
+        """Metadata the model file carries itself (ONNX metadata_props), {} where it has none."""
+        return {}
+
     def timings(self) -> dict[str, float]:
         """Milliseconds of the last infer split into h2d/compute/d2h where the backend can tell."""
         return dict(self._last)

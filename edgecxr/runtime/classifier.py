@@ -11,6 +11,12 @@ A model is a bundle directory, a TensorRT engine (with its sidecar) or an ONNX f
    provider (onnxruntime-gpu) the FP16 ONNX is chosen if it passed the gate.
 3. Keras is never chosen automatically (it needs TensorFlow; it is the reference, not a runtime).
 
+Model files are not trusted blindly: before a runtime reads the chosen file its sha256 is
+compared with the one bundle.json (or an engine's sidecar) recorded, and right after the load the
+model's own metadata (class order, preprocessing, precision) and input/output shapes are compared
+with the bundle's; any difference is a one-line BundleError naming the file. A model output row
+holding NaN or Inf fails that input (`Prediction.error`), never becomes a label.
+
 The choice and why are in `Classifier.backend_info` (the CLI prints it to stderr), so nobody has
 to guess what ran. Every input goes through `edgecxr.preprocess.preprocess` with the spec stored
 next to the model, and a file that cannot be read becomes a Prediction with `error` set instead of
@@ -21,9 +27,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,10 +39,25 @@ from edgecxr.core.errors import (
     BundleError,
     ImageLoadError,
 )
-from edgecxr.core.metadata import read_onnx_metadata, read_sidecar
+from edgecxr.core.metadata import (
+    decode_metadata,
+    onnx_facts,
+    read_onnx_metadata,
+    read_sidecar,
+    sidecar_facts,
+    sidecar_path,
+    verify_engine,
+)
+from edgecxr.core.schema import ensure_same
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import load_image
 from edgecxr.runtime.select import BACKENDS, ArtifactChoice, _ort_has_cuda, choose_artifact
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgecxr.core.bundle import Bundle
+
+#: Prediction.error of an input whose model output row holds NaN or Inf
+NOT_FINITE = "model output is not finite (NaN/Inf)"
 
 
 @dataclass
@@ -124,10 +145,10 @@ class Classifier:
         if backend not in BACKENDS:
             raise BackendUnavailableError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         path = store.resolve(path)
+        bundle: Bundle | None
         if path.is_dir():
             bundle = Bundle.load(path)
             choice = choose_artifact(bundle, backend, precision)
-            store.verify_artifact(bundle, choice.path)
             classes, spec = bundle.classes, bundle.spec
         else:
             try:
@@ -138,17 +159,25 @@ class Classifier:
             if backend not in ("auto", runs_on):
                 raise BackendUnavailableError(f"{path}: this file runs only on the {runs_on} backend, not {backend}")
             classes, spec, choice = _FILE_MODELS[runs_on](path)
+            bundle = _owning_bundle(path)
         if precision is not None and not path.is_dir() and precision != choice.precision:
             # never run another precision than the one asked for without saying so
             raise BundleError(
                 f"{path} is a {choice.precision} model but precision {precision} was asked for; "
                 "give the bundle directory to pick by precision, or drop the precision"
             )
+        # Nothing is handed to a runtime before its bytes and its own description are checked.
+        integrity = _verify_before_load(bundle, choice)
 
         if choice.backend == "onnxruntime" and "device" not in options and _ort_has_cuda():
             options["device"] = "cuda"  # onnxruntime-gpu: run on the GPU (the FP16 choice above assumed it)
         runner = create_runner(choice.backend, choice.path, **options)
         runner.load()
+        try:
+            _check_loaded(runner, bundle, choice, classes, spec)
+        except BaseException:
+            runner.close()
+            raise
         info = {
             "backend": choice.backend,
             "requested": backend,
@@ -156,6 +185,7 @@ class Classifier:
             "precision": choice.precision,
             "reason": choice.reason,
             "preprocess": spec.id,
+            "integrity": integrity,
         }
         info.update({k: v for k, v in runner.describe().items() if k not in ("backend", "path")})
         return cls(runner, classes, spec, info)
@@ -214,11 +244,16 @@ class Classifier:
             )
         for row, i in zip(probs, good, strict=True):
             p = preds[i]
+            p.inference_ms = per_image
+            if not np.isfinite(row).all():
+                # a NaN row has no argmax worth reporting (np.argmax says "the first class"): this
+                # input fails, the batch goes on, and the CLI counts it as failed (exit code 1)
+                p.error = NOT_FINITE
+                continue
             k = int(np.argmax(row))
             p.label = self.classes[k]
             p.top1 = float(row[k])
             p.probabilities = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
-            p.inference_ms = per_image
         return preds
 
     def close(self) -> None:
@@ -261,6 +296,82 @@ def _keras_file(path: Path) -> tuple[list[str], PreprocessSpec, ArtifactChoice]:
 
 #: how a model file given directly (not a bundle) yields its classes, spec and choice, by backend
 _FILE_MODELS = {"tensorrt": _engine_file, "onnxruntime": _onnx_file, "keras": _keras_file}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks at load: the file's bytes, then what it says about itself
+# ------------------------------------------------------------------------------------------------
+def _owning_bundle(path: Path) -> Bundle | None:
+    """The bundle a model file given directly belongs to (bundle.json lists it), else None.
+
+    So `Classifier.load("runs/x/model.int8.onnx")` gets the same checks as loading `runs/x`.
+    Engines sit one folder down (engines/), hence the grandparent.
+    """
+    from edgecxr.core.bundle import BUNDLE_FILE, Bundle
+
+    here = path.resolve()
+    for folder in dict.fromkeys((path.parent, path.parent.parent)):
+        if not (folder / BUNDLE_FILE).is_file():
+            continue
+        bundle = Bundle.load(folder)
+        listed = [*(bundle.meta.get("artifacts") or {}).values(), *(bundle.meta.get("engines") or {})]
+        if any(isinstance(rel, str) and (folder / rel).resolve() == here for rel in listed):
+            return bundle
+    return None
+
+
+def _verify_before_load(bundle: Bundle | None, choice: ArtifactChoice) -> str:
+    """Check the chosen file's sha256 (and an engine sidecar's facts) before any runtime reads it.
+
+    Returns what was verified, for backend_info; raises BundleError naming the file otherwise.
+    """
+    from edgecxr.runtime import store
+
+    if choice.backend == "tensorrt":
+        side = read_sidecar(choice.path)
+        if bundle is None:
+            verify_engine(choice.path, side)
+        else:
+            store.verify_artifact(bundle, choice.path)
+            ensure_same(bundle.facts, str(bundle.path), sidecar_facts(side, choice.path), str(sidecar_path(choice.path)))
+        return "sha256 matches its sidecar"
+    if bundle is None:
+        return "not verified (no bundle.json records its sha256)"
+    if store.verify_artifact(bundle, choice.path) is None:
+        return "not verified (bundle.json records no sha256 for it)"
+    return "sha256 matches bundle.json"
+
+
+def _check_loaded(runner: Any, bundle: Bundle | None, choice: ArtifactChoice, classes: list[str],
+                  spec: PreprocessSpec) -> None:
+    """The loaded model's declared shapes and embedded metadata against the bundle's, right after load.
+
+    A mismatch would otherwise be an onnxruntime traceback at the first batch, or (class order,
+    preprocessing) no error at all: predictions relabelled or computed on differently scaled pixels.
+    """
+    where = str(choice.path)
+    inp, out = runner.io_shapes()
+    if inp is not None and (
+        len(inp) != 4 or any(_fixed(d) and d != n for d, n in zip(inp[1:], spec.input_shape, strict=True))
+    ):
+        raise BundleError(f"{where}: the model's input shape {_dims(inp)} does not match the preprocessing's "
+                          f"(N, {', '.join(map(str, spec.input_shape))}) from {spec.id}")
+    if out is not None and (len(out) != 2 or (_fixed(out[-1]) and out[-1] != len(classes))):
+        raise BundleError(f"{where}: the model's output shape {_dims(out)} does not match its {len(classes)} "
+                          f"classes {classes}")
+    props = runner.embedded_metadata()
+    if bundle is not None and props:
+        label = f"{where} (ONNX metadata)"
+        found = onnx_facts(decode_metadata(props, label), label)
+        ensure_same(replace(bundle.facts, precision=choice.precision), str(bundle.path), found, label)
+
+
+def _fixed(dim: Any) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+
+
+def _dims(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(str(d) if _fixed(d) else "N" for d in shape) + ")"
 
 
 def _as_items(inputs: Any) -> list[Any]:

@@ -51,7 +51,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise BundleError(f"{self.path}: onnxruntime cannot load this model: {exc}") from exc
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError(f"{self.path}: onnxruntime cannot load this model: {why}") from exc
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -59,10 +60,25 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.input_shape = tuple(inputs[0].shape)
+        self.output_shape = tuple(outputs[0].shape)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        (probs,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        try:
+            (probs,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        except Exception as exc:  # onnxruntime's untyped Fail / InvalidArgument: one line, not a C++ backtrace
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError(f"{self.path}: onnxruntime could not run the model on a batch of {batch.shape}: {why}") from exc
         return probs
+
+    def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        if not self.loaded:
+            return None, None
+        return self.input_shape, self.output_shape
+
+    def embedded_metadata(self) -> dict[str, str]:
+        if not self.loaded:
+            return {}
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _close(self) -> None:
         self.session = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecxr.core.artifacts import KINDS, PRECISIONS, onnx_key
+from edgecxr.core.artifacts import DEPLOYABLE, KINDS, PRECISIONS, kind, onnx_key
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import (
     BackendUnavailableError,
@@ -29,10 +29,6 @@ from edgecxr.runtime.sysinfo import cpu_int8_fast
 
 #: what `backend=` accepts: auto, then the fastest first (tensorrt, onnxruntime, keras)
 BACKENDS = ("auto", *reversed(dict.fromkeys(k.backend for k in KINDS)))
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -48,8 +44,17 @@ class ArtifactChoice:
 # ------------------------------------------------------------------------------------------------
 # Choosing an artifact
 # ------------------------------------------------------------------------------------------------
-def _engine_candidates(bundle_dir: Path, meta: dict[str, Any]) -> list[Path]:
-    return [Path(key) if Path(key).is_absolute() else bundle_dir / key for key in (meta.get("engines") or {})]
+def _engine_candidates(bundle_dir: Path, meta: dict[str, Any]) -> tuple[list[Path], list[str]]:
+    """The engines bundle.json lists, and why others were refused: a path leading outside the bundle
+    (absolute, '..', a symlink) is never loaded by `auto`; give such an engine file directly instead."""
+    bundle = Bundle(bundle_dir, meta)
+    paths, refused = [], []
+    for key in meta.get("engines") or {}:
+        try:
+            paths.append(bundle.inside(key, f"engines.{key}"))
+        except BundleError as exc:
+            refused.append(str(exc))
+    return paths, refused
 
 
 def choose_engine(
@@ -65,9 +70,9 @@ def choose_engine(
     """
 
     verdicts = Bundle(bundle_dir, meta).gate_verdicts()
-    rejected: list[str] = []
+    candidates, rejected = _engine_candidates(bundle_dir, meta)
     usable: list[tuple[tuple[bool, bool, str], Path]] = []
-    for path in _engine_candidates(bundle_dir, meta):
+    for path in candidates:
         if not path.is_file():
             rejected.append(f"{path.name}: file missing")
             continue
@@ -103,6 +108,7 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False, int8_fas
     FP32, FP16, INT8 (there INT8 runs slower than FP32). FP32 is the reference; FP16 and INT8 are
     taken only if they passed the accuracy gate.
     """
+    _refuse_missing(bundle)
     if precision is not None:
         path = bundle.artifact(onnx_key(precision))
         return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
@@ -126,6 +132,17 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False, int8_fas
                                              else "not verified yet (`edgecxr verify`)")
         passed_over.append(f"{prec} ONNX {why}")
     raise BundleError(f"{bundle.dir}: bundle has no usable ONNX model ({'; '.join(passed_over)}); run `edgecxr export`")
+
+
+def _refuse_missing(bundle: Any) -> None:
+    """A bundle whose bundle.json lists an ONNX file that is gone is damaged: say so, rather than
+    quietly treating a gated INT8 as "absent" and running something else in its place."""
+    listed = bundle.meta.get("artifacts") or {}
+    for key in DEPLOYABLE:
+        if listed.get(key) and bundle.artifact(key, must_exist=False) is None:
+            stage = kind(key).made_by
+            raise BundleError(f"{bundle.dir / listed[key]}: {bundle.path.name} lists it as {key} but the file is missing; "
+                              f"restore it, re-run `edgecxr {stage}`, or remove it from {bundle.path}")
 
 
 def _why(choice: str, passed_over: list[str]) -> str:

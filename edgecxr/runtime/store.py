@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecxr.core.artifacts import DEPLOYABLE
+from edgecxr.core.artifacts import BUNDLE_FILES, DEPLOYABLE, is_engine, kind
 from edgecxr.core.bundle import BUNDLE_FILE, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
+from edgecxr.core.metadata import read_sidecar, verify_engine
 
 DEFAULT_MODEL = "coronet"
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
@@ -115,18 +116,32 @@ def resolve(model: str | Path | None) -> Path:
     raise BundleError(f"{model}: no such file or folder, and not a model name (models: {names})")
 
 
-def verify_artifact(bundle: Bundle, path: Path) -> None:
-    """Refuse an artifact whose sha256 differs from the one bundle.json records for it."""
-    recorded = bundle.meta.get("artifact_sha256") or {}
-    try:
-        rel = path.resolve().relative_to(bundle.dir.resolve()).as_posix()
-    except ValueError:
-        return
-    key = next((k for k, v in (bundle.meta.get("artifacts") or {}).items() if v == rel), None)
-    expected = recorded.get(key) if key else None
-    if expected and sha256_file(path) != expected:
-        raise BundleError(f"{path}: sha256 differs from the one in {bundle.path} (file changed or corrupt); "
-                          "reinstall or re-register the model")
+def verify_artifact(bundle: Bundle, path: Path) -> str | None:
+    """Refuse an artifact whose sha256 differs from the one recorded for it; returns the verified sha256.
+
+    An ONNX or Keras file is checked against bundle.json (`Bundle.recorded_sha256`), an engine
+    against its sidecar and, where bundle.json lists it with a sha256, against that too. None when
+    nothing records a hash for the file (a bundle assembled by hand): it is loaded unverified and
+    Classifier.backend_info says so. Hashes the file once (up to ~100 MB: well under a second).
+    """
+    here = path.resolve()
+    if is_engine(path):
+        entry = next((v for k, v in (bundle.meta.get("engines") or {}).items()
+                      if (bundle.dir / k).resolve() == here), None)
+        recorded = entry.get("sha256") if isinstance(entry, dict) else None
+        return verify_engine(path, read_sidecar(path), recorded)
+    key = next((k for k, v in (bundle.meta.get("artifacts") or {}).items()
+                if isinstance(v, str) and (bundle.dir / v).resolve() == here), None)
+    expected = bundle.recorded_sha256(key) if key else None
+    if expected is None:
+        return None
+    if sha256_file(path) != expected:
+        shipped = is_reference(bundle.dir) or "copied_from" in bundle.meta
+        fix = ("reinstall edgecxr or re-register the model (`edgecxr models add`)" if shipped
+               else f"re-run `edgecxr {kind(key).made_by}` to remake it" if key in BUNDLE_FILES
+               else "remake it")
+        raise BundleError(f"{path}: sha256 does not match {bundle.path} (file changed after it was recorded); {fix}")
+    return expected
 
 
 def record_hashes(bundle: Bundle, keys: tuple[str, ...] = DEPLOYABLE) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BackendUnavailableError, BundleError
-from edgecxr.core.fileutil import write_json
+from edgecxr.core.fileutil import sha256_file, write_json
 from edgecxr.core.lazy import available
 from edgecxr.core.metadata import make_sidecar, read_onnx_metadata, sidecar_path
 from edgecxr.core.spec import preprocess
@@ -146,12 +146,12 @@ def test_engine_file_needs_a_sidecar_then_tensorrt(tmp_path):
     side = make_sidecar(
         bundle_meta=bundle.meta,
         engine_file=engine.name,
-        engine_sha256="0" * 64,
+        engine_sha256=sha256_file(engine),
         precision="fp16",
         onnx_file="model.fp16.onnx",
         onnx_sha256="1" * 64,
         platform={"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA GeForce GTX 1660 SUPER", "compute_capability": "7.5"}},
-        io={"inputs": [], "outputs": []},
+        io={"inputs": [{"name": "image", "shape": [-1, 32, 32, 3], "dtype": "float"}], "outputs": []},
         profile=BuildProfile(),
         build_seconds=1.0,
         strongly_typed=True,
@@ -205,11 +205,18 @@ def test_unknown_model_paths(tmp_path):
 
 
 def test_wrong_output_width_is_a_bundle_error(tmp_path, images):
-    """A model whose output does not match the bundle's classes must not be silently mislabelled."""
+    """A model whose output does not match the bundle's classes must not be silently mislabelled:
+    refused at load (its declared output shape), and at predict if the shape was not declared."""
     bundle = tinymodels.make_bundle(tmp_path / "b", int8=False, fp16=False)
-    tinymodels.make_onnx(bundle.default_path("onnx_fp32"), classes=["a", "b", "c"])
-    with Classifier.load(bundle.dir) as clf, pytest.raises(BundleError, match="expected"):
-        clf.predict([images[0]])
+    tinymodels.make_onnx(bundle.default_path("onnx_fp32"), classes=["a", "b", "c"], metadata=False)
+    bundle.set_artifact("onnx_fp32", bundle.default_path("onnx_fp32"))  # recorded: only the width is wrong
+    bundle.save()
+    with pytest.raises(BundleError, match=r"output shape \(N, 3\) does not match its 4 classes"):
+        Classifier.load(bundle.dir)
+    with Classifier.load(tinymodels.make_onnx(tmp_path / "three.onnx", classes=["a", "b", "c"])) as clf:
+        clf.classes.append("d")  # as if the model had declared no output width
+        with pytest.raises(BundleError, match="expected"):
+            clf.predict([images[0]])
 
 
 def test_prediction_defaults():
@@ -238,6 +245,9 @@ def test_on_a_cpu_without_int8_dot_products_fp32_then_fp16_come_before_int8(tmp_
     assert choice.precision == "fp32" and choice.reason.startswith("fp32 ONNX (int8 ONNX last: this CPU has no")
     # a shipped model has no FP32: then the gated FP16 (ONNX Runtime runs it as fast as FP32), INT8 last
     bundle.artifact("onnx_fp32").unlink()
+    with pytest.raises(BundleError, match="model.onnx: bundle.json lists it as onnx_fp32 but the file is missing"):
+        choose_onnx(bundle, None, int8_fast=False)  # deleted behind bundle.json's back: a damaged bundle
+    del bundle.meta["artifacts"]["onnx_fp32"]
     bundle.record_gate({"onnx_fp16": {"passed": True}}, {"time": "t"}, by="verify")
     choice = choose_onnx(bundle, None, int8_fast=False)
     assert choice.precision == "fp16" and "fp32 ONNX absent" in choice.reason

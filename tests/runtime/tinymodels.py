@@ -127,6 +127,10 @@ def make_int8_onnx(fp32: Path, out: Path, spec: PreprocessSpec = SPEC) -> Path:
         )
     finally:
         root.setLevel(level)
+    # the quantizer copies the FP32 file's metadata; say int8, as `edgecxr calibrate` does
+    model = onnx.load(str(out))
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, META_PRECISION: "int8"})
+    onnx.save(model, str(out))
     return out
 
 

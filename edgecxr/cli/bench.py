@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from edgecxr.cli.options import _split_list, model_option
-from edgecxr.cli.output import _check_output, _err, _write_output
+from edgecxr.cli.output import _err, _write_output, check_output
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.runtime.select import BACKENDS
 
@@ -67,7 +67,7 @@ def bench(
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     if threads and backend in ("tensorrt", "keras"):
         raise click.UsageError(f"--threads sets ONNX Runtime threads; it does nothing on the {backend} backend")
-    _check_output(out, "--out")
+    check_output(out, "--out", inputs=[image] if image else [])
     options: dict[str, Any] = {}
     if cuda_graph:
         options["cuda_graph"] = True

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from edgecxr.cli.options import model_option
-from edgecxr.cli.output import _check_output, _err, _write_output
+from edgecxr.cli.output import _err, _write_output, check_output, printable
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.data.io import expand_inputs
 from edgecxr.runtime.classifier import Classifier
@@ -24,29 +24,40 @@ from edgecxr.runtime.store import DEFAULT_MODEL
 # infer
 # ------------------------------------------------------------------------------------------------
 def predictions_csv(preds: list[Any], classes: list[str]) -> str:
-    """CSV text: source, label, top1, one probability column per class, timings, error."""
+    """CSV text: source, label, top1, one probability column per class, timings, error.
+
+    The source is the file name exactly as given (the csv module quotes one with a comma, quote
+    or newline); `_write_output` writes a name that is not UTF-8 back as its own bytes.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    # csv quotes a field holding a newline but not one holding a lone carriage return (not in the
+    # "\n" line terminator), which readers then take for a line break: quote such rows whole.
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error"])
     for p in preds:
         probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes]
         top1 = "" if p.top1 is None else f"{p.top1:.6f}"
-        writer.writerow(
-            [p.source, p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or ""]
-        )
+        row = [str(p.source), p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or ""]
+        (quoted if any("\r" in field for field in row) else writer).writerow(row)
     return buf.getvalue()
 
 
 def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
-    """Aligned text table for people: source, label, probability (or the top-k), or the error."""
+    """Aligned text table for people: source, label, probability (or the top-k), or the error.
+
+    One line per image whatever its name: newlines, control characters and bytes that are not
+    UTF-8 in a file name are escaped (`printable`); --csv and --json keep the exact name.
+    """
     rows = []
     for p in preds:
+        source = printable(p.source)
         if not p.ok:
-            rows.append((str(p.source), "ERROR", p.error or ""))
+            rows.append((source, "ERROR", printable(p.error or "")))
         elif top_k:
-            rows.append((str(p.source), p.label or "", "  ".join(f"{c} {v:.3f}" for c, v in p.top_k(top_k))))
+            rows.append((source, printable(p.label or ""), "  ".join(f"{printable(c)} {v:.3f}" for c, v in p.top_k(top_k))))
         else:
-            rows.append((str(p.source), p.label or "", f"{p.top1:.3f}"))
+            rows.append((source, printable(p.label or ""), f"{p.top1:.3f}"))
     header = ("source", "label", f"top-{top_k}" if top_k else "probability")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in [header, *rows])
@@ -94,8 +105,8 @@ def infer(
 
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
-    _check_output(csv_path, "--csv")
     paths = expand_inputs(inputs)
+    check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
     options = {"cuda_graph": True} if cuda_graph else {}
     with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
         _err(f"using {clf.describe()}")

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def file_mode(path: str | Path) -> int:
+    """The permission bits a replacement of `path` should get.
+
+    An existing regular file keeps its own mode (a private 0600 report stays private, a 0644
+    bundle.json stays readable); a new file gets what a plain open() would give it (0666 & ~umask).
+    A symbolic link is not followed: its target's mode says nothing about the new file.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0o666 & ~_umask()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write via a temp file in the same folder + os.replace, so readers see old or new, never half."""
+    """Write via a temp file in the same folder + os.replace, so readers see old or new, never half.
+
+    The new file keeps the mode of the file it replaces (`file_mode`). A symbolic link at `path`
+    is replaced by the new file, never written through; callers that take a path from a user
+    refuse links first (`edgecxr.cli.output.check_output`).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,8 +58,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocker)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; give the file the mode a plain open() would (shared bundles stay readable).
-        os.chmod(tmp, 0o666 & ~_umask())
+        # mkstemp creates 0600: give it the replaced file's mode, or a new file's (shared bundles stay readable)
+        os.chmod(tmp, file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -51,8 +71,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, errors: str = "strict") -> Path:
+    """`atomic_write_bytes` of UTF-8 text; `errors` as for str.encode ("surrogateescape" writes
+    undecodable file names back as the bytes they were)."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors))
 
 
 def write_json(path: str | Path, data: Any) -> Path:

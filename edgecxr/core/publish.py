@@ -15,18 +15,30 @@ and the final path keeps whatever was published before.
 
 A candidate that is neither published nor rejected (an exception on the way) is deleted on exit.
 Companion files that travel with the model (an engine's sidecar, `ENGINE.json`) are moved with it.
+
+A process killed outright (kill -9, a power cut) cannot delete its candidate: the hidden
+`.NAME.XXXXXXXX.candidate.SUFFIX` (and `.NAME.XXXXXXXX.tmp` of an atomic write) stays behind. The
+next candidate made while this process holds the bundle's lock (`edgecxr.core.lock`) removes such
+files older than the lock: with the lock held, no other edgecxr command can be writing them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgecxr.core.fileutil import atomic_write_text
+from edgecxr.core.fileutil import atomic_write_text, file_mode
+from edgecxr.core.lock import held_since
+
+#: hidden temporary files of Candidate (with companions) and of atomic_write_bytes (mkstemp's 8 random characters)
+_TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.candidate(\..+)?|\.tmp)$")
+#: candidates of this process that are still open (never swept, whatever their age)
+_LIVE: set[Path] = set()
 
 
 def rejected_path(final: str | Path) -> Path:
@@ -35,10 +47,35 @@ def rejected_path(final: str | Path) -> Path:
     return final.with_name(f"{final.stem}.rejected{final.suffix}")
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def sweep_stale(folder: str | Path) -> list[Path]:
+    """Remove the temporary files killed runs left in `folder`, if this process holds its bundle's lock.
+
+    Only files older than the lock (and not an open candidate of this process) go: they belong to
+    a run that ended before this one started, since every edgecxr command that writes a bundle
+    holds its lock. Without the lock nothing is removed. Returns the removed paths.
+    """
+    folder = Path(folder)
+    since = held_since(folder)
+    if since is None and (folder.parent / "bundle.json").is_file():
+        since = held_since(folder.parent)  # BUNDLE/engines/
+    if since is None:
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        path = Path(entry.path)
+        if not _TEMP_FILE.match(entry.name) or any(path.name.startswith(live.name) for live in _LIVE if live.parent == folder):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < since:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
 
 
 class Candidate:
@@ -55,11 +92,14 @@ class Candidate:
         self.companions = tuple(companions)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         # Same suffix as the final file: backends are chosen by suffix, and the checks run this file.
+        sweep_stale(self.final.parent)  # what a killed earlier run left here
         fd, tmp = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=f".candidate{self.final.suffix}",
                                    dir=self.final.parent)
         os.close(fd)
-        os.chmod(tmp, _default_mode())  # mkstemp makes it private; a published model is as readable as any new file
+        # mkstemp makes it private: the published model gets the mode of the file it replaces, or a new file's
+        os.chmod(tmp, file_mode(self.final))
         self.path = Path(tmp)
+        _LIVE.add(self.path)
         self.outcome: str | None = None
 
     def _move(self, dest: Path) -> Path:
@@ -88,6 +128,7 @@ class Candidate:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _LIVE.discard(self.path)
         if self.outcome is None:
             for suffix in self.companions:
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)

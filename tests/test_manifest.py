@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from edgecxr.core.errors import DataError, EdgeCXRError
-from edgecxr.data.manifest import CLASSES_3, CLASSES_4, label_indices, map_label, read_manifest, select
+from edgecxr.core.fileutil import sha256_file
+from edgecxr.data.manifest import (
+    CLASSES_3,
+    CLASSES_4,
+    checked_sha256,
+    label_indices,
+    map_label,
+    outside_allowed,
+    outside_reason,
+    read_manifest,
+    select,
+)
 from edgecxr.models import get as get_model
 
 HEADER = "relative_path,label,split,patient_id,patient_group,sha256,source\n"
@@ -88,3 +99,51 @@ def test_real_manifest(shared_cxr):
     assert {r.split for r in recs} == {"train", "val", "calib", "test"}
     assert {r.label for r in recs} == set(CLASSES_4)
     assert all(r.path.is_file() for r in recs[:20])
+
+
+# -- rows outside the manifest's folder ---------------------------------------------------------------
+@pytest.mark.parametrize("rel", ["../../../../etc/passwd", "/etc/passwd", "images/../../x.png", ".."])
+def test_rows_outside_the_manifest_folder_are_refused_when_asked(tmp_path, rel):
+    path = write(tmp_path, f"a.png,covid,train,p1,g1,,x\n{rel},normal,test,p2,,,y\n")
+    with pytest.raises(DataError, match=r"manifest.csv:3: relative_path .* (absolute|climbs out)") as info:
+        read_manifest(path, allow_outside=False)
+    assert info.value.params == ("allow_outside",)  # the CLI adds "(options: --allow-outside)"
+    with outside_allowed(False), pytest.raises(DataError):  # what every CLI command sets without --allow-outside
+        read_manifest(path)
+    assert [r.relative_path for r in read_manifest(path)][1] == rel  # the Python API's default
+    with outside_allowed(False), outside_allowed(True):
+        assert len(read_manifest(path)) == 2
+
+
+def test_dotdot_that_stays_inside_is_fine(tmp_path):
+    path = write(tmp_path, "images/../a.png,covid,train,p1,g1,,x\n")
+    assert read_manifest(path)[0].path == tmp_path.resolve() / "images/../a.png"
+    assert outside_reason("images/../a.png") is None and outside_reason("a/b.png") is None
+
+
+# -- one sha256 check for every stage that reads the files ----------------------------------------------
+def test_checked_sha256_refuses_a_changed_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"original")
+    good = sha256_file(tmp_path / "a.png")
+    path = write(tmp_path, f"a.png,covid,train,p1,g1,{good},x\nb.png,covid,train,p1,g1,,x\n")
+    rec, unhashed = read_manifest(path)
+    (tmp_path / "b.png").write_bytes(b"anything")
+    assert checked_sha256(rec) == good and checked_sha256(unhashed) == sha256_file(tmp_path / "b.png")
+    (tmp_path / "a.png").write_bytes(b"replaced")
+    with pytest.raises(DataError, match=r"a.png: sha256 mismatch: manifest .* \(manifest line 2\)"):
+        checked_sha256(rec)
+
+
+def test_loading_a_split_refuses_a_changed_image_like_calibration_does(tmp_path):
+    """evaluate, verify, train and calibrate all load through load_arrays / checked_sha256."""
+    import cv2
+
+    from edgecxr.data.dataset import load_arrays
+    from edgecxr.stages.export import calib_set
+
+    spec = get_model("coronet").spec.with_size(16)
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((20, 20), 128, np.uint8))
+    path = write(tmp_path, f"a.png,covid,test,p1,g1,{'0' * 64},x\n")
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        load_arrays(read_manifest(path), spec, CLASSES_4, progress=False)
+    assert calib_set.checked_sha256 is checked_sha256  # the calibration manifest uses the same check

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from edgecxr.cli.output import check_output, printable
 from edgecxr.core.errors import DataError
 from edgecxr.data.check import TOTAL, CheckReport, check_manifest
-from edgecxr.data.manifest import SPLITS
+from edgecxr.data.manifest import SPLITS, outside_reason
 from edgecxr.data.prepare import DEFAULT_SEED, parse_fractions, prepare_dataset
 
 #: Problems listed in the text report; --json lists all.
@@ -31,14 +33,18 @@ def data() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report instead of tables.")
 @click.option("--no-hash", is_flag=True, help="Skip recomputing each file's sha256 (faster; still checks files exist).")
 @click.option("--decode", is_flag=True, help="Also decode every image to find corrupt files (slow).")
-def check(manifest: str, as_json: bool, no_hash: bool, decode: bool) -> None:
+@click.option("--allow-outside", is_flag=True,
+              help="Accept rows outside the manifest's folder (absolute paths, '..'), e.g. from `data prepare --link`.")
+def check(manifest: str, as_json: bool, no_hash: bool, decode: bool, allow_outside: bool) -> None:
     """Verify MANIFEST: files, sha256, labels, splits and patient leakage between splits.
 
     \b
-    Exit code 0 when no problem is found, 1 otherwise.
+    Rows whose relative_path is absolute or climbs out with '..' are problems (their files are
+    not read) unless --allow-outside. Exit code 0 when no problem is found, 1 otherwise.
     Example:  edgecxr data check ../shared/data/cxr/manifest.csv --decode
     """
-    report = check_manifest(manifest, verify_hash=not no_hash, decode=decode, progress=not as_json)
+    report = check_manifest(manifest, verify_hash=not no_hash, decode=decode, progress=not as_json,
+                            allow_outside=allow_outside)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -72,6 +78,7 @@ def prepare(covid_dir: str | None, kermany_dir: str | None, out_dir: str, seed: 
         fracs = parse_fractions(fractions)
     except DataError as exc:
         raise click.BadParameter(str(exc), param_hint="--fractions") from None
+    check_output(Path(out_dir) / "manifest.csv", "--out")  # never through a link, onto an image or a bundle file
     result = prepare_dataset(
         out_dir, covid_dir=covid_dir, kermany_dir=kermany_dir, seed=seed, fractions=fracs, copy=copy, overwrite=overwrite
     )
@@ -82,6 +89,16 @@ def prepare(covid_dir: str | None, kermany_dir: str | None, out_dir: str, seed: 
     for reason, n in sorted(result.skipped.items()):
         shown = ", ".join(result.skipped_examples.get(reason, []))
         click.echo(f"skipped {n}: {reason}" + (f" (e.g. {shown})" if shown else ""))
+    if not copy and _has_outside_rows(Path(result.manifest)):
+        click.echo("note: the images are referenced in place, outside the manifest's folder: pass --allow-outside "
+                   "to `data check`, train, evaluate, export, calibrate, verify and build with this manifest", err=True)
+
+
+def _has_outside_rows(manifest: Path) -> bool:
+    import csv
+
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        return any(outside_reason(row.get("relative_path") or "") for row in csv.DictReader(fh))
 
 
 def format_table(title: str, table: dict[str, dict[str, int]], rows: list[str], cols: list[str]) -> str:
@@ -125,7 +142,7 @@ def format_check_report(report: CheckReport) -> str:
     for p in report.problems[:MAX_LISTED]:
         where = f"line {p.line}: " if p.line else ""
         subject = f"{p.path}: " if p.path and p.path not in p.message else ""
-        out.append(f"  [{p.kind}] {where}{subject}{p.message}")
+        out.append(printable(f"  [{p.kind}] {where}{subject}{p.message}"))  # a path with a newline stays one line
     if len(report.problems) > MAX_LISTED:
         out.append(f"  ... and {len(report.problems) - MAX_LISTED} more (use --json for the full list)")
     return "\n".join(out)

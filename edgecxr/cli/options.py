@@ -13,6 +13,19 @@ from edgecxr.stages.gate.config import Gates
 _MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def _allow_outside(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Set the manifest rule for the whole command: its stages read the manifest deep inside."""
+    from edgecxr.data.manifest import outside_allowed
+
+    ctx.with_resource(outside_allowed(value))  # undone when the command's context closes
+    return value
+
+
+#: `--allow-outside`: every command that reads a manifest accepts rows outside its folder only when asked
+allow_outside_option = click.option(
+    "--allow-outside", is_flag=True, callback=_allow_outside, expose_value=False, is_eager=True,
+    help="Accept manifest rows outside the manifest's folder (absolute paths, '..'), e.g. from `data prepare --link`.",
+)
 
 def _split_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]

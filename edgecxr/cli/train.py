@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from edgecxr.cli.options import allow_outside_option
 from edgecxr.models import MODEL_NAMES
 from edgecxr.stages.train.augment import POLICIES
 from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
@@ -64,6 +65,7 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.option("--resume/--no-resume", default=False, show_default=True,
               help="Continue an interrupted run in --out from its last saved epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON on stdout.")
+@allow_outside_option
 def train(model: str, data: str, out: str, as_json: bool, **options: object) -> None:
     """Train MODEL on a manifest and write a model bundle (model.keras, bundle.json, history, figures).
 

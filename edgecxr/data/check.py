@@ -2,7 +2,8 @@
 
 A leaked patient (the same child in train and test) or a silently corrupt file inflates every
 accuracy number downstream, and is invisible once a model exists. So this lists every problem at
-once instead of stopping at the first: missing files, sha256 mismatches, unknown labels or splits,
+once instead of stopping at the first: rows outside the manifest's folder (absolute paths, `..`;
+their files are not touched), missing files, sha256 mismatches, unknown labels or splits,
 patient ids or patient groups that appear in two splits, the same file or content in two rows,
 and (with `decode=True`) images that do not decode. The CLI prints the report; this module only
 builds it.
@@ -22,7 +23,15 @@ from tqdm.auto import tqdm
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.data.io import load_image
-from edgecxr.data.manifest import CLASSES_4, SPLITS, Record, read_manifest
+from edgecxr.data.manifest import (
+    CLASSES_4,
+    SPLITS,
+    Record,
+    outside_is_allowed,
+    outside_reason,
+    read_manifest,
+    sha256_mismatch,
+)
 
 TOTAL = "total"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -39,7 +48,7 @@ class Problem:
 
 
 #: Problem kinds, in the order they are reported.
-KINDS = ("missing", "sha256", "label", "split", "patient", "duplicate", "leak", "decode")
+KINDS = ("outside", "missing", "sha256", "label", "split", "patient", "duplicate", "leak", "decode")
 
 
 @dataclass
@@ -86,6 +95,7 @@ def check_manifest(
     verify_hash: bool = True,
     decode: bool = False,
     progress: bool = True,
+    allow_outside: bool | None = None,
 ) -> CheckReport:
     """Check a manifest and every file it lists; never stops at the first problem.
 
@@ -95,12 +105,24 @@ def check_manifest(
             (rows without one are counted in `without_sha256`).
         decode: also decode every image with `load_image` (slow; finds corrupt files).
         progress: show a tqdm bar on stderr while hashing/decoding (only on a terminal).
+        allow_outside: accept rows outside the manifest's folder; otherwise each is an "outside"
+            problem and its file is neither hashed nor decoded. None: as `read_manifest` decides
+            (`edgecxr.data.manifest.outside_allowed`; `edgecxr data check` refuses them).
 
     Raises:
         DataError: the manifest itself cannot be parsed (missing columns, not CSV, no rows).
     """
-    records = read_manifest(path)
+    records = read_manifest(path, allow_outside=True)  # listed below as problems, not raised on the first
     problems: list[Problem] = []
+    inside = records
+    if not (outside_is_allowed() if allow_outside is None else allow_outside):
+        inside = []
+        for rec in records:
+            why = outside_reason(rec.relative_path)
+            if why is None:
+                inside.append(rec)
+            else:
+                problems.append(Problem("outside", f"{why}; not read (--allow-outside accepts it)", rec.line, rec.relative_path))
 
     for rec in records:
         if rec.label not in CLASSES_4:
@@ -117,8 +139,8 @@ def check_manifest(
         if rec.sha256 is not None and not _SHA256.match(rec.sha256):
             problems.append(Problem("sha256", f"malformed sha256 {rec.sha256!r}", rec.line, rec.relative_path))
 
-    content = _check_files(records, problems, verify_hash=verify_hash, decode=decode, progress=progress)
-    problems.extend(_duplicates(records, content))
+    content = _check_files(inside, problems, verify_hash=verify_hash, decode=decode, progress=progress)
+    problems.extend(_duplicates(inside, content))
     problems.extend(_leaks(records))
     problems.sort(key=lambda p: (KINDS.index(p.kind) if p.kind in KINDS else len(KINDS), p.line or 0, p.message))
 
@@ -193,10 +215,9 @@ def _check_files(
                 continue
             content.hashed += 1
             content.sha[i] = actual
-            if declared is not None and actual != declared:
-                problems.append(
-                    Problem("sha256", f"sha256 mismatch: manifest {declared[:12]}..., file {actual[:12]}...", rec.line, rec.relative_path)
-                )
+            mismatch = sha256_mismatch(rec, actual) if declared is not None else None
+            if mismatch is not None:  # the message every stage that reads the file raises (checked_sha256)
+                problems.append(Problem("sha256", mismatch, rec.line, rec.relative_path))
         elif declared is not None:
             content.sha[i] = declared
         if decode:

@@ -16,7 +16,7 @@ from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import load_image
-from edgecxr.data.manifest import Record, label_indices, map_label
+from edgecxr.data.manifest import Record, checked_sha256, label_indices, map_label
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ def load_arrays(
     """Decode and preprocess `records` into (X float32 NHWC, y int64 class indices).
 
     The progress bar shows on a terminal only (tqdm's disable=None), so logs stay clean.
-    Raises ImageLoadError on the first unreadable file: a training/calibration set must be whole
-    (run `edgecxr data check` first to list every problem at once).
+    Raises ImageLoadError on the first unreadable file, and DataError on the first file whose
+    sha256 is not its manifest row's (`checked_sha256`, the check calibration, evaluation, the
+    gate and training share): a training/calibration/test set must be whole and unchanged (run
+    `edgecxr data check` first to list every problem at once).
     """
     y = label_indices(records, classes)
     x = np.empty((len(records), *spec.input_shape), dtype=np.float32)
     desc = progress if isinstance(progress, str) else f"loading {len(records)} images"
     for i, rec in enumerate(tqdm(records, desc=desc, disable=None if progress else True, unit="img", leave=False)):
         x[i] = preprocess(load_image(rec.path, (spec.height, spec.width)), spec)
+        if rec.sha256 is not None:  # after decoding: a missing or unreadable file is an ImageLoadError
+            checked_sha256(rec)
     return x, y

@@ -3,12 +3,27 @@
 The format is that of ../shared/data/cxr/manifest.csv. Required columns: relative_path, label,
 split, patient_id. Optional: patient_group (defaults to patient_id; splits are made on it),
 sha256, and any provenance columns, which are kept in `Record.extra`.
+
+Two rules every reader of a manifest shares:
+
+  * a relative_path stays inside the manifest's folder: every `edgecxr` command refuses an absolute
+    path or one that climbs out with `..` (a manifest from elsewhere must not make it read
+    /etc/passwd or another user's files) unless --allow-outside; `edgecxr data prepare --link`
+    writes such paths on purpose. The Python API accepts them unless told otherwise
+    (`read_manifest(allow_outside=False)`, `outside_allowed(False)`), because scripts and tests
+    build manifests of absolute paths; the CLI sets the rule once per command;
+  * a row's sha256, when it has one, is checked whenever the file is read (`checked_sha256`), by
+    training, evaluation, the accuracy gate and calibration alike: a changed image is an error,
+    never a silently different number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +54,53 @@ class Record:
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
-def read_manifest(path: str | Path) -> list[Record]:
-    """Parse a manifest CSV; structural problems raise DataError naming the line."""
+#: whether rows may leave the manifest's folder: the API's default; every CLI command sets it (`outside_allowed`)
+_ALLOW_OUTSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgecxr_allow_outside", default=True)
+
+
+@contextlib.contextmanager
+def outside_allowed(allow: bool = True) -> Iterator[None]:
+    """Within the `with`, manifests may (or, with False, may not) list files outside their folder.
+
+    A context variable rather than an argument because the manifest is read deep inside every
+    stage (training, evaluation, the gate, calibration); each CLI command sets it once, from its
+    --allow-outside flag (default: refused).
+    """
+    token = _ALLOW_OUTSIDE.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_OUTSIDE.reset(token)
+
+
+def outside_is_allowed() -> bool:
+    """The rule `outside_allowed` set for this context (the API's default: allowed)."""
+    return _ALLOW_OUTSIDE.get()
+
+
+def outside_reason(relative_path: str) -> str | None:
+    """Why `relative_path` leaves the manifest's folder (absolute, or `..` climbing out), else None.
+
+    Judged on the text, not the file system: a symlinked image folder inside the dataset is the
+    dataset's business; a row that names a place outside it is the manifest's.
+    """
+    if os.path.isabs(relative_path):
+        return "is an absolute path"
+    parts = os.path.normpath(relative_path).split(os.sep)
+    if parts and parts[0] == "..":
+        return "climbs out of the manifest's folder ('..')"
+    return None
+
+
+def read_manifest(path: str | Path, *, allow_outside: bool | None = None) -> list[Record]:
+    """Parse a manifest CSV; structural problems raise DataError naming the line.
+
+    Args:
+        path: the manifest CSV (relative paths resolve against its folder).
+        allow_outside: accept rows outside the manifest's folder (absolute paths, `..`);
+            None: as `outside_allowed` set it (the API's default: accepted; the CLI's: refused).
+    """
+    allow = outside_is_allowed() if allow_outside is None else allow_outside
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
@@ -62,6 +122,10 @@ def read_manifest(path: str | Path) -> list[Record]:
                 label = (row.get("label") or "").strip()
                 if not rel or not label:
                     raise DataError(f"{path}:{i}: empty relative_path or label")
+                why = None if allow else outside_reason(rel)
+                if why is not None:
+                    raise DataError(f"{path}:{i}: relative_path {rel!r} {why}; refused unless allowed "
+                                    "(`edgecxr data check` lists every such row)", params=("allow_outside",))
                 pid = (row.get("patient_id") or "").strip()
                 group = (row.get("patient_group") or "").strip() or pid
                 sha = (row.get("sha256") or "").strip().lower() or None
@@ -104,6 +168,28 @@ def label_indices(records: Iterable[Record], classes: Sequence[str]) -> np.ndarr
     """Integer class index per record (int64), after mapping labels into `classes`."""
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[map_label(r.label, classes)] for r in records], dtype=np.int64)
+
+
+def sha256_mismatch(rec: Record, actual: str) -> str | None:
+    """The message when a file's sha256 is not the one its manifest row declares, else None."""
+    if rec.sha256 is None or rec.sha256 == actual:
+        return None
+    return f"sha256 mismatch: manifest {rec.sha256[:12]}..., file {actual[:12]}... (file changed?)"
+
+
+def checked_sha256(rec: Record) -> str:
+    """sha256 of a record's file; DataError when the row declares another one.
+
+    The one check every stage applies to the files it reads (and `data check` reports): a
+    manifest's sha256 column is a promise about the bytes, so a replaced or corrupted image stops
+    the run instead of changing a metric or a calibration.
+    """
+    actual = sha256_file(rec.path)
+    problem = sha256_mismatch(rec, actual)
+    if problem is not None:
+        where = f" (manifest line {rec.line})" if rec.line else ""
+        raise DataError(f"{rec.path}: {problem}{where}; run `edgecxr data check` on the manifest")
+    return actual
 
 
 def manifest_sha256(path: str | Path) -> str:

@@ -116,3 +116,22 @@ def test_structurally_broken_manifest_raises(tmp_path: Path) -> None:
         check_manifest(p, progress=False)
     with pytest.raises(DataError, match="not found"):
         check_manifest(tmp_path / "none.csv", progress=False)
+
+
+def test_rows_outside_the_manifest_folder_are_problems_and_not_read(examples: Path, tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    rows = _copy_examples(examples, root)
+    secret = tmp_path / "secret.png"
+    shutil.copyfile(root / rows[0]["relative_path"], secret)
+    rows[1]["relative_path"] = "../secret.png"  # line 3
+    rows[2]["relative_path"] = str(secret)  # line 4: absolute
+    rows[1]["sha256"] = rows[2]["sha256"] = "0" * 64  # would be a mismatch if the file were read
+    manifest = _write(root / "manifest.csv", rows)
+    report = check_manifest(manifest, decode=True, progress=False, allow_outside=False)  # as `edgecxr data check`
+    found = {(p.kind, p.line) for p in report.problems}
+    assert ("outside", 3) in found and ("outside", 4) in found
+    assert not {("sha256", 3), ("sha256", 4), ("duplicate", 3), ("duplicate", 4)} & found  # not read
+    assert report.hashed == report.n_images - 2
+    allowed = check_manifest(manifest, progress=False, allow_outside=True)
+    kinds = {(p.kind, p.line) for p in allowed.problems}
+    assert ("sha256", 3) in kinds and ("sha256", 4) in kinds and not any(k == "outside" for k, _ in kinds)

@@ -95,3 +95,30 @@ def test_prepare_usage_errors(tmp_path: Path) -> None:
     result = _run("prepare", "--kermany", str(tmp_path / "k"), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "error: " in result.stderr and "not a Kaggle chest_xray" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_check_refuses_rows_outside_unless_allowed(examples: Path, tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    shutil.copytree(examples, root, ignore=shutil.ignore_patterns("*.py", "*.md"))
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["relative_path"] = "../../../../etc/passwd"
+    rows[0]["sha256"] = ""
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = _run("check", str(root / "manifest.csv"))
+    assert result.exit_code == 1
+    assert "[outside] line 2: ../../../../etc/passwd: climbs out of the manifest's folder" in result.stdout
+    allowed = _run("check", str(root / "manifest.csv"), "--allow-outside", "--json")
+    assert "outside" not in json.loads(allowed.stdout)["problem_counts"]
+
+
+def test_prepare_link_says_the_manifest_needs_allow_outside(covid_layout: Path, tmp_path: Path) -> None:
+    out = tmp_path / "linked"
+    result = _run("prepare", "--covid", str(covid_layout), "--out", str(out), "--fractions", "0.5,0.2,0.2,0.1")
+    assert result.exit_code == 0, result.output
+    assert "--allow-outside" in result.stderr
+    assert _run("check", str(out / "manifest.csv")).exit_code == 1
+    assert _run("check", str(out / "manifest.csv"), "--allow-outside").exit_code == 0

@@ -212,3 +212,15 @@ def test_keep_float_depthwise_selects_grouped_convs():
     plain = helper.make_model(helper.make_graph([conv("pw", 1)], "g", graph.input, graph.output))
     with pytest.raises(BundleError, match="no grouped"):
         resolve_keep_float(plain, ["depthwise"])
+
+
+def test_the_calibration_record_defaults_to_the_bundle_not_the_working_folder(exported_cnn, copy_bundle,
+                                                                                synthetic_manifest, tmp_path, monkeypatch):
+    bundle = copy_bundle(exported_cnn)
+    monkeypatch.chdir(tmp_path)
+    section = calibrate_bundle(bundle, synthetic_manifest, limit=8, verify=False, progress=False)
+    assert not (tmp_path / "calibration").exists()
+    (csv_path,) = (bundle.dir / "calibration").glob("*.csv")
+    assert section["manifest"] == f"calibration/{csv_path.name}"  # relative to the bundle: it travels with it
+    assert section["sidecar"] == f"calibration/{csv_path.stem}.json"
+    assert csv_path.name == f"{bundle.model}-{section['fp32_sha256'][:8]}-minmax-calib-{section['manifest_sha256'][:8]}.csv"

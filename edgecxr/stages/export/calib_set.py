@@ -8,15 +8,15 @@ import csv
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecxr.core.errors import DataError
-from edgecxr.core.fileutil import atomic_write_bytes, sha256_file, write_json
-from edgecxr.data.manifest import Record, manifest_sha256, map_label
+from edgecxr.core.fileutil import atomic_write_bytes, write_json
+from edgecxr.data.manifest import Record, checked_sha256, manifest_sha256, map_label
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_IMAGES = 32
 
 
-CALIBRATION_DIR = Path("calibration")
+#: where a bundle keeps the records of its calibrations (BUNDLE/calibration/), unless told otherwise
+CALIBRATION_DIR = "calibration"
 
 
 CALIBRATION_FORMAT = "edgecxr-calibration/1"
@@ -90,11 +91,16 @@ def _stride(n_batches: int, max_batches: int) -> int | None:
     return max(d for d in range(1, max_batches + 1) if n_batches % d == 0)
 
 
-def _image_sha(rec: Record) -> str:
-    sha = sha256_file(rec.path)
-    if rec.sha256 and rec.sha256 != sha:
-        raise DataError(f"{rec.path}: sha256 {sha[:12]}… differs from the manifest's {rec.sha256[:12]}… (file changed?)")
-    return sha
+def record_stem(model: str, fp32_sha256: str, method: str) -> str:
+    """'<model>-<fp32 sha8>-<method>': the identity part of a calibration record's name.
+
+    Records are named by what they describe (the FP32 model's content, the method, then the
+    calibration set's own hash), never by the bundle's folder name: two bundles both called
+    `coronet`, calibrated into one --calib-manifest-out folder, no longer overwrite each other's
+    record, and a rejected calibration with another method does not rewrite the published one's.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._-") or "model"
+    return f"{name}-{fp32_sha256[:8]}-{re.sub(r'[^A-Za-z0-9]+', '_', method)}"
 
 
 def write_calibration_manifest(
@@ -104,25 +110,26 @@ def write_calibration_manifest(
     source_manifest: str | Path,
     split: str,
     header: dict[str, Any],
-    out: str | Path | None = None,
-    stem: str = "calibration",
+    out: str | Path,
+    stem: str,
 ) -> tuple[Path, Path, str]:
     """Write the calibration set as CSV + JSON sidecar; returns (csv, json, csv sha256).
 
     The CSV lists relative paths (relative to the source manifest's folder, as in the source
     manifest), the sha256 of every image file (checked against the source manifest's), labels,
-    the mapped class and the split. With `out` a directory (or None: ./calibration/), the file is
-    named `<stem>-<split>-<sha8>.csv`, i.e. by content, so a later calibration never overwrites
-    the list an earlier INT8 model was made from.
+    the mapped class and the split. With `out` a directory (the calibrate stage's default is
+    BUNDLE/calibration/), the file is named `<stem>-<split>-<sha8>.csv` (`record_stem`: model,
+    FP32 sha8, method; then the CSV's own sha8), so a later calibration never overwrites the list
+    an earlier INT8 model was made from; `out` ending in .csv is the file itself.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["relative_path", "sha256", "label", "class", "split", "patient_id"])
     for rec in records:
-        writer.writerow([rec.relative_path, _image_sha(rec), rec.label, map_label(rec.label, classes), rec.split, rec.patient_id])
+        writer.writerow([rec.relative_path, checked_sha256(rec), rec.label, map_label(rec.label, classes), rec.split, rec.patient_id])
     data = buf.getvalue().encode("utf-8")
     sha = hashlib.sha256(data).hexdigest()
-    target = Path(out) if out is not None else CALIBRATION_DIR
+    target = Path(out)
     csv_path = target if target.suffix.lower() == ".csv" else target / f"{stem}-{split}-{sha[:8]}.csv"
     atomic_write_bytes(csv_path, data)
     sidecar = {

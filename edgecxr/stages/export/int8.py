@@ -20,7 +20,8 @@ What stays float, and why:
 
 Provenance: the calibration images are written as a manifest (CSV: relative path, sha256, label,
 class, split, patient; plus a JSON sidecar with the source manifest's sha256, preprocessing and
-per-class counts) under calibration/, named by its own content hash; that sha256 goes into
+per-class counts) in the bundle's calibration/ folder (or --calib-manifest-out), named by the FP32
+model's hash, the method and its own content hash (`record_stem`); that sha256 goes into
 bundle.json["calibration"] and into the INT8 file's metadata, so every INT8 model is traceable to
 the exact images it was calibrated on.
 
@@ -59,11 +60,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecxr.stages.gate.result import VerifyResult
 from edgecxr.data.dataset import load_split
 from edgecxr.stages.export.calib_set import (
+    CALIBRATION_DIR,
     DEFAULT_CHUNK_IMAGES,
     _stride,
     equal_batch_size,
     make_data_reader,
     per_class_counts,
+    record_stem,
     with_views,
     write_calibration_manifest,
 )
@@ -222,7 +225,7 @@ def calibrate_bundle(
         verify: run the accuracy gate on `verify_split` before publishing (recommended).
         verify_limit: score the gate on a class-balanced subset (quick checks only).
         gates: gate thresholds (default `edgecxr.verify.Gates()`).
-        calib_manifest_out: folder or .csv path for the calibration manifest (default calibration/).
+        calib_manifest_out: folder or .csv path for the calibration manifest (default BUNDLE/calibration/).
         batch_size: images per calibration batch.
         progress: progress bars.
         fallback: "auto" keeps the fewest quantized nodes in float for the gate to pass on
@@ -259,13 +262,14 @@ def calibrate_bundle(
     x = with_views(x, views, bundle.spec.scale, bundle.spec.offset)
     split_size = len(select(read_manifest(manifest), split))
     counts = per_class_counts(records, bundle.classes)
+    fp32_sha = sha256_file(fp32_path)
     csv_path, json_path, calib_sha = write_calibration_manifest(
         records,
         bundle.classes,
         source_manifest=manifest,
         split=split,
-        out=calib_manifest_out,
-        stem=bundle.dir.resolve().name,
+        out=calib_manifest_out if calib_manifest_out is not None else bundle.dir / CALIBRATION_DIR,
+        stem=record_stem(bundle.model, fp32_sha, method),
         header={
             "bundle": str(bundle.dir),
             "model": bundle.model,
@@ -321,9 +325,9 @@ def calibrate_bundle(
             "images": len(records),
             **({"augmented_views": views, "calibration_inputs": len(x)} if views else {}),
             "per_class": counts,
-            "manifest": _display_path(csv_path),
+            "manifest": _display_path(csv_path, bundle),
             "manifest_sha256": calib_sha,
-            "sidecar": _display_path(json_path),
+            "sidecar": _display_path(json_path, bundle),
             "source_manifest_sha256": manifest_sha256(manifest),
             "keep_float": keep,
             "excluded_nodes": [*options["always_float"], *[n for n in excluded if n not in options["always_float"]]],
@@ -331,7 +335,7 @@ def calibrate_bundle(
             "onnxruntime_version": ort.__version__,
             "onnx_version": onnx.__version__,
             "edgecxr_version": __version__,
-            "fp32_sha256": sha256_file(fp32_path),
+            "fp32_sha256": fp32_sha,
             "ops": op_counts(model),
             "weights": weight_quantization(model),
         }
@@ -383,9 +387,11 @@ def calibrate_bundle(
 
 
 
-def _display_path(path: Path) -> str:
-    """Path as recorded in bundle.json: relative to the working directory when below it (the repo's
-    calibration/ folder), else absolute."""
+def _display_path(path: Path, bundle: Bundle) -> str:
+    """Path of a calibration record as bundle.json keeps it: relative to the bundle when inside it
+    (the default, BUNDLE/calibration/: the record travels with the bundle), else absolute. Records
+    written before they moved into the bundle say e.g. "calibration/coronet-calib-50ae70b2.csv",
+    relative to the folder calibrate ran in (the repo's calibration/ for the reference models)."""
     resolved = path.resolve()
-    cwd = Path.cwd().resolve()
-    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else str(resolved)
+    home = bundle.dir.resolve()
+    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else str(resolved)

@@ -55,7 +55,7 @@ def test_build_rejects_bad_profiles_and_batches(cli, bundle, tmp_path):
     result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--profile", str(bad)])
     assert result.exit_code == 1 and "unknown key" in result.output
     result = cli.invoke(main, ["build", "-m", str(bundle.dir), "--batch-size", "8-2"])
-    assert result.exit_code == 1 and "min_batch" in result.output
+    assert result.exit_code == 2 and "MIN <= OPT <= MAX" in result.output  # a usage error, like any bad option value
     result = cli.invoke(main, ["build", "-m", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no such file or folder, and not a model name" in result.output
 
@@ -180,10 +180,10 @@ def test_infer_csv_under_a_file_is_a_usage_error_before_any_work(cli, bundle, im
 def test_infer_csv_write_failure_keeps_the_printed_results(cli, bundle, images, tmp_path, monkeypatch):
     import edgecxr.cli.output as cli_runtime
 
-    def full_disk(path, text):
+    def full_disk(path, data):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(cli_runtime, "atomic_write_text", full_disk)
+    monkeypatch.setattr(cli_runtime, "atomic_write_bytes", full_disk)
     out = tmp_path / "p.csv"
     result = cli.invoke(main, ["infer", "-m", str(bundle.dir), *map(str, images), "--json", "--csv", str(out)])
     assert result.exit_code == 1

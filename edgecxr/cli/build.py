@@ -6,12 +6,39 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _MANIFEST, bundle_for, model_option
-from edgecxr.cli.output import _check_output, _err
+from edgecxr.cli.options import _MANIFEST, allow_outside_option, bundle_for, model_option
+from edgecxr.cli.output import _err, check_output
+from edgecxr.core.artifacts import BY_KEY, MAX_BATCH
 from edgecxr.core.errors import EdgeCXRError
+from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 from edgecxr.runtime.sysinfo import current_platform
 from edgecxr.stages.engine.build import build_engine
+
+ENGINE_SUFFIXES = BY_KEY["engine"].suffixes
+
+
+def _batch_range(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--batch-size is checked as it is parsed, so a bad range is a usage error (exit 2), not a build failure."""
+    from edgecxr.stages.engine.profile import BuildError, parse_batch
+
+    if value is None:
+        return None
+    try:
+        lo, opt, hi = parse_batch(value)
+    except BuildError:
+        raise click.BadParameter(f"{value!r}: expected N, MIN-MAX or MIN-OPT-MAX (e.g. 8 or 1-8)") from None
+    if not 1 <= lo <= opt <= hi <= MAX_BATCH:
+        raise click.BadParameter(f"{value!r}: need 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}")
+    return value
+
+
+def _engine_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """An engine file name: its suffix picks the backend, and its sidecar (OUT.json) must not land on
+    another file (`--out runs/x/bundle` would put the sidecar on runs/x/bundle.json)."""
+    if value is not None and value.suffix.lower() not in ENGINE_SUFFIXES:
+        raise click.BadParameter(f"{value}: an engine file name must end in {' or '.join(ENGINE_SUFFIXES)}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -21,7 +48,7 @@ from edgecxr.stages.engine.build import build_engine
 @model_option("Bundle to build from (a shipped model is copied to the models folder first)")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Engine precision (default: the profile's, else fp16).")
 @click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin.")
-@click.option("--batch-size", "batch", metavar="N|MIN-MAX|MIN-OPT-MAX",
+@click.option("--batch-size", "batch", metavar="N|MIN-MAX|MIN-OPT-MAX", callback=_batch_range,
               help="Batch sizes the engine accepts (e.g. 1-8; OPT is the one TensorRT tunes for)  [default: the profile's]")
 @click.option("--min-batch", type=click.IntRange(1), help="Only the smallest batch (the rest from the profile).")
 @click.option("--opt-batch", type=click.IntRange(1), help="Only the batch TensorRT tunes kernels for.")
@@ -32,7 +59,8 @@ from edgecxr.stages.engine.build import build_engine
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Run the accuracy gate on the new engine.")
 @click.option("--data", "manifest", type=_MANIFEST, help="Manifest for the gate  [default: the one recorded in the bundle]")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split the gate runs on.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
+@allow_outside_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=_engine_out, help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
 def build(
     model: str | None,
     precision: str | None,
@@ -64,24 +92,30 @@ def build(
       edgecxr build --precision int8
       edgecxr build -m runs/coronet --precision int8 --profile rtx-ampere --batch-size 1-8
     """
-    from edgecxr.stages.engine.profile import load_profile, resolve_profile
+    from edgecxr.stages.engine.profile import BuildError, load_profile, resolve_profile
 
-    _check_output(out, "--out")
+    inputs = [p for p in (manifest, profile) if p is not None and Path(p).is_file()]
+    check_output(out, "--out", inputs=inputs, replaces=ENGINE_SUFFIXES)
+    if out is not None:  # the sidecar written beside the engine, OUT.json
+        check_output(out.with_name(out.name + ".json"), "--out", inputs=inputs, replaces=(".json",))
 
     base = load_profile(profile) if profile else None
     if base is not None and base.description:
         _err(f"profile {base.name}: {base.description}")
-    settings = resolve_profile(
-        base,
-        precision=precision,
-        batch=batch,
-        min_batch=min_batch,
-        opt_batch=opt_batch,
-        max_batch=max_batch,
-        workspace_mb=workspace_mb,
-        timing_cache=timing_cache,
-        dla_core=dla_core,
-    )
+    try:
+        settings = resolve_profile(
+            base,
+            precision=precision,
+            batch=batch,
+            min_batch=min_batch,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            workspace_mb=workspace_mb,
+            timing_cache=timing_cache,
+            dla_core=dla_core,
+        )
+    except BuildError as exc:  # the profile itself was checked when it loaded: the options contradict it
+        raise click.UsageError(str(exc)) from None
 
     def can_build(reference: Path) -> None:
         """Refuse before copying a reference model: no TensorRT or GPU (exit 2), or no such precision."""
@@ -94,5 +128,9 @@ def build(
                                "the accuracy gate; see `edgecxr models` for its precisions")
 
     path = bundle_for(model, writes=True, before_copy=can_build)
-    result = build_engine(path, settings, out=out, verify=verify, manifest=manifest, split=split, log=_err)
+    if timing_cache and "{" not in timing_cache:  # a literal path: read and rewritten by the build
+        cache = Path(timing_cache).expanduser()
+        check_output(cache if cache.is_absolute() else path / cache, "--timing-cache", inputs=inputs)
+    with bundle_lock(path, log=_err):  # the build records its engine in bundle.json
+        result = build_engine(path, settings, out=out, verify=verify, manifest=manifest, split=split, log=_err)
     click.echo(str(result.engine))

@@ -12,10 +12,12 @@ from edgecxr.cli.options import (
     _given_options,
     _load_bundle,
     _split_list,
+    allow_outside_option,
     bundle_for,
     model_option,
 )
-from edgecxr.cli.output import _err
+from edgecxr.cli.output import _err, check_output
+from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.fallback import check_splits
 from edgecxr.stages.export.int8 import calibrate_bundle
@@ -41,7 +43,7 @@ from edgecxr.stages.export.int8 import calibrate_bundle
     "--calib-manifest-out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Folder or .csv for the calibration manifest  [default: calibration/]",
+    help="Folder or .csv for the calibration manifest and its .json record  [default: BUNDLE/calibration/]",
 )
 @click.option("--fallback", type=click.Choice(["none", "auto"]), default="none", show_default=True,
               help="auto: keep the fewest nodes in float for the gate to pass on --select-split (minutes to an hour on a CPU).")
@@ -51,6 +53,7 @@ from edgecxr.stages.export.int8 import calibrate_bundle
 @click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
               help="Augmented views of each calibration image added to the calibration set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def calibrate(
     model: str | None,
@@ -94,30 +97,54 @@ def calibrate(
     if not verify and given & {"verify_split", "verify_limit", "gates_file"}:
         raise click.UsageError("--verify-split/--verify-limit/--gates configure the gate that --no-verify skips")
     check_splits(split, verify, verify_split, fallback, explain, select_split)  # before copying a shipped model
-    b = _load_bundle(bundle_for(model, writes=True))
-    section = calibrate_bundle(
-        b,
-        manifest,
-        split=split,
-        method=method,
-        percentile=percentile,
-        keep_float=_split_list(keep_float),
-        limit=limit,
-        verify=verify,
-        verify_split=verify_split,
-        verify_limit=verify_limit,
-        fallback=fallback,
-        explain=explain,
-        select_split=select_split,
-        views=views,
-        log=_err,
-        gates=_gates(gates_file),
-        calib_manifest_out=calib_manifest_out,
-        batch_size=batch_size,
-        progress=not quiet,
-    )
+    _check_record_out(calib_manifest_out, [p for p in (manifest, gates_file) if p is not None])
+    path = bundle_for(model, writes=True)
+    # held from before the bundle is read until after it is written: another command's record survives
+    with bundle_lock(path, log=_err):
+        section = calibrate_bundle(
+            _load_bundle(path),
+            manifest,
+            split=split,
+            method=method,
+            percentile=percentile,
+            keep_float=_split_list(keep_float),
+            limit=limit,
+            verify=verify,
+            verify_split=verify_split,
+            verify_limit=verify_limit,
+            fallback=fallback,
+            explain=explain,
+            select_split=select_split,
+            views=views,
+            log=_err,
+            gates=_gates(gates_file),
+            calib_manifest_out=calib_manifest_out,
+            batch_size=batch_size,
+            progress=not quiet,
+        )
+    _report(path, section, method, split)
+
+
+def _check_record_out(out: Path | None, inputs: list[Path]) -> None:
+    """--calib-manifest-out: a folder, or a .csv whose .json record goes beside it; neither may land on
+    a file that is not the calibration's own (an input, bundle.json, a model, a link)."""
+    if out is None:
+        return
+    if out.suffix.lower() != ".csv":
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise click.BadParameter(f"{out} is not a folder (give a folder, or a file name ending in .csv)",
+                                     param_hint="--calib-manifest-out")
+        return
+    for path in (out, out.with_suffix(".json")):
+        check_output(path, "--calib-manifest-out", inputs=inputs)
+
+
+def _report(bundle_dir: Path, section: dict, method: str, split: str) -> None:
+    """What calibrate prints: the published file, the record, the float nodes, the gate."""
+    from edgecxr.core.artifacts import BUNDLE_FILES
+
     click.echo(
-        f"wrote {b.default_path('onnx_int8')} ({method}, {section['images']} {split} images; "
+        f"wrote {bundle_dir / BUNDLE_FILES['onnx_int8']} ({method}, {section['images']} {split} images; "
         f"calibration manifest {section['manifest']} sha256 {section['manifest_sha256'][:12]})"
     )
     if section.get("excluded_nodes"):

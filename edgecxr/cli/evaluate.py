@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import bundle_for, model_option
+from edgecxr.cli.options import allow_outside_option, bundle_for, model_option
+from edgecxr.cli.output import _err
 from edgecxr.core.artifacts import BUNDLE_FILES
+from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 
 
@@ -45,6 +47,7 @@ from edgecxr.data.manifest import SPLITS
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the report.")
+@allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def evaluate(
     model: str | None,
@@ -68,10 +71,12 @@ def evaluate(
     from edgecxr.stages.metrics_report import format_report
 
     backend = "keras" if artifact == "keras" else "onnxruntime"
-    with warnings.catch_warnings(record=True) as caught:
+    path = bundle_for(model, writes=True)  # it writes its report into the bundle
+    # held from before the bundle is read until after it is written: another command's record survives
+    with bundle_lock(path, log=_err), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = evaluate_bundle(
-            bundle_for(model, writes=True),  # it writes its report into the bundle
+            path,
             manifest,
             split,
             backend=backend,

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _MANIFEST, _load_bundle, _split_list, bundle_for, model_option
+from edgecxr.cli.options import (
+    _MANIFEST,
+    _load_bundle,
+    _split_list,
+    allow_outside_option,
+    bundle_for,
+    model_option,
+)
 from edgecxr.cli.output import _err
+from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.onnx import export_bundle
 
@@ -42,6 +50,7 @@ from edgecxr.stages.export.onnx import export_bundle
 @click.option("--fp16-atol", type=click.FloatRange(min=0), default=1e-2, show_default=True, help="Max |probability difference| FP16 vs FP32.")
 @click.option("--fp16-keep-float", default="", help="Extra op types to keep in FP32 in the FP16 model (comma-separated).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def export(
     model: str | None,
@@ -65,23 +74,26 @@ def export(
     Example:  edgecxr export -m runs/coronet --data ../shared/data/cxr/manifest.csv
     """
 
-    b = _load_bundle(bundle_for(model))
-    if manifest is None and parity_split is None:  # a parity split without --data is refused by export_bundle
-        _err("note: no --data given: parity is checked on random inputs, not X-rays")
-    section = export_bundle(
-        b,
-        manifest=manifest,
-        parity_split=parity_split,
-        parity_images=parity_images,
-        opset=opset,
-        optimize=optimize,
-        atol=atol,
-        fp16=fp16,
-        fp16_atol=fp16_atol,
-        fp16_block_ops=_split_list(fp16_keep_float),
-        batch_size=batch_size,
-        progress=not quiet,
-    )
+    path = bundle_for(model)
+    # held from before the bundle is read until after it is written: another command's record survives
+    with bundle_lock(path, log=_err):
+        b = _load_bundle(path)
+        if manifest is None and parity_split is None:  # a parity split without --data is refused by export_bundle
+            _err("note: no --data given: parity is checked on random inputs, not X-rays")
+        section = export_bundle(
+            b,
+            manifest=manifest,
+            parity_split=parity_split,
+            parity_images=parity_images,
+            opset=opset,
+            optimize=optimize,
+            atol=atol,
+            fp16=fp16,
+            fp16_atol=fp16_atol,
+            fp16_block_ops=_split_list(fp16_keep_float),
+            batch_size=batch_size,
+            progress=not quiet,
+        )
     p, src = section["parity"], section["parity_inputs"]
     click.echo(f"wrote {b.default_path('onnx_fp32')} (opset {opset}; {section['optimization']})")
     click.echo(

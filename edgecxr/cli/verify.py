@@ -7,8 +7,18 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import _MANIFEST, _gates, _load_bundle, _split_list, bundle_for, model_option
+from edgecxr.cli.options import (
+    _MANIFEST,
+    _gates,
+    _load_bundle,
+    _split_list,
+    allow_outside_option,
+    bundle_for,
+    model_option,
+)
+from edgecxr.cli.output import _err
 from edgecxr.core.errors import BundleError
+from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.gate.report import format_text
 from edgecxr.stages.gate.run import run_gate
@@ -43,6 +53,7 @@ from edgecxr.stages.gate.run import run_gate
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Resamples for the 95% CIs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def verify(
     model: str | None,
@@ -78,20 +89,23 @@ def verify(
         covid_sensitivity_not_lower=covid_sensitivity_not_lower,
         max_prob_diff=max_prob_diff,
     )
-    result = run_gate(
-        _load_bundle(bundle := bundle_for(model, writes=True)),
-        manifest,
-        split,
-        artifacts=_split_list(artifacts) if artifacts is not None else None,
-        gates=gates,
-        reference=reference,
-        limit=limit,
-        batch_size=batch_size,
-        bootstrap=bootstrap,
-        progress=not quiet,
-        write=True,
-        raise_on_fail=False,
-    )
+    bundle = bundle_for(model, writes=True)
+    # held from before the bundle is read until after it is written: another command's record survives
+    with bundle_lock(bundle, log=_err):
+        result = run_gate(
+            _load_bundle(bundle),
+            manifest,
+            split,
+            artifacts=_split_list(artifacts) if artifacts is not None else None,
+            gates=gates,
+            reference=reference,
+            limit=limit,
+            batch_size=batch_size,
+            bootstrap=bootstrap,
+            progress=not quiet,
+            write=True,
+            raise_on_fail=False,
+        )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str))
     else:

@@ -124,3 +124,83 @@ def test_verify_with_nothing_to_compare_is_an_error(keras_cnn_bundle, copy_bundl
     res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--split", "test", "--bootstrap", "0", "-q")
     assert res.exit_code == 1, res.output
     assert "nothing was verified" in res.output
+
+
+# -- the same manifest rules for every command that reads one -------------------------------------------
+def _tiny_set(root, sha: str | None = None, rel_prefix: str = ""):
+    """A tiny bundle (no TensorFlow) and a manifest of flat images for it, test + calib + val splits."""
+    import cv2
+    import numpy as np
+    from runtime import tinymodels
+
+    bundle = tinymodels.make_bundle(root / "bundle", int8=False, fp16=False)
+    data = root / "data"
+    data.mkdir()
+    rows = ["relative_path,label,split,patient_id,sha256"]
+    for i, label in enumerate(tinymodels.CLASSES * 3):
+        cv2.imwrite(str(data / f"{i}.png"), np.full((40, 40), 20 * i, np.uint8))
+        split = ("test", "calib", "val")[i // len(tinymodels.CLASSES)]
+        rows.append(f"{rel_prefix}{i}.png,{label},{split},p{i},{sha if i in (0, 4) and sha else ''}")  # a test, a calib row
+    manifest = data / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return bundle, manifest
+
+
+def test_a_changed_image_stops_evaluate_verify_and_calibrate_alike(tmp_path):
+    bundle, manifest = _tiny_set(tmp_path, sha="0" * 64)
+    commands = [
+        ["evaluate", "--artifact", "onnx_fp32", "--bootstrap", "0"],
+        ["verify", "--reference", "onnx_fp32", "--bootstrap", "0"],
+        ["calibrate", "--no-verify"],
+    ]
+    before = (bundle.dir / "bundle.json").read_bytes()
+    for command in commands:
+        res = CliRunner().invoke(main, [command[0], "-m", str(bundle.dir), "--data", str(manifest), *command[1:], "-q"])
+        assert res.exit_code == 1, (command, res.output)
+        assert ".png: sha256 mismatch: manifest 000000000000..." in res.stderr, (command, res.stderr)
+    assert (bundle.dir / "bundle.json").read_bytes() == before
+
+
+def test_rows_outside_the_manifest_folder_need_allow_outside(tmp_path):
+    bundle, manifest = _tiny_set(tmp_path, rel_prefix="../data/")
+    args = ["evaluate", "-m", str(bundle.dir), "--data", str(manifest), "--artifact", "onnx_fp32", "--bootstrap", "0", "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    assert "climbs out of the manifest's folder" in res.stderr and "(options: --allow-outside)" in res.stderr
+    res = CliRunner().invoke(main, [*args, "--allow-outside"])
+    assert res.exit_code == 0, res.output
+
+
+def test_calibration_records_go_into_the_bundle_named_by_content(exported_cnn, synthetic_manifest, tmp_path, monkeypatch):
+    """Two bundles with the same folder name never share (or overwrite) a record; the CWD gets nothing."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    first, second = tmp_path / "a" / "coronet", tmp_path / "b" / "coronet"
+    for folder in (first, second):
+        shutil.copytree(exported_cnn, folder)
+    model = onnx.load(str(second / "model.onnx"))  # the second bundle holds another FP32 model
+    init = model.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01), init.name))
+    onnx.save(model, str(second / "model.onnx"))
+    shared = tmp_path / "records"
+    monkeypatch.chdir(tmp_path)
+    for bundle, extra in ((first, []), (second, []), (first, ["--calib-manifest-out", shared]),
+                          (second, ["--calib-manifest-out", shared])):
+        res = _run("calibrate", "-m", bundle, "--data", synthetic_manifest, "--no-verify", "--limit", "8", "-q", *extra)
+        assert res.exit_code == 0, res.output
+    assert not (tmp_path / "calibration").exists()  # nothing in the working folder
+    shas = []
+    for bundle in (first, second):
+        section = Bundle.load(bundle).meta["calibration"]
+        shas.append(section["fp32_sha256"][:8])
+        (record,) = (bundle / "calibration").glob("*.csv")
+        model = Bundle.load(bundle).model
+        assert record.name == f"{model}-{shas[-1]}-minmax-calib-{section['manifest_sha256'][:8]}.csv"
+        assert section["manifest"] == f"{shared.resolve()}/{record.name}"  # the last run wrote to --calib-manifest-out
+    assert shas[0] != shas[1]
+    assert sorted(p.name.split("-")[1] for p in shared.glob("*.csv")) == sorted(shas)
+    assert len(list(shared.glob("*.json"))) == 2

@@ -273,7 +273,7 @@ def _load_for_compare(bundle_dir: Path, name: str, **options: Any) -> Any:
     from edgecxr.runtime.select import choose_engine
 
     if name not in COMPARE_NAMES:
-        raise BundleError(f"unknown artifact {name!r} to compare; choose from {COMPARE_NAMES}")
+        raise ArgumentError(f"unknown artifact {name!r} to compare; choose from {COMPARE_NAMES}")
     if name == "keras":
         return Classifier.load(bundle_dir, backend="keras", **options)
     if name.startswith("onnx_"):

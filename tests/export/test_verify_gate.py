@@ -8,7 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BundleError, GateFailedError
+from edgecxr.core.errors import ArgumentError, BundleError, GateFailedError
 from edgecxr.core.fileutil import read_json
 from edgecxr.data.dataset import subset_records
 from edgecxr.data.manifest import read_manifest, select
@@ -121,7 +121,7 @@ def test_engines_are_skipped_with_a_reason_or_fail_when_named(exported_cnn, copy
 
 def test_bad_requests(exported_cnn, synthetic_manifest):
     bundle = Bundle.load(exported_cnn)
-    with pytest.raises(BundleError, match="unknown artifact"):
+    with pytest.raises(ArgumentError, match="unknown artifact"):
         run_gate(bundle, synthetic_manifest, "test", ["onnx_int4"], progress=False)
     with pytest.raises(BundleError, match=r"asked to verify \['onnx_int8'\]"):
         run_gate(bundle, synthetic_manifest, "test", ["onnx_int8"], progress=False)

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgecxr.core.artifacts import BUNDLE_FILES, KINDS, backend_for, is_engine
 from edgecxr.core.bundle import Bundle
-from edgecxr.core.errors import BackendUnavailableError, BundleError
+from edgecxr.core.errors import ArgumentError, BackendUnavailableError, BundleError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.data.dataset import load_split
 from edgecxr.stages.gate.config import _EPS, POSITIVE_CLASS, Gates
@@ -117,7 +117,7 @@ def _artifact_paths(
         else:
             found = [p for p in (Path(item), bundle.dir / item) if p.is_file()]
             if not found and not any(Path(item).suffix.lower() in k.suffixes for k in KINDS):
-                raise BundleError(f"unknown artifact {item!r}; known: {[*BUNDLE_FILES, 'engines']} or an artifact file",
+                raise ArgumentError(f"unknown artifact {item!r}; known: {[*BUNDLE_FILES, 'engines']} or an artifact file",
                                   params=("artifacts",))
             key, path = file_key(item), (found[0] if found else Path(item))
         out[key] = path

@@ -53,13 +53,15 @@ class TensorRTRunner(Runner):
         return cuda_mem.gpu_availability()
 
     def _load(self) -> None:
-        from edgecxr.core.metadata import ensure_compatible, read_sidecar
+        from edgecxr.core.metadata import ensure_compatible, read_sidecar, verify_engine
         from edgecxr.runtime import cuda_mem
         from edgecxr.runtime.sysinfo import current_platform
 
         self.sidecar = read_sidecar(self.path)
         self.platform = current_platform()
         ensure_compatible(self.path, self.sidecar, self.platform)
+        # every caller (Classifier, the gate, evaluate, bench) gets an engine that is the sidecar's
+        verify_engine(self.path, self.sidecar)
 
         trt = require("tensorrt", "TensorRT engines")
         self._trt = trt

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from edgecxr.cli.options import allow_outside_option
+from edgecxr.cli.output import _err
+from edgecxr.core.lock import bundle_lock
 from edgecxr.models import MODEL_NAMES
 from edgecxr.stages.train.augment import POLICIES
 from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
@@ -84,6 +87,8 @@ def train(model: str, data: str, out: str, as_json: bool, **options: object) -> 
         raise click.UsageError("--tiny models have no pretrained weights; drop --weights or pass --weights none")
     cfg = TrainConfig(model=model, data=data, out=out, **options)  # type: ignore[arg-type]
     verbose = 1  # progress inside each epoch on stderr: a live line on a terminal, else a line per tenth
-    summary = run_training(cfg, log=sys.stderr, verbose=verbose)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with bundle_lock(out, log=_err):  # a second `train --out` (or an export) on the same folder waits
+        summary = run_training(cfg, log=sys.stderr, verbose=verbose)
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))

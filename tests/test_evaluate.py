@@ -176,7 +176,7 @@ def test_evaluate_errors(tmp_path, tiny_manifest):
 def test_cli_evaluate_report_and_json(tmp_path, tiny_manifest):
     bundle, _, _ = _onnx_bundle(tmp_path / "b")
     runner = CliRunner()
-    args = ["evaluate", "-m", str(bundle.dir), "--data", str(tiny_manifest), "--artifact", "onnx_fp32", "-q"]
+    args = ["evaluate", "-m", str(bundle.dir), "--data", str(tiny_manifest), "--artifact", "onnx_fp32", "-q", "--allow-outside"]  # the fixture lists absolute paths
     res = runner.invoke(main, [*args, "--bootstrap", "50"])
     assert res.exit_code == 0, res.output
     for c in CLASSES_4:
@@ -195,7 +195,7 @@ def test_cli_evaluate_report_and_json(tmp_path, tiny_manifest):
 def test_cli_evaluate_missing_artifact_is_one_line_error(tmp_path, tiny_manifest):
     bundle, _, _ = _onnx_bundle(tmp_path / "b")
     res = CliRunner().invoke(
-        main, ["evaluate", "-m", str(bundle.dir), "--data", str(tiny_manifest), "--artifact", "onnx_int8"]
+        main, ["evaluate", "-m", str(bundle.dir), "--data", str(tiny_manifest), "--artifact", "onnx_int8", "--allow-outside"]
     )
     assert res.exit_code == 1
     assert "error:" in res.output and "onnx_int8" in res.output

@@ -157,6 +157,31 @@ def test_gates_from_toml_flags_and_overrides(tmp_path):
         Gates.from_toml(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[gate]\nmin_agreement = 0.99\n", r"unknown table\(s\) \['\[gate\]'\]"),
+        ("[gates]\nmin_agreement = 0.99\n[gate]\nmax_acc_drop = 0.1\n", r"unknown top-level key\(s\) \['gate'\]"),
+        ("[gates.onnx_fp61]\nmin_agreement = 0.97\n", r"\[gates.onnx_fp61\] names no artifact"),
+        ("[gates]\n[gates.engine]\nmax_prob_diff = 0.1\n", r"\[gates.engine\] names no artifact"),
+    ],
+)
+def test_gates_toml_misspelled_tables_are_errors(tmp_path, text, match):
+    """A misspelled table would leave its thresholds unapplied while the gate still says PASS."""
+    path = tmp_path / "gates.toml"
+    path.write_text(text)
+    with pytest.raises(GateConfigError, match=match):
+        Gates.from_toml(path)
+
+
+def test_gates_toml_accepts_every_artifact_table(tmp_path):
+    path = tmp_path / "gates.toml"
+    path.write_text('[gates]\n[gates.onnx_fp16]\nmax_prob_diff = 0.01\n[gates."engine:a.engine"]\nmin_agreement = 0.9\n')
+    gates = Gates.from_toml(path)
+    assert gates.for_artifact("engine:a.engine").min_agreement == 0.9
+    assert gates.for_artifact("onnx_fp16").max_prob_diff == 0.01
+
+
 def test_gates_file_errors_name_the_file(tmp_path):
     """A binary file or a bad value is one GateConfigError naming the TOML file, not a traceback."""
     path = tmp_path / "gates.toml"

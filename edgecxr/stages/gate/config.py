@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecxr.core.artifacts import BUNDLE_FILES
 from edgecxr.core.errors import EdgeCXRError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class Gates:
         overrides: dict[str, dict[str, Any]] = {}
         for key, value in data.items():
             if isinstance(value, Mapping):
+                if not _is_artifact_key(key):  # `[gates.onnx_fp61]` must not silently gate nothing
+                    raise GateConfigError(f"{source}: [gates.{key}] names no artifact; known: "
+                                          f"{[*BUNDLE_FILES, 'engines']} or engine:<file name>")
                 overrides[key] = dict(value)
             elif key in _GATE_FIELDS:
                 values[key] = value
@@ -104,6 +108,14 @@ class Gates:
             raise GateConfigError(f"{path}: invalid TOML: {exc}") from exc
         except UnicodeDecodeError:
             raise GateConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
+        if "gates" in data:
+            extra = sorted(set(data) - {"gates"})
+            if extra:  # e.g. a misspelled [gate] beside [gates]: its thresholds would never apply
+                raise GateConfigError(f"{path}: unknown top-level key(s) {extra}; gate thresholds go in [gates]")
+        else:
+            bad = [f"[{k}]" for k, v in data.items() if isinstance(v, Mapping) and not _is_artifact_key(k)]
+            if bad:  # a file of bare keys may only hold per-artifact tables beside them
+                raise GateConfigError(f"{path}: unknown table(s) {bad}; gate thresholds go in [gates]")
         table = data.get("gates", data)
         if not isinstance(table, Mapping):
             raise GateConfigError(f"{path}: [gates] must be a table")
@@ -127,6 +139,10 @@ class Gates:
         if self.overrides:
             out["overrides"] = self.overrides
         return out
+
+
+def _is_artifact_key(key: str) -> bool:
+    return key in BUNDLE_FILES or key == "engines" or (key.startswith("engine:") and len(key) > len("engine:"))
 
 
 def _check_gate_values(max_acc_drop: Any, min_agreement: Any, covid: Any, max_prob_diff: Any) -> None:

@@ -74,6 +74,8 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
 @click.option("--top-k", type=click.IntRange(1), help="Show the k most likely classes.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs per batch size.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: for 16+ files on a terminal).")
+@click.option("--allow-rejected", is_flag=True,
+              help="Run a model file the accuracy gate rejected (*.rejected.*), with a warning on every run.")
 def infer(
     inputs: tuple[str, ...],
     model: str | None,
@@ -85,6 +87,7 @@ def infer(
     top_k: int | None,
     cuda_graph: bool,
     progress: bool | None,
+    allow_rejected: bool,
 ) -> None:
     """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
 
@@ -108,8 +111,10 @@ def infer(
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
     options = {"cuda_graph": True} if cuda_graph else {}
-    with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
+    with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected, **options) as clf:
         _err(f"using {clf.describe()}")
+        if "warning" in clf.backend_info:
+            _err(f"warning: {clf.backend_info['warning']}")
         if cuda_graph and clf.backend_info["backend"] != "tensorrt":
             _err(f"warning: --cuda-graph ignored: it needs TensorRT and {clf.backend_info['backend']} was picked")
         show = progress if progress is not None else (len(paths) >= 16 and sys.stderr.isatty())

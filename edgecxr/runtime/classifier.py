@@ -126,6 +126,7 @@ class Classifier:
         path: str | Path | None = None,
         backend: str = "auto",
         precision: str | None = None,
+        allow_rejected: bool = False,
         **options: Any,
     ) -> Classifier:
         """Load a model by name, or a bundle directory, an .engine (with its sidecar) or an .onnx file.
@@ -136,6 +137,8 @@ class Classifier:
                 None: the default reference model (coronet).
             backend: "auto", "tensorrt", "onnxruntime" or "keras".
             precision: restrict to "fp32" / "fp16" / "int8" artifacts (bundles only).
+            allow_rejected: run a file the accuracy gate rejected (`*.rejected.*`, kept for
+                inspection); without it such a file is refused. `backend_info["warning"]` says so.
             options: passed to the runner (e.g. cuda_graph=True for TensorRT, threads=2 for ORT).
         """
         from edgecxr.core.bundle import Bundle
@@ -158,6 +161,10 @@ class Classifier:
                 raise BundleError(f"{path}: expected a bundle directory or a model file ({known})") from None
             if backend not in ("auto", runs_on):
                 raise BackendUnavailableError(f"{path}: this file runs only on the {runs_on} backend, not {backend}")
+            if _is_rejected(path) and not allow_rejected:
+                raise BundleError(f"{path}: this file failed the accuracy gate and is kept only for inspection "
+                                  f"(why: {path.with_suffix('.json').name}); refusing to run it unless allowed",
+                                  params=("allow_rejected",))
             classes, spec, choice = _FILE_MODELS[runs_on](path)
             bundle = _owning_bundle(path)
         if precision is not None and not path.is_dir() and precision != choice.precision:
@@ -187,6 +194,8 @@ class Classifier:
             "preprocess": spec.id,
             "integrity": integrity,
         }
+        if _is_rejected(choice.path):
+            info["warning"] = f"{choice.path.name} FAILED the accuracy gate; its answers are not validated"
         info.update({k: v for k, v in runner.describe().items() if k not in ("backend", "path")})
         return cls(runner, classes, spec, info)
 
@@ -264,6 +273,11 @@ class Classifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_rejected(path: Path) -> bool:
+    """A file `core.publish.rejected_path` named: model.int8.rejected.onnx, x.rejected.engine."""
+    return Path(path).stem.endswith(".rejected")
 
 
 def _engine_file(path: Path) -> tuple[list[str], PreprocessSpec, ArtifactChoice]:

@@ -255,3 +255,27 @@ def test_on_a_cpu_without_int8_dot_products_fp32_then_fp16_come_before_int8(tmp_
     assert choose_onnx(bundle, None, int8_fast=False).precision == "int8"
     monkeypatch.setattr("edgecxr.runtime.select.cpu_int8_fast", lambda: False)
     assert choose_onnx(bundle, None).precision == "int8"  # the default asks the CPU
+
+
+def test_rejected_file_is_refused_unless_allowed(tiny_onnx, images, tmp_path):
+    """A file the gate rejected is kept for inspection, not for answers: refused, or run with a warning."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.core.errors import BundleError
+    from edgecxr.runtime.classifier import Classifier
+
+    rejected = tmp_path / "model.int8.rejected.onnx"
+    shutil.copyfile(tiny_onnx, rejected)
+    with pytest.raises(BundleError, match="failed the accuracy gate"):
+        Classifier.load(rejected)
+    with Classifier.load(rejected, allow_rejected=True) as clf:
+        assert "FAILED the accuracy gate" in clf.backend_info["warning"]
+        assert clf.predict(images[:1])[0].ok
+
+    res = CliRunner().invoke(main, ["infer", "-m", str(rejected), str(images[0])])
+    assert res.exit_code == 1 and "--allow-rejected" in res.stderr, res.stderr
+    res = CliRunner().invoke(main, ["infer", "-m", str(rejected), str(images[0]), "--allow-rejected"])
+    assert res.exit_code == 0 and "warning: model.int8.rejected.onnx FAILED" in res.stderr, res.stderr

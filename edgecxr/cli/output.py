@@ -34,7 +34,7 @@ from edgecxr.core.fileutil import atomic_write_bytes
 MODEL_SUFFIXES = (".onnx", ".keras", ".h5", ".engine", ".plan", ".trt", ".pb", ".tflite")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 #: files a bundle's stages write at its top level (besides the model files and the names bundle.json mentions)
-BUNDLE_RECORDS = ("bundle.json", ".bundle.lock", "verify.json", "verify.md", "reference_probs.json",
+BUNDLE_RECORDS = ("bundle.json", ".bundle.lock", "verify.json", "verify.md", "verify-subset.*", "reference_probs.json",
                   "evaluation-*.json", "confusion*.png", "curves.png", "history.json", "cv.json", "*.rejected.*")
 #: a bundle's folders whose every file is the bundle's
 BUNDLE_FOLDERS = ("engines", "calibration", "folds", "checkpoints", "ckpt")

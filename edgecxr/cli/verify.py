@@ -49,7 +49,7 @@ from edgecxr.stages.gate.run import run_gate
               show_default=True,
               help="auto: Keras when TensorFlow is installed, else ONNX FP32, else the FP32 probabilities stored "
                    "in the bundle (reference_probs.json, the shipped reference models).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score a class-balanced subset of N images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score a class-balanced subset of N images: a quick look, reported in verify-subset.json, never the published verdict.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Resamples for the 95% CIs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")

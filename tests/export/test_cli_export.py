@@ -66,14 +66,23 @@ def test_verify_command_json_and_exit_codes(exported_cnn, copy_bundle, synthetic
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["passed"] is True and data["data"]["n"] == 8 and data["reference"] == "keras"
-    assert (bundle.dir / "verify.md").is_file()
+    assert data["data"]["subset"] is True
+    # a subset run is a quick look: its own report, never the published verdict
+    assert (bundle.dir / "verify-subset.md").is_file() and not (bundle.dir / "verify.md").exists()
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_fp16") is None
 
     # a gate nothing can pass: FP16 cannot match to 1e-12 -> exit 3, report still written
-    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--limit", "8", "--artifact", "onnx_fp16",
-        "--max-prob-diff", "1e-12", "--bootstrap", "0", "-q",
-    )
+    args = ["--artifact", "onnx_fp16", "--max-prob-diff", "1e-12", "--bootstrap", "0", "-q"]
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, *args)
     assert res.exit_code == 3
     assert "FAIL" in res.output and "max |probability difference|" in res.output
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_fp16") is False
+    assert (bundle.dir / "verify.md").is_file()
+
+    # and a passing subset run afterwards does not overturn the full split's failure
+    res = _run("verify", "-m", bundle.dir, "--data", synthetic_manifest, "--limit", "4", "--artifact", "onnx_fp16",
+               "--bootstrap", "0", "-q")
+    assert res.exit_code == 0, res.output
     assert Bundle.load(bundle.dir).gate_verdict("onnx_fp16") is False
 
     gates = tmp_path / "g.toml"

@@ -14,10 +14,17 @@ log = logging.getLogger(__name__)
 
 
 def write_report(bundle: Bundle, result: VerifyResult) -> tuple[Path, Path]:
-    """verify.json + verify.md into the bundle and each artifact's verdict into bundle.json["gate"]."""
-    json_path = write_json(bundle.dir / "verify.json", result.to_dict())
-    md_path = atomic_write_text(bundle.dir / "verify.md", format_markdown(result))
-    record_verdicts(bundle, result, by="verify", report=json_path)
+    """verify.json + verify.md into the bundle and each artifact's verdict into bundle.json["gate"].
+
+    Only a run over the whole split is the published verdict that `auto` and `infer` act on. A
+    subset run (`--limit`) writes verify-subset.json / .md and leaves bundle.json alone: four
+    images passing must never replace a full split's failure.
+    """
+    stem = "verify-subset" if result.subset else "verify"
+    json_path = write_json(bundle.dir / f"{stem}.json", result.to_dict())
+    md_path = atomic_write_text(bundle.dir / f"{stem}.md", format_markdown(result))
+    if not result.subset:
+        record_verdicts(bundle, result, by="verify", report=json_path)
     return json_path, md_path
 
 

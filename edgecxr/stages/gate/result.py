@@ -87,6 +87,13 @@ class VerifyResult:
     time: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: the class-balanced subset size asked for (`--limit`), None for the whole split. A subset run
+    #: is a quick look: it never becomes the published verdict (see report.write_report)
+    limit: int | None = None
+
+    @property
+    def subset(self) -> bool:
+        return self.limit is not None
 
     @property
     def passed(self) -> bool:
@@ -122,6 +129,8 @@ class VerifyResult:
                 "split": self.split,
                 "n": self.n,
                 "per_class": self.per_class,
+                "limit": self.limit,
+                "subset": self.subset,
             },
             "reference": self.reference,
             "gates": self.gates.to_dict(),

@@ -341,7 +341,10 @@ def run_gate(
         time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - t0, 2),
         notes=notes,
+        limit=limit,
     )
+    if limit is not None:
+        notes.append(f"subset run (--limit {limit}): reported in verify-subset.json, not recorded as the published verdict")
     if write:
         write_report(bundle, result)
     if raise_on_fail and not result.passed:

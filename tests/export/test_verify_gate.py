@@ -252,3 +252,20 @@ def test_stored_reference_gates_a_bundle_shipped_without_fp32(exported_cnn, copy
     # a stored reference that does not cover the images is an error, not a pass
     with pytest.raises(BundleError, match="no stored reference"):
         run_gate(Bundle.load(shipped.dir), synthetic_manifest, "val", bootstrap=0, progress=False)
+
+
+def test_covid_gate_fails_on_a_split_without_covid():
+    """A 2-image split with no COVID image used to print 'covid sens 0.0% ... PASS'."""
+    from edgecxr.stages.gate.config import Gates
+    from edgecxr.stages.gate.result import ArtifactResult
+    from edgecxr.stages.gate.run import gate_checks
+
+    no_covid = {"accuracy": 1.0, "covid_vs_rest": {"tp": 0, "fn": 0, "sensitivity": 0.0}}
+    ref = ArtifactResult("onnx_fp32", "m.onnx", "onnxruntime", "ok", metrics=no_covid)
+    art = ArtifactResult("onnx_int8", "m.int8.onnx", "onnxruntime", "ok", metrics=no_covid,
+                         agreement={"top1_agreement": 1.0, "max_abs_diff": 0.0})
+    checks = {c.gate: c for c in gate_checks(Gates(), ref, art)}
+    assert checks["covid_sensitivity_not_lower"].passed is False
+    assert "cannot be checked" in checks["covid_sensitivity_not_lower"].detail
+    off = gate_checks(Gates(covid_sensitivity_not_lower=False), ref, art)
+    assert all(c.passed for c in off) and "covid_sensitivity_not_lower" not in {c.gate for c in off}

@@ -22,8 +22,8 @@ class GateCheck:
     """One gate applied to one artifact."""
 
     gate: str
-    value: float
-    threshold: float
+    value: float | None  # None: the gate could not be measured (e.g. no COVID images), which fails it
+    threshold: float | None
     passed: bool
     detail: str
 

@@ -185,7 +185,13 @@ def gate_checks(gates: Gates, ref: ArtifactResult, art: ArtifactResult) -> list[
         )
     )
     ref_cv, cv = ref.metrics.get("covid_vs_rest"), art.metrics.get("covid_vs_rest")
-    if gates.covid_sensitivity_not_lower and ref_cv and cv and (cv["tp"] + cv["fn"]) > 0:
+    if gates.covid_sensitivity_not_lower and not (ref_cv and cv and (cv["tp"] + cv["fn"]) > 0):
+        # A split without COVID images cannot show the one property the gate exists for; a PASS
+        # there would read as "COVID sensitivity kept" when nothing was measured.
+        checks.append(GateCheck("covid_sensitivity_not_lower", None, None, False,
+                                f"no {POSITIVE_CLASS} images in the split: COVID sensitivity cannot be checked "
+                                "(gate on a split that has them, or turn the COVID gate off)"))
+    elif gates.covid_sensitivity_not_lower:
         checks.append(
             GateCheck(
                 "covid_sensitivity_not_lower",

@@ -134,6 +134,10 @@ def format_check_report(report: CheckReport) -> str:
     if report.decoded or any(p.kind == "decode" for p in report.problems):
         checked.append(f"decoded {report.decoded} images")
     out.append("checked: " + ", ".join(checked))
+    if report.ok and report.warnings:  # e.g. no COVID image in `test`: the COVID gate cannot run on it
+        out.append(f"OK: no problems found, {len(report.warnings)} warning(s)")
+        out.extend(printable(f"  [warning] {w}") for w in report.warnings)
+        return "\n".join(out)
     if report.ok:
         out.append("OK: no problems found")
         return "\n".join(out)
@@ -145,4 +149,5 @@ def format_check_report(report: CheckReport) -> str:
         out.append(printable(f"  [{p.kind}] {where}{subject}{p.message}"))  # a path with a newline stays one line
     if len(report.problems) > MAX_LISTED:
         out.append(f"  ... and {len(report.problems) - MAX_LISTED} more (use --json for the full list)")
+    out.extend(printable(f"  [warning] {w}") for w in report.warnings)
     return "\n".join(out)

@@ -70,6 +70,8 @@ class CheckReport:
     without_sha256: int = 0
     decoded: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: facts that are not errors but change what a split can show (a split without a class)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -158,7 +160,21 @@ def check_manifest(
         without_sha256=sum(1 for r in records if r.sha256 is None),
         decoded=content.decoded,
         problems=problems,
+        warnings=[p.message for p in _class_coverage(records)],
     )
+
+
+def _class_coverage(records: list[Record]) -> list[Problem]:
+    """A split that lacks a whole class: a model trained, calibrated or gated on it never sees that
+    class, and a gate on it cannot measure that class (no COVID images: no COVID sensitivity)."""
+    present: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        present[r.split].add(r.label)
+    return [
+        Problem("warning", f"split {split!r} has no {', '.join(repr(c) for c in missing)} images")
+        for split in SPLITS
+        if split in present and (missing := [c for c in CLASSES_4 if c not in present[split]])
+    ]
 
 
 def count_images(records: Iterable[Record], labels: list[str], splits: list[str]) -> dict[str, dict[str, int]]:

@@ -135,3 +135,17 @@ def test_rows_outside_the_manifest_folder_are_problems_and_not_read(examples: Pa
     allowed = check_manifest(manifest, progress=False, allow_outside=True)
     kinds = {(p.kind, p.line) for p in allowed.problems}
     assert ("sha256", 3) in kinds and ("sha256", 4) in kinds and not any(k == "outside" for k, _ in kinds)
+
+
+def test_a_split_without_a_class_is_a_warning(examples: Path) -> None:
+    """The committed examples have no COVID image: OK, but every split says so (no COVID gate there)."""
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    report = check_manifest(examples / "manifest.csv", verify_hash=False, progress=False)
+    assert report.ok
+    assert sorted(report.warnings) == sorted(f"split {s!r} has no 'covid' images" for s in ("train", "val", "calib", "test"))
+    res = CliRunner().invoke(main, ["data", "check", str(examples / "manifest.csv"), "--no-hash"])
+    assert res.exit_code == 0 and "OK: no problems found, 4 warning(s)" in res.output
+    assert "[warning] split 'test' has no 'covid' images" in res.output

@@ -37,6 +37,8 @@ from edgecxr.stages.gate.run import run_gate
     help="COVID sensitivity must not drop below the reference's  [default: on]",
 )
 @click.option("--max-prob-diff", type=click.FloatRange(0, 1), default=None, help="Max |probability difference| vs reference  [default: not gated]")
+@click.option("--min-images", type=click.IntRange(min=1), default=None,
+              help="Fewest images the split must hold for a verdict; a split lacking a class always fails  [default: 1]")
 @click.option(
     "--artifact",
     "artifacts",
@@ -64,6 +66,7 @@ def verify(
     min_agreement: float | None,
     covid_sensitivity_not_lower: bool | None,
     max_prob_diff: float | None,
+    min_images: int | None,
     artifacts: str | None,
     reference: str,
     limit: int | None,
@@ -88,6 +91,7 @@ def verify(
         min_agreement=min_agreement,
         covid_sensitivity_not_lower=covid_sensitivity_not_lower,
         max_prob_diff=max_prob_diff,
+        min_images=min_images,
     )
     bundle = bundle_for(model, writes=True)
     # held from before the bundle is read until after it is written: another command's record survives

@@ -41,7 +41,7 @@ def test_gate_passes_good_artifacts_and_writes_reports(exported_cnn, copy_bundle
     fp32, fp16 = result.get("onnx_fp32"), result.get("onnx_fp16")
     assert fp32.status == fp16.status == "ok" and fp32.passed and fp16.passed
     assert fp32.agreement["top1_agreement"] == 1.0 and fp32.agreement["max_abs_diff"] < 1e-4
-    assert {c.gate for c in fp16.checks} == {"max_acc_drop", "covid_sensitivity_not_lower", "min_agreement"}
+    assert {c.gate for c in fp16.checks} == {"max_acc_drop", "covid_sensitivity_not_lower", "min_agreement", "min_images"}
     assert result.get("keras").reference and result.get("keras").passed is None
     assert result.get("onnx_int8").status == "skipped" and result.get("onnx_int8").reason == "not in the bundle"
     # per-class numbers are there for the report
@@ -269,3 +269,17 @@ def test_covid_gate_fails_on_a_split_without_covid():
     assert "cannot be checked" in checks["covid_sensitivity_not_lower"].detail
     off = gate_checks(Gates(covid_sensitivity_not_lower=False), ref, art)
     assert all(c.passed for c in off) and "covid_sensitivity_not_lower" not in {c.gate for c in off}
+
+
+def test_a_split_too_small_or_missing_a_class_fails_with_the_reason():
+    from edgecxr.stages.gate.config import Gates
+    from edgecxr.stages.gate.run import split_checks
+
+    full = split_checks(Gates(min_images=8), {"covid": 3, "normal": 3, "pneumonia": 2})
+    assert all(c.passed for c in full) and [c.gate for c in full] == ["min_images"]
+    small = {c.gate: c for c in split_checks(Gates(min_images=30), {"covid": 3, "normal": 3, "pneumonia": 2})}
+    assert small["min_images"].passed is False and "at least 30" in small["min_images"].detail
+    lacking = {c.gate: c for c in split_checks(Gates(), {"covid": 0, "normal": 1, "pneumonia": 1})}
+    assert lacking["all_classes"].passed is False and "no covid images" in lacking["all_classes"].detail
+    with pytest.raises(GateConfigError, match="min_images"):
+        Gates(min_images=0)

@@ -168,6 +168,19 @@ def _run_artifact(
     return result, probs
 
 
+def split_checks(gates: Gates, counts: dict[str, int]) -> list[GateCheck]:
+    """Whether the split can carry a verdict: at least `min_images` images and every class present."""
+    n = sum(counts.values())
+    checks = [GateCheck("min_images", n, gates.min_images, n >= gates.min_images,
+                        f"{n} image(s) in the split (at least {gates.min_images} required for a verdict)")]
+    missing = [c for c, k in counts.items() if k == 0]
+    if missing:
+        checks.append(GateCheck("all_classes", len(counts) - len(missing), len(counts), False,
+                                f"the split has no {', '.join(missing)} images: the gate cannot measure "
+                                f"{'that class' if len(missing) == 1 else 'those classes'}"))
+    return checks
+
+
 def gate_checks(gates: Gates, ref: ArtifactResult, art: ArtifactResult) -> list[GateCheck]:
     """The gate rule: each threshold of `gates` applied to `art` against the reference `ref`."""
     if ref.metrics is None or art.metrics is None or art.agreement is None:  # pragma: no cover - caller ran both
@@ -334,6 +347,9 @@ def run_gate(
         res.checks = gate_checks(gates.for_artifact(res.key), ref, res)
 
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    for res in results:
+        if res.checks:
+            res.checks.extend(split_checks(gates.for_artifact(res.key), counts))
     result = VerifyResult(
         bundle=str(bundle.dir),
         split=split,

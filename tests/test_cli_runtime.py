@@ -92,7 +92,8 @@ def test_infer_json_and_csv(cli, bundle, images, tmp_path):
         assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert len(rows) == len(images) + 1
-    assert list(rows[0]) == ["source", "label", "top1", *[f"p_{c}" for c in tinymodels.CLASSES], "preprocess_ms", "inference_ms", "error"]
+    assert list(rows[0]) == ["source", "label", "top1", *[f"p_{c}" for c in tinymodels.CLASSES], "preprocess_ms", "inference_ms", "error",
+                              "status", "reason"]
     assert rows[-1]["error"] and rows[-1]["label"] == ""
     assert all(r["label"] in tinymodels.CLASSES for r in rows[:-1])
     assert not list(csv_path.parent.glob(".*.tmp"))  # atomic write left no temp file

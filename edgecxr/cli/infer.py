@@ -24,7 +24,7 @@ from edgecxr.runtime.store import DEFAULT_MODEL
 # infer
 # ------------------------------------------------------------------------------------------------
 def predictions_csv(preds: list[Any], classes: list[str]) -> str:
-    """CSV text: source, label, top1, one probability column per class, timings, error.
+    """CSV text: source, label, top1, one probability column per class, timings, error, status, reason.
 
     The source is the file name exactly as given (the csv module quotes one with a comma, quote
     or newline); `_write_output` writes a name that is not UTF-8 back as its own bytes.
@@ -34,11 +34,13 @@ def predictions_csv(preds: list[Any], classes: list[str]) -> str:
     # csv quotes a field holding a newline but not one holding a lone carriage return (not in the
     # "\n" line terminator), which readers then take for a line break: quote such rows whole.
     quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error"])
+    writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error",
+                     "status", "reason"])
     for p in preds:
         probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes]
         top1 = "" if p.top1 is None else f"{p.top1:.6f}"
-        row = [str(p.source), p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or ""]
+        row = [str(p.source), p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or "",
+               p.status, p.reason or ""]
         (quoted if any("\r" in field for field in row) else writer).writerow(row)
     return buf.getvalue()
 
@@ -52,8 +54,10 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
     rows = []
     for p in preds:
         source = printable(p.source)
-        if not p.ok:
-            rows.append((source, "ERROR", printable(p.error or "")))
+        if p.error is not None:
+            rows.append((source, "ERROR", printable(p.error)))
+        elif p.status != "ok":
+            rows.append((source, p.status.upper(), printable(p.reason or "")))
         elif top_k:
             rows.append((source, printable(p.label or ""), "  ".join(f"{printable(c)} {v:.3f}" for c, v in p.top_k(top_k))))
         else:
@@ -76,6 +80,8 @@ def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: for 16+ files on a terminal).")
 @click.option("--allow-rejected", is_flag=True,
               help="Run a model file the accuracy gate rejected (*.rejected.*), with a warning on every run.")
+@click.option("--no-input-checks", is_flag=True,
+              help="Send every decodable input to the model, even noise, CT or lateral views (see docs/ARCHITECTURE.md).")
 def infer(
     inputs: tuple[str, ...],
     model: str | None,
@@ -88,11 +94,14 @@ def infer(
     cuda_graph: bool,
     progress: bool | None,
     allow_rejected: bool,
+    no_input_checks: bool,
 ) -> None:
     """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
 
     A file that cannot be read is reported with its reason and the others are still classified;
-    the exit code is then 1 (0 when every file was classified). The backend used is printed to
+    an image that is plainly not a frontal chest X-ray (CT/MR DICOM, lateral view, noise, blank,
+    colored) is REJECTED with its reason and not classified. The exit code is 1 when any file
+    failed or was rejected (0 when every file was classified). The backend used is printed to
     stderr. A missing path, a glob matching nothing or a folder without images stops the run.
 
     \b
@@ -105,14 +114,18 @@ def infer(
     """
     from tqdm import tqdm
 
+    from edgecxr.runtime.input_checks import DEFAULT_RULES
 
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
     options = {"cuda_graph": True} if cuda_graph else {}
-    with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected, **options) as clf:
+    with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
+                         input_rules=None if no_input_checks else DEFAULT_RULES, **options) as clf:
         _err(f"using {clf.describe()}")
+        if no_input_checks:
+            _err("warning: --no-input-checks: every decodable input is classified, even if it is not a chest X-ray")
         if "warning" in clf.backend_info:
             _err(f"warning: {clf.backend_info['warning']}")
         if cuda_graph and clf.backend_info["backend"] != "tensorrt":
@@ -124,7 +137,9 @@ def infer(
                 preds.extend(chunk)
                 bar.update(len(chunk))
         classes, info = clf.classes, dict(clf.backend_info)
-    failed = [p for p in preds if not p.ok]
+    failed = [p for p in preds if p.error is not None]
+    rejected = [p for p in preds if p.error is None and p.status != "ok"]
+    classified = len(preds) - len(failed) - len(rejected)
     if as_json:
         doc = {
             "model": model or DEFAULT_MODEL,
@@ -132,6 +147,7 @@ def infer(
             "classes": classes,
             "count": len(preds),
             "failed": len(failed),
+            "rejected": len(rejected),
             "predictions": [p.to_dict(top_k) for p in preds],
         }
         click.echo(json.dumps(doc, indent=2))
@@ -139,6 +155,7 @@ def infer(
         click.echo(predictions_table(preds, top_k))
     if csv_path is not None:  # after printing, so the results are not lost if the file cannot be written
         _write_output(csv_path, predictions_csv(preds, classes), "--csv")
-    _err(f"{len(preds) - len(failed)} of {len(preds)} image(s) classified" + (f", {len(failed)} failed" if failed else ""))
-    if failed:
+    _err(f"{classified} of {len(preds)} image(s) classified" + (f", {len(rejected)} rejected" if rejected else "")
+         + (f", {len(failed)} failed" if failed else ""))
+    if failed or rejected:
         sys.exit(1)

@@ -20,7 +20,10 @@ holding NaN or Inf fails that input (`Prediction.error`), never becomes a label.
 The choice and why are in `Classifier.backend_info` (the CLI prints it to stderr), so nobody has
 to guess what ran. Every input goes through `edgecxr.preprocess.preprocess` with the spec stored
 next to the model, and a file that cannot be read becomes a Prediction with `error` set instead of
-an exception, so a batch from the scanner always completes.
+an exception, so a batch from the scanner always completes. An input that decodes but is plainly
+not a frontal chest X-ray (a CT DICOM, a lateral view, noise, a blank or colored image; see
+`edgecxr.runtime.input_checks`) is never sent to the model: its Prediction has status "rejected"
+and a reason, and no label.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from edgecxr.core.metadata import (
 from edgecxr.core.schema import ensure_same
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import load_image
+from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
 from edgecxr.runtime.select import BACKENDS, ArtifactChoice, _ort_has_cuda, choose_artifact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +76,10 @@ class Prediction:
         preprocess_ms: decode + preprocessing of this input.
         inference_ms: this input's share of its batch's inference (batch time / batch size).
         error: why the input failed (file unreadable, not an image...), else None.
+        status: "ok" (classified or failed: see `error`), "rejected" (decoded, but the input
+            checks say it is not a chest X-ray; never sent to the model); "abstained" is
+            reserved for a later confidence rule.
+        reason: why the input was rejected (one line), None when status is "ok".
     """
 
     source: str | int
@@ -81,10 +89,13 @@ class Prediction:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     error: str | None = None
+    status: str = "ok"
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """Classified: not failed and not rejected (a rejected input has no label to use)."""
+        return self.error is None and self.status == "ok"
 
     @property
     def path(self) -> str | None:
@@ -102,6 +113,8 @@ class Prediction:
             "preprocess_ms": round(self.preprocess_ms, 3),
             "inference_ms": round(self.inference_ms, 3),
             "error": self.error,
+            "status": self.status,
+            "reason": self.reason,
         }
         if top_k:
             data["top_k"] = [[c, round(p, 6)] for c, p in self.top_k(top_k)]
@@ -114,11 +127,13 @@ class Prediction:
 class Classifier:
     """A loaded model plus its classes and preprocessing spec; use as a context manager or call close()."""
 
-    def __init__(self, runner: Any, classes: Sequence[str], spec: PreprocessSpec, info: dict[str, Any]):
+    def __init__(self, runner: Any, classes: Sequence[str], spec: PreprocessSpec, info: dict[str, Any],
+                 input_rules: InputRules | None = DEFAULT_RULES):
         self.runner = runner
         self.classes = list(classes)
         self.spec = spec
         self.backend_info = info
+        self.input_rules = InputRules.off() if input_rules is None else input_rules
 
     @classmethod
     def load(
@@ -127,6 +142,7 @@ class Classifier:
         backend: str = "auto",
         precision: str | None = None,
         allow_rejected: bool = False,
+        input_rules: InputRules | None = DEFAULT_RULES,
         **options: Any,
     ) -> Classifier:
         """Load a model by name, or a bundle directory, an .engine (with its sidecar) or an .onnx file.
@@ -139,6 +155,9 @@ class Classifier:
             precision: restrict to "fp32" / "fp16" / "int8" artifacts (bundles only).
             allow_rejected: run a file the accuracy gate rejected (`*.rejected.*`, kept for
                 inspection); without it such a file is refused. `backend_info["warning"]` says so.
+            input_rules: what an input must look like to reach the model (the defaults reject
+                non-radiograph DICOMs, lateral views, noise, blank and colored images); None or
+                `InputRules.off()` sends every decodable input to the model.
             options: passed to the runner (e.g. cuda_graph=True for TensorRT, threads=2 for ORT).
         """
         from edgecxr.core.bundle import Bundle
@@ -197,7 +216,7 @@ class Classifier:
         if _is_rejected(choice.path):
             info["warning"] = f"{choice.path.name} FAILED the accuracy gate; its answers are not validated"
         info.update({k: v for k, v in runner.describe().items() if k not in ("backend", "path")})
-        return cls(runner, classes, spec, info)
+        return cls(runner, classes, spec, info, input_rules)
 
     def describe(self) -> str:
         """One line for logs: 'onnxruntime, int8 ONNX runs/x/model.int8.onnx (why...)'."""
@@ -233,14 +252,21 @@ class Classifier:
                     image = load_image(item, (self.spec.height, self.spec.width))
                 else:
                     image = np.asarray(item)
-                tensors.append(preprocess(image, self.spec))
+                tensor = preprocess(image, self.spec)  # first: a bad array is an error, not a rejection
             except ImageLoadError as exc:
                 preds.append(Prediction(source, error=exc.reason))
                 continue
             except ValueError as exc:  # preprocess: wrong dtype / range / shape of a given array or DICOM
                 preds.append(Prediction(source, error=str(exc)))
                 continue
-            preds.append(Prediction(source, preprocess_ms=(time.perf_counter() - t0) * 1e3))
+            rules = self.input_rules
+            reason = (rules.check_file(item) if isinstance(item, (str, Path)) else None) or rules.check_pixels(image)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if reason:
+                preds.append(Prediction(source, preprocess_ms=elapsed, status="rejected", reason=reason))
+                continue
+            tensors.append(tensor)
+            preds.append(Prediction(source, preprocess_ms=elapsed))
             good.append(i)
         if not good:
             return preds

@@ -191,7 +191,7 @@ def run_demo(
             log(f"      {example.name}: {pred.label} ({pred.top1:.3f}); {probs}")
             log(f"      preprocess {pred.preprocess_ms:.1f} ms, inference {pred.inference_ms:.1f} ms")
         else:
-            log(f"      {example.name}: error {pred.error}")
+            log(f"      {example.name}: {pred.error or f'rejected: {pred.reason}'}")
         return pred, info
 
     pred, info = st.run("infer", f"classify {example.name} (edgecxr.Classifier)", infer)

@@ -281,5 +281,7 @@ def test_a_split_too_small_or_missing_a_class_fails_with_the_reason():
     assert small["min_images"].passed is False and "at least 30" in small["min_images"].detail
     lacking = {c.gate: c for c in split_checks(Gates(), {"covid": 0, "normal": 1, "pneumonia": 1})}
     assert lacking["all_classes"].passed is False and "no covid images" in lacking["all_classes"].detail
+    off = split_checks(Gates(require_all_classes=False), {"covid": 0, "normal": 1, "pneumonia": 1})
+    assert all(c.passed for c in off)
     with pytest.raises(GateConfigError, match="min_images"):
         Gates(min_images=0)

@@ -26,7 +26,8 @@ class GateConfigError(EdgeCXRError):
     """A gates TOML file or gate value is malformed."""
 
 
-_GATE_FIELDS = ("max_acc_drop", "min_agreement", "covid_sensitivity_not_lower", "max_prob_diff", "min_images")
+_GATE_FIELDS = ("max_acc_drop", "min_agreement", "covid_sensitivity_not_lower", "max_prob_diff", "min_images",
+                "require_all_classes")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Gates:
         max_prob_diff: largest allowed |probability difference| vs the reference (None: not gated).
         min_images: fewest images the split must hold for a verdict; a split with fewer, or one that
             lacks a whole class, fails the gate with the reason (a 2-image PASS says nothing).
+        require_all_classes: a split lacking a class fails the gate (off only for data that has
+            no such images at all, e.g. the committed examples have no COVID image).
         overrides: per-artifact replacements, e.g. {"onnx_int8": {"min_agreement": 0.97}}; the key
             "engines" applies to every TensorRT engine ("engine:<name>").
     """
@@ -49,12 +52,15 @@ class Gates:
     covid_sensitivity_not_lower: bool = True
     max_prob_diff: float | None = None
     min_images: int = 1
+    require_all_classes: bool = True
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         _check_gate_values(self.max_acc_drop, self.min_agreement, self.covid_sensitivity_not_lower, self.max_prob_diff)
         if not isinstance(self.min_images, int) or isinstance(self.min_images, bool) or self.min_images < 1:
             raise GateConfigError(f"min_images must be a whole number >= 1, got {self.min_images!r}")
+        if not isinstance(self.require_all_classes, bool):
+            raise GateConfigError(f"require_all_classes must be true or false, got {self.require_all_classes!r}")
         for key, values in self.overrides.items():
             unknown = set(values) - set(_GATE_FIELDS)
             if unknown:

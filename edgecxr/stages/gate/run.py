@@ -174,7 +174,7 @@ def split_checks(gates: Gates, counts: dict[str, int]) -> list[GateCheck]:
     checks = [GateCheck("min_images", n, gates.min_images, n >= gates.min_images,
                         f"{n} image(s) in the split (at least {gates.min_images} required for a verdict)")]
     missing = [c for c, k in counts.items() if k == 0]
-    if missing:
+    if missing and gates.require_all_classes:
         checks.append(GateCheck("all_classes", len(counts) - len(missing), len(counts), False,
                                 f"the split has no {', '.join(missing)} images: the gate cannot measure "
                                 f"{'that class' if len(missing) == 1 else 'those classes'}"))

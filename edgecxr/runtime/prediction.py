@@ -1,0 +1,67 @@
+"""What `Classifier.predict` returns for one input: a label and probabilities, or why there is none.
+
+Its own module so that outputs (CLI tables, CSV, JSON, and the coming DICOM results) can describe
+a result without importing the runtime that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Prediction:
+    """The result for one input.
+
+    Attributes:
+        source: the input path (as given) or, for arrays, its index in the input list.
+        label: top-1 class, None when the input failed.
+        probabilities: class -> probability (empty when the input failed).
+        top1: probability of `label`.
+        preprocess_ms: decode + preprocessing of this input.
+        inference_ms: this input's share of its batch's inference (batch time / batch size).
+        error: why the input failed (file unreadable, not an image...), else None.
+        status: "ok" (classified or failed: see `error`), "rejected" (decoded, but the input
+            checks say it is not a chest X-ray; never sent to the model); "abstained" is
+            reserved for a later confidence rule.
+        reason: why the input was rejected (one line), None when status is "ok".
+    """
+
+    source: str | int
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    top1: float | None = None
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    error: str | None = None
+    status: str = "ok"
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Classified: not failed and not rejected (a rejected input has no label to use)."""
+        return self.error is None and self.status == "ok"
+
+    @property
+    def path(self) -> str | None:
+        return self.source if isinstance(self.source, str) else None
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[: max(0, k)]
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "source": self.source,
+            "label": self.label,
+            "top1": None if self.top1 is None else round(self.top1, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "preprocess_ms": round(self.preprocess_ms, 3),
+            "inference_ms": round(self.inference_ms, 3),
+            "error": self.error,
+            "status": self.status,
+            "reason": self.reason,
+        }
+        if top_k:
+            data["top_k"] = [[c, round(p, 6)] for c, p in self.top_k(top_k)]
+        return data

@@ -21,14 +21,13 @@ import cv2
 import numpy as np
 import pytest
 from cxr_fixtures import make_dicom, write_jpeg, xray
+from integrity.hostile import PNG_SIG, assemble, chunk, chunks
 
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.data import raster
 from edgecxr.data.decoder_log import _verdict, capture_decoder_messages
 from edgecxr.data.io import load_image
 from edgecxr.data.limits import DecodeLimits
-
-PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 #: Raise every header limit, to reach the layer behind it.
 NO_HEADER_LIMITS = DecodeLimits(max_pixels=1 << 40, max_decoded_bytes=1 << 40, max_ratio=1e12)
@@ -43,24 +42,6 @@ def refused(path: Path, limits: DecodeLimits | None = None, min_size: tuple[int,
 
 
 # --- generators ----------------------------------------------------------------------------------
-
-
-def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-    crc = zlib.crc32(kind + data) if crc is None else crc
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def chunks(png: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], len(PNG_SIG)
-    while pos + 8 <= len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        out.append((png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]))
-        pos += 12 + length
-    return out
-
-
-def assemble(parts: list[tuple[bytes, bytes]]) -> bytes:
-    return PNG_SIG + b"".join(chunk(k, d) for k, d in parts)
 
 
 def good_png(index: int = 0) -> bytes:

@@ -121,12 +121,18 @@ def _written(name: str, prepare, mode: int | None = None) -> Case:
     return Case("outputs", f"infer-csv-{name}", build)
 
 
+def _odd_file(folder: Path, raw: bytes) -> Path:
+    """A real X-ray under the file name `raw` (any bytes), as Python spells it (surrogateescape)."""
+    path = Path(os.fsdecode(os.fsencode(folder) + b"/" + raw))
+    path.write_bytes(hostile.good_png(3))
+    return path
+
+
 def _odd_name(name: str, raw: bytes) -> Case:
     """A file named with `raw` bytes: classified, its CSV row holds the exact name, the table one row."""
 
     def build(folder: Path) -> Plan:
-        path = Path(os.fsdecode(os.fsencode(folder) + b"/" + raw))
-        path.write_bytes(hostile.good_png(3))
+        path = _odd_file(folder, raw)
         out = folder / "out.csv"
 
         def check(result) -> str | None:
@@ -148,8 +154,7 @@ def _odd_name(name: str, raw: bytes) -> Case:
 
 def _odd_name_json(name: str, raw: bytes) -> Case:
     def build(folder: Path) -> Plan:
-        path = Path(os.fsdecode(os.fsencode(folder) + b"/" + raw))
-        path.write_bytes(hostile.good_png(3))
+        path = _odd_file(folder, raw)
 
         def check(result) -> str | None:
             doc = json.loads(result.stdout)

@@ -139,7 +139,9 @@ class Classifier:
                 "give the bundle directory to pick by precision, or drop the precision"
             )
         # Nothing is handed to a runtime before its bytes and its own description are checked.
-        integrity = _verify_before_load(bundle, choice)
+        integrity, verified = _verify_before_load(bundle, choice)
+        if choice.backend == "tensorrt" and verified:
+            options.setdefault("verified_sha256", verified)  # the runner need not hash the engine again
 
         if choice.backend == "onnxruntime" and "device" not in options and _ort_has_cuda():
             options["device"] = "cuda"  # onnxruntime-gpu: run on the GPU (the FP16 choice above assumed it)
@@ -306,26 +308,28 @@ def _owning_bundle(path: Path) -> Bundle | None:
     return None
 
 
-def _verify_before_load(bundle: Bundle | None, choice: ArtifactChoice) -> str:
+def _verify_before_load(bundle: Bundle | None, choice: ArtifactChoice) -> tuple[str, str | None]:
     """Check the chosen file's sha256 (and an engine sidecar's facts) before any runtime reads it.
 
-    Returns what was verified, for backend_info; raises BundleError naming the file otherwise.
+    Returns what was verified (for backend_info) and the verified sha256 (None when nothing
+    records one); raises BundleError naming the file otherwise.
     """
     from edgecxr.runtime import store
 
     if choice.backend == "tensorrt":
         side = read_sidecar(choice.path)
         if bundle is None:
-            verify_engine(choice.path, side)
+            sha = verify_engine(choice.path, side)
         else:
-            store.verify_artifact(bundle, choice.path)
+            sha = store.verify_artifact(bundle, choice.path)
             ensure_same(bundle.facts, str(bundle.path), sidecar_facts(side, choice.path), str(sidecar_path(choice.path)))
-        return "sha256 matches its sidecar"
+        return "sha256 matches its sidecar", sha
     if bundle is None:
-        return "not verified (no bundle.json records its sha256)"
-    if store.verify_artifact(bundle, choice.path) is None:
-        return "not verified (bundle.json records no sha256 for it)"
-    return "sha256 matches bundle.json"
+        return "not verified (no bundle.json records its sha256)", None
+    sha = store.verify_artifact(bundle, choice.path)
+    if sha is None:
+        return "not verified (bundle.json records no sha256 for it)", None
+    return "sha256 matches bundle.json", sha
 
 
 def _check_loaded(runner: Any, bundle: Bundle | None, choice: ArtifactChoice, classes: list[str],

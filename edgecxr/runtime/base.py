@@ -2,7 +2,10 @@
 
 Modelled on Polygraphy's BaseRunner: a runner wraps one model file, is a context manager,
 `load()`s once and then `infer(batch)`s many times. Input is a preprocessed float32 NHWC batch
-(see edgecxr.core.spec); output is float32 class probabilities (N, n_classes).
+(see edgecxr.core.spec); output is float32 class probabilities (N, n_classes). A model may have a
+second output, `features` (N, D): the penultimate layer, which the out-of-distribution score of
+`edgecxr.runtime.ood` reads; `infer_outputs` returns every output by name, `infer` only the
+probabilities, so callers that need no features never see them.
 
 A backend implements `_load`, `_infer` and (if it holds resources) `_close`. The public
 `load` / `infer` / `close` here do what every backend needs the same way: the file check, loading
@@ -20,6 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgecxr.core.errors import BundleError
+
+#: the first output of every model (the name `infer_outputs` gives it, whatever the file calls it)
+PROBABILITIES = "probabilities"
+#: the optional second output: penultimate-layer features for the out-of-distribution score
+FEATURES = "features"
 
 
 class Runner(abc.ABC):
@@ -47,8 +55,9 @@ class Runner(abc.ABC):
         """Load the model / build the session (the file exists)."""
 
     @abc.abstractmethod
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a preprocessed NHWC float32 batch (any float array)."""
+    def _infer(self, batch: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """Class probabilities for a preprocessed NHWC float32 batch (any float array), or a dict of
+        every output by name with the probabilities first (models that also output `features`)."""
 
     def _close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release sessions, buffers and streams."""
@@ -69,12 +78,23 @@ class Runner(abc.ABC):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) float32; loads on first use."""
+        return self.infer_outputs(batch)[PROBABILITIES]
+
+    def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output as float32 by name: PROBABILITIES first, then e.g. FEATURES; loads on first use."""
         self.load()
         t0 = time.perf_counter()
-        probs = np.asarray(self._infer(batch), dtype=np.float32)
+        raw = self._infer(batch)
         if self._timed_by_base:
             self._last = {"compute_ms": (time.perf_counter() - t0) * 1e3}
-        return probs
+        if not isinstance(raw, dict):
+            return {PROBABILITIES: np.asarray(raw, dtype=np.float32)}
+        if not raw:
+            raise BundleError(f"{self.path}: the model returned no outputs")
+        names = list(raw)
+        out = {PROBABILITIES: np.asarray(raw[names[0]], dtype=np.float32)}
+        out.update((n, np.asarray(raw[n], dtype=np.float32)) for n in names[1:])
+        return out
 
     #: False where `_infer` records its own split of the time (TensorRT: h2d / compute / d2h)
     _timed_by_base: ClassVar[bool] = True

@@ -40,7 +40,6 @@ from edgecxr.core.artifacts import KINDS, backend_for
 from edgecxr.core.errors import (
     BackendUnavailableError,
     BundleError,
-    ImageLoadError,
 )
 from edgecxr.core.metadata import (
     decode_metadata,
@@ -52,9 +51,9 @@ from edgecxr.core.metadata import (
     verify_engine,
 )
 from edgecxr.core.schema import ensure_same
-from edgecxr.core.spec import PreprocessSpec, preprocess
-from edgecxr.data.io import load_image
+from edgecxr.core.spec import PreprocessSpec
 from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
+from edgecxr.runtime.inputs import prepare
 from edgecxr.runtime.prediction import Prediction
 from edgecxr.runtime.select import BACKENDS, ArtifactChoice, _ort_has_cuda, choose_artifact
 
@@ -188,34 +187,14 @@ class Classifier:
             yield self._predict_batch(items[start : start + batch_size], start)
 
     def _predict_batch(self, items: list[Any], offset: int) -> list[Prediction]:
+        prepared = [prepare(item, offset + i, self.spec, self.input_rules) for i, item in enumerate(items)]
+        return self._run_model(prepared)
 
-        preds: list[Prediction] = []
-        tensors: list[np.ndarray] = []
-        good: list[int] = []
-        for i, item in enumerate(items):
-            source: str | int = str(item) if isinstance(item, (str, Path)) else offset + i
-            t0 = time.perf_counter()
-            try:
-                if isinstance(item, (str, Path)):
-                    image = load_image(item, (self.spec.height, self.spec.width))
-                else:
-                    image = np.asarray(item)
-                tensor = preprocess(image, self.spec)  # first: a bad array is an error, not a rejection
-            except ImageLoadError as exc:
-                preds.append(Prediction(source, error=exc.reason))
-                continue
-            except ValueError as exc:  # preprocess: wrong dtype / range / shape of a given array or DICOM
-                preds.append(Prediction(source, error=str(exc)))
-                continue
-            rules = self.input_rules
-            reason = (rules.check_file(item) if isinstance(item, (str, Path)) else None) or rules.check_pixels(image)
-            elapsed = (time.perf_counter() - t0) * 1e3
-            if reason:
-                preds.append(Prediction(source, preprocess_ms=elapsed, status="rejected", reason=reason))
-                continue
-            tensors.append(tensor)
-            preds.append(Prediction(source, preprocess_ms=elapsed))
-            good.append(i)
+    def _run_model(self, prepared: list[tuple[Prediction, np.ndarray | None]]) -> list[Prediction]:
+        """Run the model once on the inputs that passed decoding and the input checks; fill their Predictions."""
+        preds = [p for p, _ in prepared]
+        good = [i for i, (_, t) in enumerate(prepared) if t is not None]
+        tensors = [prepared[i][1] for i in good]
         if not good:
             return preds
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import BackendUnavailableError, BundleError
-from edgecxr.runtime.base import Runner
+from edgecxr.runtime.base import FEATURES, Runner
 
 
 class OnnxRuntimeRunner(Runner):
@@ -55,20 +55,22 @@ class OnnxRuntimeRunner(Runner):
             raise BundleError(f"{self.path}: onnxruntime cannot load this model: {why}") from exc
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{self.path}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        extra = [o.name for o in outputs[1:]]
+        if len(inputs) != 1 or not outputs or extra not in ([], [FEATURES]):
+            raise BundleError(f"{self.path}: expected 1 input and 1 output (plus an optional {FEATURES!r}), got "
+                              f"{len(inputs)} inputs and outputs {[o.name for o in outputs]}")
         self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
+        self.output_names = [o.name for o in outputs]
         self.input_shape = tuple(inputs[0].shape)
         self.output_shape = tuple(outputs[0].shape)
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            (probs,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+            values = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         except Exception as exc:  # onnxruntime's untyped Fail / InvalidArgument: one line, not a C++ backtrace
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BundleError(f"{self.path}: onnxruntime could not run the model on a batch of {batch.shape}: {why}") from exc
-        return probs
+        return dict(zip(self.output_names, values, strict=True))
 
     def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
         if not self.loaded:

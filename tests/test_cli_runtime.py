@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -93,8 +95,18 @@ def test_infer_json_and_csv(cli, bundle, images, tmp_path):
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert len(rows) == len(images) + 1
     assert list(rows[0]) == ["source", "label", "top1", *[f"p_{c}" for c in tinymodels.CLASSES], "preprocess_ms", "inference_ms", "error",
-                              "status", "reason"]
+                              "status", "reason", "ood_score", "input_sha256", "StudyInstanceUID", "SeriesInstanceUID",
+                              "SOPInstanceUID", "time", "model", "artifact_sha256", "precision", "backend", "preprocess",
+                              "temperature", "ood_threshold", "edgecxr_version"]
     assert rows[-1]["error"] and rows[-1]["label"] == ""
+    # the audit trail: each input's own sha256, and what ran, on every row and in the JSON
+    for row, path in zip(rows, [*images, bad[0]], strict=True):
+        assert row["input_sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest() and row["time"]
+    ran = doc["backend"]["artifact"]
+    assert doc["audit"]["artifact_sha256"] == hashlib.sha256(Path(ran).read_bytes()).hexdigest()
+    assert {r["artifact_sha256"] for r in rows} == {doc["audit"]["artifact_sha256"]}
+    assert doc["audit"]["preprocess"] == rows[0]["preprocess"] and doc["audit"]["edgecxr_version"]
+    assert [p["input_sha256"] for p in doc["predictions"]] == [r["input_sha256"] for r in rows]
     assert all(r["label"] in tinymodels.CLASSES for r in rows[:-1])
     assert not list(csv_path.parent.glob(".*.tmp"))  # atomic write left no temp file
 

@@ -2,69 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from edgecxr.cli.options import model_option
-from edgecxr.cli.output import _err, _write_output, check_output, printable
+from edgecxr.cli.output import _err, _write_output, check_output
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.data.io import expand_inputs
 from edgecxr.runtime.classifier import Classifier
+from edgecxr.runtime.results import audit_footer, counts, predictions_csv, predictions_table, results_document
 from edgecxr.runtime.select import BACKENDS
-from edgecxr.runtime.store import DEFAULT_MODEL
-
-
-# ------------------------------------------------------------------------------------------------
-# infer
-# ------------------------------------------------------------------------------------------------
-def predictions_csv(preds: list[Any], classes: list[str]) -> str:
-    """CSV text: source, label, top1, one probability column per class, timings, error, status, reason.
-
-    The source is the file name exactly as given (the csv module quotes one with a comma, quote
-    or newline); `_write_output` writes a name that is not UTF-8 back as its own bytes.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    # csv quotes a field holding a newline but not one holding a lone carriage return (not in the
-    # "\n" line terminator), which readers then take for a line break: quote such rows whole.
-    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error",
-                     "status", "reason"])
-    for p in preds:
-        probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes]
-        top1 = "" if p.top1 is None else f"{p.top1:.6f}"
-        row = [str(p.source), p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or "",
-               p.status, p.reason or ""]
-        (quoted if any("\r" in field for field in row) else writer).writerow(row)
-    return buf.getvalue()
-
-
-def predictions_table(preds: list[Any], top_k: int | None = None) -> str:
-    """Aligned text table for people: source, label, probability (or the top-k), or the error.
-
-    One line per image whatever its name: newlines, control characters and bytes that are not
-    UTF-8 in a file name are escaped (`printable`); --csv and --json keep the exact name.
-    """
-    rows = []
-    for p in preds:
-        source = printable(p.source)
-        if p.error is not None:
-            rows.append((source, "ERROR", printable(p.error)))
-        elif p.status != "ok":
-            rows.append((source, p.status.upper(), printable(p.reason or "")))
-        elif top_k:
-            rows.append((source, printable(p.label or ""), "  ".join(f"{printable(c)} {v:.3f}" for c, v in p.top_k(top_k))))
-        else:
-            rows.append((source, printable(p.label or ""), f"{p.top1:.3f}"))
-    header = ("source", "label", f"top-{top_k}" if top_k else "probability")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in [header, *rows])
 
 
 @click.command()
@@ -100,8 +50,11 @@ def infer(
 
     A file that cannot be read is reported with its reason and the others are still classified;
     an image that is plainly not a frontal chest X-ray (CT/MR DICOM, lateral view, noise, blank,
-    colored) is REJECTED with its reason and not classified. The exit code is 1 when any file
-    failed or was rejected (0 when every file was classified). The backend used is printed to
+    colored) is REJECTED with its reason and not classified; one the model finds unlike its
+    training data is ABSTAINED (label kept for inspection only). The exit code is 1 when any file
+    failed, was rejected or abstained (0 when every file was classified). Every output ends with
+    its audit trail: model, artifact sha256, precision, backend, preprocessing, temperature, OOD
+    threshold and edgecxr version; JSON and CSV add each input's sha256, DICOM UIDs and time. The backend used is printed to
     stderr. A missing path, a glob matching nothing or a folder without images stops the run.
 
     \b
@@ -136,26 +89,16 @@ def infer(
             for chunk in clf.predict_iter(paths, batch_size=batch_size):
                 preds.extend(chunk)
                 bar.update(len(chunk))
-        classes, info = clf.classes, dict(clf.backend_info)
-    failed = [p for p in preds if p.error is not None]
-    rejected = [p for p in preds if p.error is None and p.status != "ok"]
-    classified = len(preds) - len(failed) - len(rejected)
+        classes, info, audit = clf.classes, dict(clf.backend_info), clf.audit
+    n = counts(preds)
     if as_json:
-        doc = {
-            "model": model or DEFAULT_MODEL,
-            "backend": info,
-            "classes": classes,
-            "count": len(preds),
-            "failed": len(failed),
-            "rejected": len(rejected),
-            "predictions": [p.to_dict(top_k) for p in preds],
-        }
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(results_document(preds, audit, classes, backend=info, top_k=top_k), indent=2))
     else:
         click.echo(predictions_table(preds, top_k))
+        click.echo(audit_footer(audit))
     if csv_path is not None:  # after printing, so the results are not lost if the file cannot be written
-        _write_output(csv_path, predictions_csv(preds, classes), "--csv")
-    _err(f"{classified} of {len(preds)} image(s) classified" + (f", {len(rejected)} rejected" if rejected else "")
-         + (f", {len(failed)} failed" if failed else ""))
-    if failed or rejected:
+        _write_output(csv_path, predictions_csv(preds, classes, audit), "--csv")
+    _err(f"{n['classified']} of {n['count']} image(s) classified"
+         + "".join(f", {n[k]} {k}" for k in ("rejected", "abstained", "failed") if n[k]))
+    if n["classified"] != n["count"]:
         sys.exit(1)

@@ -29,6 +29,7 @@ import click
 
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.fileutil import atomic_write_bytes
+from edgecxr.runtime.results import printable  # noqa: F401 - re-exported: the CLI modules print with it
 
 #: existing files with these suffixes are never replaced by an output option (unless the command says)
 MODEL_SUFFIXES = (".onnx", ".keras", ".h5", ".engine", ".plan", ".trt", ".pb", ".tflite")
@@ -42,28 +43,6 @@ BUNDLE_FOLDERS = ("engines", "calibration", "folds", "checkpoints", "ckpt")
 
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
-
-
-def printable(text: object) -> str:
-    """`text` on one terminal line: control characters, newlines and undecodable bytes escaped.
-
-    A file name may hold a newline (which would start a fake table row), an escape sequence (which
-    the terminal would run) or bytes that are not UTF-8 (Python's surrogate escapes, which cannot
-    be printed): they are shown as \\n, \\x1b and \\xff. The CSV and JSON outputs keep the exact name.
-    """
-    text = str(text)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
 
 
 def _bundle_of(path: Path) -> tuple[Path, Path] | None:

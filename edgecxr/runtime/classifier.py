@@ -53,7 +53,7 @@ from edgecxr.core.metadata import (
 from edgecxr.core.schema import ensure_same
 from edgecxr.core.spec import PreprocessSpec
 from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
-from edgecxr.runtime.inputs import prepare
+from edgecxr.runtime.inputs import file_sha256, prepare
 from edgecxr.runtime.prediction import Prediction
 from edgecxr.runtime.select import BACKENDS, ArtifactChoice, _ort_has_cuda, choose_artifact
 
@@ -73,12 +73,32 @@ class Classifier:
     """A loaded model plus its classes and preprocessing spec; use as a context manager or call close()."""
 
     def __init__(self, runner: Any, classes: Sequence[str], spec: PreprocessSpec, info: dict[str, Any],
-                 input_rules: InputRules | None = DEFAULT_RULES):
+                 input_rules: InputRules | None = DEFAULT_RULES, model: str | None = None):
         self.runner = runner
         self.classes = list(classes)
         self.spec = spec
         self.backend_info = info
         self.input_rules = InputRules.off() if input_rules is None else input_rules
+        self.model_name = model or Path(str(info.get("artifact", "model"))).stem
+
+    @property
+    def audit(self) -> dict[str, Any]:
+        """What produced this classifier's answers, for every output's audit trail (`runtime.results`)."""
+        from edgecxr.core.version import __version__
+
+        info = self.backend_info
+        return {
+            "model": self.model_name,
+            "artifact": info.get("artifact"),
+            "artifact_sha256": info.get("sha256"),
+            "precision": info.get("precision"),
+            "backend": info.get("backend"),
+            "preprocess": self.spec.id,
+            "temperature": None,
+            "ood_threshold": None,
+            "input_checks": "on" if self.input_rules.enabled else "off",
+            "edgecxr_version": __version__,
+        }
 
     @classmethod
     def load(
@@ -159,11 +179,13 @@ class Classifier:
             "reason": choice.reason,
             "preprocess": spec.id,
             "integrity": integrity,
+            "sha256": verified or file_sha256(choice.path),
         }
         if _is_rejected(choice.path):
             info["warning"] = f"{choice.path.name} FAILED the accuracy gate; its answers are not validated"
         info.update({k: v for k, v in runner.describe().items() if k not in ("backend", "path")})
-        return cls(runner, classes, spec, info, input_rules)
+        name = bundle.meta.get("model") if bundle is not None else None
+        return cls(runner, classes, spec, info, input_rules, model=str(name) if name else None)
 
     def describe(self) -> str:
         """One line for logs: 'onnxruntime, int8 ONNX runs/x/model.int8.onnx (why...)'."""

@@ -8,6 +8,7 @@ and the same input checks, in one place.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,69 @@ def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> t
     """
     source = source_of(item, index)
     t0 = time.perf_counter()
+    pred = Prediction(source)
     try:
         if isinstance(item, (str, Path)):
+            pred.input_sha256 = file_sha256(item)
             image = load_image(item, (spec.height, spec.width))
+            pred.dicom = dicom_uids(item)
         else:
             image = np.asarray(item)
+            pred.input_sha256 = array_sha256(image)
         tensor = preprocess(image, spec)  # first: a bad array is an error, not a rejection
     except ImageLoadError as exc:
-        return Prediction(source, error=exc.reason), None
+        pred.error = exc.reason
+        return pred, None
     except ValueError as exc:  # preprocess: wrong dtype / range / shape of a given array or DICOM
-        return Prediction(source, error=str(exc)), None
+        pred.error = str(exc)
+        return pred, None
     reason = (rules.check_file(item) if isinstance(item, (str, Path)) else None) or rules.check_pixels(image)
-    elapsed = (time.perf_counter() - t0) * 1e3
+    pred.preprocess_ms = (time.perf_counter() - t0) * 1e3
     if reason:
-        return Prediction(source, preprocess_ms=elapsed, status="rejected", reason=reason), None
-    return Prediction(source, preprocess_ms=elapsed), tensor
+        pred.status, pred.reason = "rejected", reason
+        return pred, None
+    return pred, tensor
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a file's bytes for the audit trail; None when it cannot be read (the decode says why)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def array_sha256(image: np.ndarray) -> str:
+    """sha256 of an in-memory image: its dtype and shape, then its bytes (C order)."""
+    digest = hashlib.sha256(f"{image.dtype.str}{image.shape}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+#: the DICOM identifiers an audit trail and a DICOM result refer back to
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def dicom_uids(path: str | Path) -> dict[str, str] | None:
+    """Study/Series/SOP Instance UIDs of a DICOM file (header only), None for other files."""
+    from edgecxr.data.io import DICOM_SUFFIXES, _is_dicom_head
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return None
+    if path.suffix.lower() not in DICOM_SUFFIXES and not _is_dicom_head(head):
+        return None
+    from edgecxr.runtime.input_checks import _dicom_header
+
+    ds = _dicom_header(path)
+    if ds is None:
+        return None
+    uids = {k: str(getattr(ds, k, "") or "") for k in UID_KEYWORDS}
+    return {k: v for k, v in uids.items() if v} or None

@@ -7,7 +7,16 @@ a result without importing the runtime that produced it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
+
+#: the statuses a Prediction can have (see Prediction.status)
+STATUSES = ("ok", "rejected", "abstained")
+
+
+def now_utc() -> str:
+    """The audit timestamp: UTC to the millisecond, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -23,9 +32,15 @@ class Prediction:
         inference_ms: this input's share of its batch's inference (batch time / batch size).
         error: why the input failed (file unreadable, not an image...), else None.
         status: "ok" (classified or failed: see `error`), "rejected" (decoded, but the input
-            checks say it is not a chest X-ray; never sent to the model); "abstained" is
-            reserved for a later confidence rule.
-        reason: why the input was rejected (one line), None when status is "ok".
+            checks say it is not a chest X-ray; never sent to the model), or "abstained" (the
+            model ran, but its out-of-distribution score says the image is unlike anything it
+            was trained on: the label and probabilities are kept for inspection, not for use).
+        reason: why the input was rejected or abstained (one line), None when status is "ok".
+        ood_score: the out-of-distribution score of the model's features (higher: less like the
+            training data), None where the model has no OOD fit or did not run.
+        input_sha256: sha256 of the input's bytes (file or array), for the audit trail.
+        dicom: Study/Series/SOP Instance UIDs of a DICOM input, None otherwise.
+        time: when the prediction was made (UTC, ISO 8601).
     """
 
     source: str | int
@@ -37,6 +52,10 @@ class Prediction:
     error: str | None = None
     status: str = "ok"
     reason: str | None = None
+    ood_score: float | None = None
+    input_sha256: str | None = None
+    dicom: dict[str, str] | None = None
+    time: str = field(default_factory=now_utc)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +80,10 @@ class Prediction:
             "error": self.error,
             "status": self.status,
             "reason": self.reason,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "input_sha256": self.input_sha256,
+            "dicom": self.dicom,
+            "time": self.time,
         }
         if top_k:
             data["top_k"] = [[c, round(p, 6)] for c, p in self.top_k(top_k)]

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from runtime import tinymodels
 
 from edgecxr.cli import main
-from edgecxr.cli.infer import predictions_table
 from edgecxr.cli.output import output_problem, printable
 from edgecxr.core.fileutil import atomic_write_bytes, atomic_write_text, sha256_file
 from edgecxr.core.lock import bundle_lock
 from edgecxr.core.publish import Candidate, sweep_stale
+from edgecxr.runtime.results import predictions_table
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_infer_names_that_are_not_utf8_or_hold_a_newline(tmp_path, bundle, image
     result = CliRunner().invoke(main, ["infer", "-m", str(bundle.dir), latin1, newline, cr, "--csv", str(out)])
     assert result.exit_code == 0, result.output
     table = result.stdout.splitlines()
-    assert len(table) == 4 and "caf\\xe9.png" in result.stdout and "two\\nlines.png" in result.stdout
+    assert len(table) == 5 and table[-1].startswith("audit: ") and "caf\\xe9.png" in result.stdout and "two\\nlines.png" in result.stdout
     assert "tab\\tcr\\r.png" in result.stdout
     raw = out.read_bytes()
     assert b"caf\xe9.png" in raw  # the exact bytes of the name: the row still names the file

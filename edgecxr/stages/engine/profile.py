@@ -50,6 +50,8 @@ class BuildProfile:
         gpu_fallback: with DLA, let layers DLA cannot run fall back to the GPU.
         timing_cache: timing cache file; relative paths are relative to the bundle; `{gpu}` and
             `{trt}` are replaced by the GPU slug and TensorRT version (caches are per GPU + TRT).
+        device_memory_mb: memory of the smallest GPU the profile targets (shared with the CPU on
+            Jetson); `build --dry-run` checks the workspace against it. None = not stated.
         compute_capabilities: GPUs the profile is meant for (e.g. ["7.5"]); empty = any.
         tensorrt: TensorRT major versions the profile was written for (e.g. [10]); empty = any.
         description, notes: free text shown by `edgecxr build`.
@@ -64,6 +66,7 @@ class BuildProfile:
     dla_core: int | None = None
     gpu_fallback: bool = True
     timing_cache: str | None = "engines/timing-{gpu}-trt{trt}.cache"
+    device_memory_mb: int | None = None
     compute_capabilities: tuple[str, ...] = ()
     tensorrt: tuple[int, ...] = ()
     description: str = ""
@@ -87,6 +90,12 @@ class BuildProfile:
             not isinstance(self.dla_core, int) or isinstance(self.dla_core, bool) or not 0 <= self.dla_core <= 7
         ):
             raise BuildError(f"profile {self.name!r}: dla_core must be a small non-negative integer, got {self.dla_core!r}")
+        if self.device_memory_mb is not None and (
+            not isinstance(self.device_memory_mb, int) or isinstance(self.device_memory_mb, bool)
+            or not 256 <= self.device_memory_mb <= 1 << 22
+        ):
+            raise BuildError(f"profile {self.name!r}: device_memory_mb must be an integer in 256..4194304, "
+                             f"got {self.device_memory_mb!r}")
         if not isinstance(self.gpu_fallback, bool):
             raise BuildError(f"profile {self.name!r}: gpu_fallback must be true or false")
         for cc in self.compute_capabilities:

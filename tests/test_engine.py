@@ -20,13 +20,12 @@ from edgecxr.core.metadata import (
 )
 from edgecxr.models.coronet import CORONET_V1
 from edgecxr.runtime.select import choose_engine
+from edgecxr.stages.engine import trt_lines
 from edgecxr.stages.engine.build import (
-    choose_network_flags,
     engine_filename,
     gpu_slug,
     record_engine,
     timing_cache_path,
-    weak_precision_flags,
 )
 from edgecxr.stages.engine.profile import (
     BuildError,
@@ -51,13 +50,14 @@ A4000 = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA RTX A4000", "compute_capa
 # -- profiles -----------------------------------------------------------------------------------
 def test_committed_profiles_parse_and_are_the_documented_set():
     names = {p.stem for p in PROFILES}
-    assert {"gtx16xx-turing", "rtx-ampere", "jetson-orin"} <= names
+    assert {"gtx16xx-turing", "rtx-ampere", "jetson-orin", "jetson-orin-nano"} <= names
     for path in PROFILES:
         prof = load_profile(path)
         assert prof.name == path.stem
         assert prof.precision in ("fp16", "int8")
         assert prof.description, f"{path.name} needs a description"
         assert prof.compute_capabilities, f"{path.name} should say which GPUs it targets"
+        assert prof.device_memory_mb, f"{path.name} should state the device memory its workspace must fit"
     assert load_profile("gtx16xx-turing").compute_capabilities == ("7.5",)  # by name via PROFILE_DIRS
 
 
@@ -85,6 +85,8 @@ def test_profile_validation_errors():
         parse_profile('compute_capabilities = ["sm75"]\n')
     with pytest.raises(BuildError, match="dla_core"):
         parse_profile("dla_core = -2\n")
+    with pytest.raises(BuildError, match="device_memory_mb"):
+        parse_profile("device_memory_mb = 8\n")
     with pytest.raises(BuildError, match="not found"):
         load_profile("no-such-profile")
 
@@ -118,15 +120,29 @@ def test_names():
     assert sidecar_path("e/x.engine") == Path("e/x.engine.json")
 
 
-def test_network_flags_by_tensorrt_generation():
-    trt10 = ["EXPLICIT_BATCH", "EXPLICIT_PRECISION", "STRONGLY_TYPED", "PREFER_JIT_PYTHON_PLUGINS"]
-    assert choose_network_flags(trt10) == ["STRONGLY_TYPED"]
-    assert choose_network_flags(["STRONGLY_TYPED"]) == ["STRONGLY_TYPED"]  # 11.x: EXPLICIT_BATCH gone
-    assert choose_network_flags(["EXPLICIT_BATCH", "EXPLICIT_PRECISION"]) == ["EXPLICIT_BATCH"]  # 8.x
-    assert choose_network_flags([]) == []
-    assert weak_precision_flags(True, "fp16") == [] and weak_precision_flags(True, "int8") == []
-    assert weak_precision_flags(False, "fp16") == ["FP16"]
-    assert weak_precision_flags(False, "int8") == ["INT8"]
+def test_code_path_by_tensorrt_line():
+    """8.6 is weakly typed with FP16/INT8 builder flags; 10.x/11.x strongly typed with none (precision from the ONNX)."""
+    line = trt_lines.line_for("8.6.1")
+    assert line.key == "8.6" and not line.strongly_typed and line.network_flags == ("EXPLICIT_BATCH",)
+    assert line.builder_flags == {"fp16": ("FP16",), "int8": ("INT8",)}
+    assert trt_lines.line_for("8.6.2.3").key == "8.6"  # JetPack 6.0
+    assert trt_lines.line_for("10.3.0.30").key == "10.3"  # JetPack 6.1/6.2
+    assert trt_lines.line_for("10.16.1.11").key == "10.x"
+    assert trt_lines.line_for("11.4.0.106").key == "11.x"
+    for version in ("10.3.0", "10.16.1.11", "11.4.0.106"):
+        line = trt_lines.line_for(version)
+        assert line.strongly_typed and line.network_flags == ("STRONGLY_TYPED",) and line.builder_flags == {}
+        assert "FP16" not in trt_lines.all_names(line) and "EXPLICIT_BATCH" not in trt_lines.all_names(line)
+    for bad in ("7.2.3", "12.0", "8.5.3"):
+        with pytest.raises(ValueError, match="not a supported line"):
+            trt_lines.line_for(bad)
+    assert [line.key for line in trt_lines.lines_for_majors((8, 10))] == ["8.6", "10.3", "10.x"]
+    # the names a path uses follow the precision: INT8's Q/DQ layer check only on the weakly typed line
+    assert "INT8" in trt_lines.names_used(trt_lines.BY_KEY["8.6"], "int8")["config"]
+    assert "FP16" not in trt_lines.names_used(trt_lines.BY_KEY["8.6"], "int8")["config"]
+    assert "PREFER_PRECISION_CONSTRAINTS" not in trt_lines.all_names(trt_lines.BY_KEY["11.x"])  # Polygraphy skips it on 11
+    plan = trt_lines.describe_path(trt_lines.BY_KEY["8.6"], "fp16")
+    assert plan["builder_precision_flags"] == ["FP16"] and "fp16=True" in " ".join(plan["calls"])
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from edgecxr.core.lazy import available, require
 
 def test_require_missing_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r"edgecxr\[gpu\]"):
-        require("pycuda.this_does_not_exist_either") if available("pycuda") else require("pycuda")
+        require("polygraphy.this_does_not_exist_either") if available("polygraphy") else require("polygraphy")
     with pytest.raises(MissingDependencyError, match="tensorrt"):
         require("tensorrt") if not available("tensorrt") else pytest.skip("tensorrt is installed")
 

@@ -1,4 +1,4 @@
-"""Lazy imports of heavy optional packages (TensorFlow, tf2onnx, TensorRT, CUDA).
+"""Lazy imports of heavy optional packages (TensorFlow, tf2onnx, TensorRT, Polygraphy).
 
 `edgecxr --help` and `edgecxr infer` must start in well under a second on a workstation without
 TensorFlow, so heavy packages are only imported inside the function that needs them, through
@@ -21,8 +21,7 @@ _EXTRA_OF = {
     "tf2onnx": "train",
     "onnxconverter_common": "train",
     "matplotlib": "train",
-    "cuda": "gpu",
-    "pycuda": "gpu",
+    "polygraphy": "gpu",
     "pylibjpeg": "dicom",
 }
 

@@ -43,7 +43,7 @@ def create_runner(name: str, path: str | Path, **options: Any) -> Runner:
 
 def system_info() -> dict[str, Any]:
     """Everything `edgecxr info` prints: backends with reasons, providers, TensorRT, GPU, CPU."""
-    from edgecxr.runtime import cuda_mem
+    from edgecxr.runtime import gpu as gpu_facts
     from edgecxr.runtime.sysinfo import cpu_info, gpu_info, onnxruntime_info, tensorrt_version
 
     trt_version = tensorrt_version()
@@ -61,8 +61,8 @@ def system_info() -> dict[str, Any]:
         "backends": {name: {"available": reason is None, "reason": reason} for name, reason in availability().items()},
         "onnxruntime": onnxruntime_info(),
         "tensorrt": {"version": trt_version, "reason": trt_reason},
-        "cuda_binding": cuda_mem.which_cuda_binding(),
+        "cuda_binding": "polygraphy" if available("polygraphy") else None,
         "gpu": gpu,
-        "gpu_reason": cuda_mem.gpu_availability(),
+        "gpu_reason": gpu_facts.gpu_availability(),
         "cpu": cpu_info(),
     }

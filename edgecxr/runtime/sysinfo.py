@@ -20,18 +20,15 @@ from edgecxr.core.lazy import available, require
 
 def current_platform() -> dict[str, Any]:
     """TensorRT version and GPU of this machine; MissingDependencyError/BackendUnavailableError if absent."""
-    from edgecxr.runtime import cuda_mem
+    from edgecxr.runtime import gpu
 
     version = tensorrt_version() if available("tensorrt") else None
     if version is None:
         require("tensorrt", "TensorRT engines")  # raises MissingDependencyError with the install hint
-    reason = cuda_mem.gpu_availability()
+    reason = gpu.gpu_availability()
     if reason:
         raise BackendUnavailableError(f"TensorRT engines need an NVIDIA GPU: {reason}")
-    api = cuda_mem.cuda_api()
-    gpu = api.device_properties(0)
-    gpu.update(api.versions())
-    return {"tensorrt": version, "gpu": gpu}
+    return {"tensorrt": version, "gpu": gpu.device_properties(0)}
 
 
 def tensorrt_version() -> str | None:
@@ -48,16 +45,14 @@ def tensorrt_version() -> str | None:
 def gpu_info(index: int = 0) -> dict[str, Any] | None:
     """Name, compute capability and CUDA versions of GPU `index`; None when no GPU can be queried.
 
-    Uses the CUDA binding the TensorRT runner uses (so the sidecar names the GPU exactly as the
-    runtime will see it); falls back to nvidia-smi for `info` on machines without cuda-python.
+    Uses libcudart through Polygraphy, as the TensorRT runner does (so the sidecar names the GPU
+    exactly as the runtime will see it); falls back to nvidia-smi for `info` without Polygraphy.
     """
-    from edgecxr.runtime import cuda_mem
+    from edgecxr.runtime import gpu
 
-    if cuda_mem.which_cuda_binding() is not None and cuda_mem.gpu_availability() is None:
-        api = cuda_mem.cuda_api()
-        info = api.device_properties(index)
-        info.update(api.versions())
-        info["source"] = api.name
+    if gpu.gpu_availability() is None:
+        info = gpu.device_properties(index)
+        info["source"] = "polygraphy (libcudart)"
         return info
     return _nvidia_smi(index)
 

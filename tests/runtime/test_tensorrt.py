@@ -1,7 +1,7 @@
-"""TensorRT on a real GPU: build engines from the tiny ONNX files, compare with ONNX Runtime, refuse mismatches.
+"""TensorRT on a real GPU: build engines (Polygraphy) from the tiny ONNX files, compare with ONNX Runtime, refuse mismatches.
 
-Skipped (with the reason) where the tensorrt package or an NVIDIA GPU is missing; CPU-only CI never
-runs these, so they are the only check of the TensorRT code paths: run them on a GPU machine.
+Skipped (with the reason) where the tensorrt package, Polygraphy or an NVIDIA GPU is missing; CPU-only
+CI never runs these, so with `make gpu-check` they are the only run of the TensorRT code paths.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack, NVIDIA's pip index or NGC)")
 
-from edgecxr.runtime.cuda_mem import gpu_availability  # noqa: E402
+from edgecxr.runtime.gpu import gpu_availability  # noqa: E402
 
 _NO_GPU = gpu_availability()
 pytestmark = [
@@ -80,8 +80,6 @@ def test_cuda_graph_gives_the_same_outputs(built, images):
         captured = sorted(graphed.graphs)
     np.testing.assert_allclose(first, want, atol=1e-6)
     np.testing.assert_allclose(second, want[::-1], atol=1e-6)
-    if not graphed.api.supports_graphs:
-        pytest.skip(f"CUDA graphs need cuda-python; the binding here is {graphed.api.name} (outputs checked)")
     assert used, "graph capture should work for this simple engine"
     assert captured == [3]  # one graph for the one batch size, captured once and replayed
 
@@ -122,3 +120,16 @@ def test_int8_qdq_engine_builds_and_agrees(built, images):
     with create_runner("tensorrt", result.engine) as runner:
         out = runner.infer(x)
     np.testing.assert_allclose(out, tinymodels.reference_probs(x), atol=0.08)
+
+
+def test_outputs_come_back_by_name_with_the_probabilities_first(built, images):
+    """The runner's contract with base.Runner: {output name: array}, probabilities first, every output sized."""
+    _, result = built
+    x = _batch(images, 3)
+    with create_runner("tensorrt", result.engine) as runner:
+        outs = runner._infer(x)
+        classes = runner.out_classes
+    assert isinstance(outs, dict) and outs
+    first = next(iter(outs))
+    assert first != "features" and outs[first].shape == (3, classes)
+    assert all(v.shape[0] == 3 and v.dtype == np.float32 for v in outs.values())

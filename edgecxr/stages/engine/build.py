@@ -1,28 +1,25 @@
-"""TensorRT engine builds: the engine sidecar, the compatibility decision, the build.
+"""TensorRT engine builds through Polygraphy: the engine sidecar, the compatibility decision, the build.
 
 An engine is a compiled plan for one GPU model and one TensorRT version; loaded anywhere else it
 fails (or, worse, runs slowly). So every engine gets a `<engine>.json` sidecar recording what built
 it, and the runtime refuses an engine whose sidecar does not match the machine, naming both sides
 and the command that rebuilds it (`check_compatibility` / `ensure_compatible`).
 
-Precision lives in the ONNX (FP16 ONNX with FP32 I/O, or Q/DQ INT8 ONNX). TensorRT 10/11 build it
-as a strongly typed network (no FP16/INT8 builder flags; TensorRT 10.1 deprecated and 11 removed
-them together with the INT8 calibrators); TensorRT 8.x gets explicit batch plus the weak FP16 /
-INT8 flags, and the Q/DQ network needs no calibrator there either.
-
-Build profiles (edgecxr/profiles/*.toml) are parsed in `edgecxr.build_profile`. The build follows
-NVIDIA's Python samples (samples/python/efficientnet/build_engine.py,
-samples/python/strongly_type_autocast/sample.py) and the Python API docs: Logger -> Builder ->
-create_network(flags) -> OnnxParser.parse (errors listed) -> builder config (workspace pool,
-optimization profile, timing cache, DLA) -> build_serialized_network. Everything that decides
-something (profiles, names, sidecar content, compatibility) is a pure function tested on CPU.
+Why Polygraphy: this project's machines have no GPU, so the build cannot be run before it ships;
+NVIDIA's maintained loaders do the TensorRT calls and follow the API from 8.6 to 11:
+NetworkFromOnnxPath (parser errors listed) -> CreateConfig (optimization profile, workspace pool,
+timing cache, DLA) -> EngineFromNetwork -> SaveEngine. What differs by TensorRT line (strongly typed
+10/11 with precision from the FP16 or Q/DQ ONNX; FP16/INT8 builder flags on 8.6 only) is data in
+trt_lines.py, which `build --dry-run` prints and the contract tests check against each version's
+real bindings. Profiles (edgecxr/profiles/*.toml) are parsed in profile.py. Everything that
+decides something (profiles, names, sidecar content, compatibility) is a pure function tested on CPU.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +27,12 @@ from typing import Any
 from edgecxr.core.artifacts import onnx_key
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BackendUnavailableError, BundleError, GateFailedError
-from edgecxr.core.fileutil import atomic_write_bytes, sha256_file, write_json
+from edgecxr.core.fileutil import sha256_file, write_json
 from edgecxr.core.lazy import require
 from edgecxr.core.metadata import make_sidecar, sidecar_path
 from edgecxr.core.publish import Candidate
 from edgecxr.runtime.sysinfo import current_platform
+from edgecxr.stages.engine import trt_lines
 from edgecxr.stages.engine.profile import (
     BuildError,
     BuildProfile,
@@ -42,8 +40,6 @@ from edgecxr.stages.engine.profile import (
     check_profile_target,
 )
 from edgecxr.stages.gate.report import record_verdicts
-
-#: bundle artifact each engine precision is built from
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,28 +56,6 @@ def engine_filename(model: str, precision: str, gpu_name: str, trt_version: str,
     """engines/<model>-<precision>-<gpu-slug>-trt<ver>[-dlaN].engine: what and where, readable in `ls`."""
     dla = f"-dla{dla_core}" if dla_core is not None else ""
     return f"{model}-{precision}-{gpu_slug(gpu_name)}-trt{trt_version}{dla}.engine"
-
-
-def choose_network_flags(flag_names: Iterable[str]) -> list[str]:
-    """NetworkDefinitionCreationFlag members to set, given those this TensorRT has.
-
-    STRONGLY_TYPED where it exists (10.x/11.x: precision comes from the ONNX types); else
-    EXPLICIT_BATCH (8.x, where implicit batch was still the default). EXPLICIT_BATCH is
-    deprecated and ignored from 10.0, so it is not set there.
-    """
-    names = set(flag_names)
-    if "STRONGLY_TYPED" in names:
-        return ["STRONGLY_TYPED"]
-    if "EXPLICIT_BATCH" in names:
-        return ["EXPLICIT_BATCH"]
-    return []
-
-
-def weak_precision_flags(strongly_typed: bool, precision: str) -> list[str]:
-    """BuilderFlag members for weakly typed (8.x) networks: FP16, or INT8 for the Q/DQ network."""
-    if strongly_typed:
-        return []
-    return ["FP16"] if precision == "fp16" else ["INT8"]
 
 
 def timing_cache_path(template: str | None, bundle_dir: Path, gpu_name: str, trt_version: str) -> Path | None:
@@ -128,8 +102,7 @@ def build_engine(
     onnx_path = bundle.artifact(onnx_key(precision))  # BundleError naming export/calibrate if absent
     if onnx_path is None:  # pragma: no cover - artifact(must_exist=True) raises instead
         raise BundleError(f"{bundle.dir}: no {precision} ONNX")
-    platform = current_platform()  # exit 2 without TensorRT or GPU, before any work
-    trt = require("tensorrt", "building TensorRT engines")
+    platform = current_platform()  # exit 2 without TensorRT, Polygraphy or GPU, before any work
     gpu = platform["gpu"]
     check_precision_support(precision, gpu["compute_capability"], gpu["name"])
     problems = check_profile_target(profile, platform["tensorrt"], gpu["compute_capability"])
@@ -144,75 +117,13 @@ def build_engine(
     log(f"  from {onnx_path}; batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}; "
         f"workspace {profile.workspace_mb} MB" + (f"; DLA core {profile.dla_core}" if profile.dla_core is not None else ""))
 
-    t0 = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
-    builder = trt.Builder(logger)
-    flag_names = choose_network_flags(n for n in dir(trt.NetworkDefinitionCreationFlag) if n.isupper())
-    strongly_typed = "STRONGLY_TYPED" in flag_names
-    flags = 0
-    for name in flag_names:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  " + "\n  ".join(errors))
-    if network.num_inputs != 1:
-        raise BuildError(f"{onnx_path}: expected one input, found {network.num_inputs}")
-    inp = network.get_input(0)
-    shape = tuple(inp.shape)
-    if len(shape) != 4 or tuple(shape[1:]) != spec.input_shape:
-        raise BuildError(f"{onnx_path}: input {inp.name!r} has shape {shape}, bundle expects (N, {spec.input_shape})")
-    if shape[0] != -1 and not profile.min_batch == profile.max_batch == shape[0]:
-        raise BuildError(
-            f"{onnx_path}: the ONNX has a fixed batch of {shape[0]}; build for batch {shape[0]} only, or re-export "
-            "with a dynamic batch (`edgecxr export`)",
-            params=("batch",),
-        )
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, profile.workspace_mb << 20)
-    for name in weak_precision_flags(strongly_typed, precision):
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    opt_profile = builder.create_optimization_profile()
-    h, w, c = spec.input_shape
-    opt_profile.set_shape(inp.name, (profile.min_batch, h, w, c), (profile.opt_batch, h, w, c), (profile.max_batch, h, w, c))
-    config.add_optimization_profile(opt_profile)
-    if profile.dla_core is not None:
-        if profile.dla_core >= builder.num_DLA_cores:
-            raise BackendUnavailableError(
-                f"DLA core {profile.dla_core} requested but this device has {builder.num_DLA_cores} DLA core(s)"
-            )
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = profile.dla_core
-        if profile.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    line = trt_lines.line_for(platform["tensorrt"])
     cache_file = timing_cache_path(profile.timing_cache, bundle.dir, gpu["name"], platform["tensorrt"])
-    if cache_file is not None:
-        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False: caches are per GPU + TRT
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BuildError(f"TensorRT failed to build {engine_path.name} (see the TensorRT messages above)")
-    build_seconds = time.perf_counter() - t0
-    if cache_file is not None:
-        atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-
-    io = {
-        "inputs": [
-            {"name": t.name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-            for t in (network.get_input(i) for i in range(network.num_inputs))
-        ],
-        "outputs": [
-            {"name": t.name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-            for t in (network.get_output(i) for i in range(network.num_outputs))
-        ],
-    }
+    log(f"  TensorRT line {line.key}: " + ("strongly typed, precision from the ONNX" if line.strongly_typed
+        else f"builder flags {', '.join(line.builder_flags.get(precision, ()))}"))
     # Candidate -> gate -> publish or reject (core.publish): a failing engine never takes the final path.
     with Candidate(engine_path, companions=(".json", ".verify.json")) as candidate:
-        candidate.path.write_bytes(bytes(serialized))
+        io, build_seconds = _polygraphy_build(onnx_path, candidate.path, line, profile, spec.input_shape, cache_file)
         sidecar = make_sidecar(
             bundle_meta=bundle.meta,
             engine_file=engine_path.name,
@@ -224,9 +135,97 @@ def build_engine(
             io=io,
             profile=profile,
             build_seconds=build_seconds,
-            strongly_typed=strongly_typed,
+            strongly_typed=line.strongly_typed,
         )
         return _check_and_publish(bundle, candidate, sidecar, verify=verify, manifest=manifest, split=split, log=log)
+
+
+def _polygraphy_build(
+    onnx_path: Path, out: Path, line: trt_lines.TrtLine, profile: BuildProfile,
+    input_shape: tuple[int, ...], cache_file: Path | None,
+) -> tuple[dict[str, Any], float]:
+    """Parse, configure, build and save one engine with Polygraphy's loaders; (io, seconds).
+
+    Raises BuildError (one line) for a parser failure, a network that does not fit the bundle, or a
+    failed build; BackendUnavailableError for a DLA core the device lacks.
+    """
+    trt = require("tensorrt", "building TensorRT engines")
+    require("polygraphy", "building TensorRT engines")
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+        SaveEngine,
+    )
+    from polygraphy.exception import PolygraphyException
+
+    from edgecxr.runtime.gpu import quiet_polygraphy
+
+    quiet_polygraphy()
+    t0 = time.perf_counter()
+    try:
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=line.strongly_typed)()
+    except PolygraphyException as exc:
+        raise BuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {_first_line(exc)}") from None
+    inp = _check_network(network, onnx_path, input_shape, profile)
+    h, w, c = input_shape
+    shapes = Profile().add(inp.name, min=(profile.min_batch, h, w, c), opt=(profile.opt_batch, h, w, c),
+                           max=(profile.max_batch, h, w, c))
+    flags = line.builder_flags.get(profile.precision, ())
+    dla = profile.dla_core is not None
+    if dla and profile.dla_core >= builder.num_DLA_cores:
+        raise BackendUnavailableError(f"DLA core {profile.dla_core} requested but this device has {builder.num_DLA_cores} DLA core(s)")
+    config = CreateConfig(
+        tf32=True,  # TensorRT's own default; strongly typed networks take FP16/INT8 from the ONNX
+        fp16="FP16" in flags,
+        int8="INT8" in flags,
+        profiles=[shapes],
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: profile.workspace_mb << 20},
+        load_timing_cache=str(cache_file) if cache_file is not None else None,
+        use_dla=dla,
+        allow_gpu_fallback=profile.gpu_fallback if dla else None,
+    )
+    if dla:  # CreateConfig always picks DLA core 0
+        config = PostprocessConfig(config, lambda _b, _n, cfg: setattr(cfg, "DLA_core", int(profile.dla_core)))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = EngineFromNetwork((builder, network, parser), config=config,
+                                   save_timing_cache=str(cache_file) if cache_file is not None else None)
+        SaveEngine(engine, str(out))()
+    except PolygraphyException as exc:
+        raise BuildError(f"TensorRT failed to build {out.name}: {_first_line(exc)}") from None
+    io = {
+        key: [{"name": t.name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+              for t in (get(i) for i in range(count))]
+        for key, get, count in (("inputs", network.get_input, network.num_inputs),
+                                ("outputs", network.get_output, network.num_outputs))
+    }
+    return io, time.perf_counter() - t0
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_network(network: Any, onnx_path: Path, input_shape: tuple[int, ...], profile: BuildProfile) -> Any:
+    """The parsed network's one input, checked against the bundle's preprocessing and the profile."""
+    if network.num_inputs != 1:
+        raise BuildError(f"{onnx_path}: expected one input, found {network.num_inputs}")
+    inp = network.get_input(0)
+    shape = tuple(inp.shape)
+    if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
+        raise BuildError(f"{onnx_path}: input {inp.name!r} has shape {shape}, bundle expects (N, {input_shape})")
+    if shape[0] != -1 and not profile.min_batch == profile.max_batch == shape[0]:
+        raise BuildError(
+            f"{onnx_path}: the ONNX has a fixed batch of {shape[0]}; build for batch {shape[0]} only, or re-export "
+            "with a dynamic batch (`edgecxr export`)",
+            params=("batch",),
+        )
+    return inp
 
 
 def _check_and_publish(

@@ -1,7 +1,8 @@
-"""build."""
+"""build: a TensorRT engine for this GPU, or (--dry-run) every check up to the TensorRT call, on any machine."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -47,7 +48,7 @@ def _engine_out(ctx: click.Context, param: click.Parameter, value: Path | None) 
 @click.command()
 @model_option("Bundle to build from (a shipped model is copied to the models folder first)")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Engine precision (default: the profile's, else fp16).")
-@click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin.")
+@click.option("--profile", help="Build profile: a TOML path or a shipped profile name: rtx-ampere, gtx16xx-turing, jetson-orin, jetson-orin-nano.")
 @click.option("--batch-size", "batch", metavar="N|MIN-MAX|MIN-OPT-MAX", callback=_batch_range,
               help="Batch sizes the engine accepts (e.g. 1-8; OPT is the one TensorRT tunes for)  [default: the profile's]")
 @click.option("--min-batch", type=click.IntRange(1), help="Only the smallest batch (the rest from the profile).")
@@ -61,6 +62,10 @@ def _engine_out(ctx: click.Context, param: click.Parameter, value: Path | None) 
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split the gate runs on.")
 @allow_outside_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=_engine_out, help="Engine path (default: BUNDLE/engines/<model>-<precision>-<gpu>-trt<ver>.engine).")
+@click.option("--dry-run", is_flag=True, help="Check everything up to the TensorRT call (operators, Q/DQ, shapes, memory) and print what the build would do; needs no GPU or TensorRT.")
+@click.option("--trt-version", "trt_versions", multiple=True, metavar="VERSION",
+              help="With --dry-run: TensorRT version(s) to check for, e.g. 8.6 or 10.3 (repeatable)  [default: the profile's lines]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (the dry-run report, or the built engine's facts).")
 def build(
     model: str | None,
     precision: str | None,
@@ -76,6 +81,9 @@ def build(
     manifest: Path | None,
     split: str,
     out: Path | None,
+    dry_run: bool,
+    trt_versions: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Build a TensorRT engine for this GPU from the model's FP16 or INT8 ONNX (default: the reference coronet).
 
@@ -85,15 +93,23 @@ def build(
     engine and its .engine.json sidecar (TensorRT version, GPU, precision, hashes, profile),
     records it in bundle.json and runs the accuracy gate on it (exit 3 if it fails) unless
     --no-verify. --batch-size gives the whole range; --min/--opt/--max-batch change one bound of
-    the profile's.
+    the profile's. Engines are built through Polygraphy (pip install 'edgecxr[gpu]').
+
+    --dry-run needs neither: it checks the model's operators against TensorRT's ONNX parser list of
+    each targeted version, the Q/DQ rules (INT8), the input against the profile's batch range and
+    the workspace against the profile's device memory, and prints what the build would do (exit 1
+    if a check fails). Nothing is written.
 
     \b
     Examples:
       edgecxr build --precision int8
       edgecxr build -m runs/coronet --precision int8 --profile rtx-ampere --batch-size 1-8
+      edgecxr build -m cnn-lstm --profile jetson-orin-nano --dry-run --trt-version 10.3
     """
     from edgecxr.stages.engine.profile import BuildError, load_profile, resolve_profile
 
+    if trt_versions and not dry_run:
+        raise click.UsageError("--trt-version goes with --dry-run (a real build uses the installed TensorRT)")
     inputs = [p for p in (manifest, profile) if p is not None and Path(p).is_file()]
     check_output(out, "--out", inputs=inputs, replaces=ENGINE_SUFFIXES)
     if out is not None:  # the sidecar written beside the engine, OUT.json
@@ -117,6 +133,10 @@ def build(
     except BuildError as exc:  # the profile itself was checked when it loaded: the options contradict it
         raise click.UsageError(str(exc)) from None
 
+    if dry_run:
+        _dry_run(model, settings, trt_versions, as_json)
+        return
+
     def can_build(reference: Path) -> None:
         """Refuse before copying a reference model: no TensorRT or GPU (exit 2), or no such precision."""
         current_platform()
@@ -133,4 +153,23 @@ def build(
         check_output(cache if cache.is_absolute() else path / cache, "--timing-cache", inputs=inputs)
     with bundle_lock(path, log=_err):  # the build records its engine in bundle.json
         result = build_engine(path, settings, out=out, verify=verify, manifest=manifest, split=split, log=_err)
-    click.echo(str(result.engine))
+    if as_json:
+        side = result.sidecar_data
+        click.echo(json.dumps({"engine": str(result.engine), "sidecar": str(result.sidecar),
+                               "precision": side.get("precision"), "tensorrt": side.get("tensorrt"),
+                               "gate_passed": None if result.gate is None else bool(result.gate.passed)}, indent=2))
+    else:
+        click.echo(str(result.engine))
+
+
+def _dry_run(model: str | None, settings: object, trt_versions: tuple[str, ...], as_json: bool) -> None:
+    """Print the dry-run report (text or JSON) for the bundle `-m` names; exit 1 when a check failed."""
+    from edgecxr.stages.engine.dryrun import dry_run, format_dry_run, raise_for_problems
+
+    path = bundle_for(model, writes=False)  # read only: a reference model is not copied
+    try:
+        result = dry_run(path, settings, list(trt_versions) or None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trt-version") from None
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_dry_run(result))
+    raise_for_problems(result)

@@ -82,7 +82,7 @@ def check_operators(ops: set[str], opset: int, line_key: str) -> tuple[list[str]
     supported = set(main["operators"])
     problems, warnings = [], []
     for op in sorted(ops - supported):
-        if op in set(newer.get("operators", ())) or not rule.get("exact", True):
+        if op in set(newer.get("operators", ())) or (not newer and not rule.get("exact", True)):
             warnings.append(f"TensorRT {line_key}: operator {op} is not in the list known for this line "
                             f"({main['name']}); check that TensorRT's own operators.md lists it")
         else:

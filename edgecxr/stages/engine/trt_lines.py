@@ -103,11 +103,11 @@ def version_tuple(version: str) -> tuple[int, int]:
 
 def line_for(version: str) -> TrtLine:
     """The supported line a TensorRT version belongs to ('10.3.0' -> 10.3); ValueError if none."""
+    if version in BY_KEY:  # a line key: "10.x", "11.x"
+        return BY_KEY[version]
     for line in LINES:
         if line.matches(version):
             return line
-    if version in BY_KEY:
-        return BY_KEY[version]
     known = ", ".join(line.key for line in LINES)
     raise ValueError(f"TensorRT {version} is not a supported line (supported: {known})")
 

@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.edgecxr-installed
 EXTRAS ?= train,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all demo lint clean help
+.PHONY: setup test test-all demo lint clean help gpu-check
 
 help:
 	@echo "make demo      train a small CoroNet, export, calibrate INT8, verify, infer (a few minutes on CPU)"
 	@echo "make test      run the test suite (CPU; GPU tests skip without TensorRT)"
 	@echo "make test-all  also the slow tests"
 	@echo "make lint      ruff"
+	@echo "make gpu-check on a machine with TensorRT: build, gate and time FP16/INT8 engines of both reference models (gpu-check-out/gpu-check.json)"
 	@echo "make setup     create $(VENV) and install edgecxr[$(EXTRAS)]"
 
 setup: $(STAMP)
@@ -31,6 +32,11 @@ test-all: setup
 
 demo: setup
 	$(PY) -m edgecxr.stages.demo
+
+# GPU acceptance run (scripts/gpu_check.py, docs/BENCHMARKS.md): refuses in one line, exit 2, without a GPU or TensorRT.
+gpu-check: setup
+	@$(PY) -c "import polygraphy" 2>/dev/null || $(PY) -m pip install -q -e '.[gpu]'
+	@$(PY) scripts/gpu_check.py --out gpu-check-out $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check edgecxr tests

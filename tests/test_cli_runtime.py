@@ -292,7 +292,7 @@ def test_usage_errors_are_one_error_line_with_exit_2(cli, args, needle):
 def test_ctrl_c_exits_130_with_one_line_and_writes_no_csv(cli, bundle, images, tmp_path, monkeypatch):
     from edgecxr.runtime.classifier import Classifier
 
-    def interrupted(self, paths, batch_size=8):
+    def interrupted(self, paths, batch_size=8, **options):
         raise KeyboardInterrupt
         yield  # pragma: no cover - makes this a generator like the real one
 

@@ -23,6 +23,8 @@ from edgecxr.runtime.select import BACKENDS
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only this precision of a bundle.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Threads decoding ahead of the model  [default: one per CPU, at most 8; 0 or 1: one file after the other]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV file (atomically).")
 @click.option("--top-k", type=click.IntRange(1), help="Show the k most likely classes.")
@@ -38,6 +40,7 @@ def infer(
     backend: str,
     precision: str | None,
     batch_size: int,
+    workers: int | None,
     as_json: bool,
     csv_path: Path | None,
     top_k: int | None,
@@ -86,7 +89,7 @@ def infer(
         show = progress if progress is not None else (len(paths) >= 16 and sys.stderr.isatty())
         preds = []
         with tqdm(total=len(paths), file=sys.stderr, disable=not show, unit="img") as bar:
-            for chunk in clf.predict_iter(paths, batch_size=batch_size):
+            for chunk in clf.predict_iter(paths, batch_size=batch_size, workers=workers):
                 preds.extend(chunk)
                 bar.update(len(chunk))
         classes, info, audit = clf.classes, dict(clf.backend_info), clf.audit

@@ -193,20 +193,38 @@ class Classifier:
         return f"backend {i['backend']} ({i['precision']}): {i['artifact']} - {i['reason']}"
 
     # -- prediction -----------------------------------------------------------------------------
-    def predict(self, inputs: Any, batch_size: int = 8) -> list[Prediction]:
-        """Classify paths (PNG/JPEG/DICOM) or decoded arrays; one Prediction per input, in order."""
+    def predict(self, inputs: Any, batch_size: int = 8, workers: int | None = None,
+                prefetch: int | None = None) -> list[Prediction]:
+        """Classify paths (PNG/JPEG/DICOM) or decoded arrays; one Prediction per input, in order.
+
+        `workers` threads decode ahead of the model (None: one per CPU, see `runtime.pipeline`;
+        0 or 1: decode and run one batch after the other); `prefetch` bounds the inputs decoded ahead.
+        """
         out: list[Prediction] = []
-        for chunk in self.predict_iter(inputs, batch_size=batch_size):
+        for chunk in self.predict_iter(inputs, batch_size=batch_size, workers=workers, prefetch=prefetch):
             out.extend(chunk)
         return out
 
-    def predict_iter(self, inputs: Any, batch_size: int = 8) -> Iterator[list[Prediction]]:
+    def predict_iter(self, inputs: Any, batch_size: int = 8, workers: int | None = None,
+                     prefetch: int | None = None) -> Iterator[list[Prediction]]:
         """Like predict, yielding each batch's predictions as soon as it is done (for progress bars)."""
+        from edgecxr.runtime import pipeline
+
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         items = _as_items(inputs)
-        for start in range(0, len(items), batch_size):
-            yield self._predict_batch(items[start : start + batch_size], start)
+        workers = pipeline.resolve_workers(workers, len(items))
+        if workers == 0:
+            for start in range(0, len(items), batch_size):
+                yield self._predict_batch(items[start : start + batch_size], start)
+            return
+        batches = pipeline.prepared_batches(items, self.spec, self.input_rules, batch_size, workers, prefetch)
+        try:
+            for prepared in batches:
+                yield self._run_model(prepared)
+        finally:
+            batches.close()  # now, not at garbage collection: cancels the decodes ahead, joins the pool
+
 
     def _predict_batch(self, items: list[Any], offset: int) -> list[Prediction]:
         prepared = [prepare(item, offset + i, self.spec, self.input_rules) for i, item in enumerate(items)]

@@ -34,6 +34,9 @@ from edgecxr.runtime.select import BACKENDS
               help="Run a model file the accuracy gate rejected (*.rejected.*), with a warning on every run.")
 @click.option("--no-input-checks", is_flag=True,
               help="Send every decodable input to the model, even noise, CT or lateral views (see docs/ARCHITECTURE.md).")
+@click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png).")
+@click.option("--heatmap-class", help="Class the heat maps explain  [default: each input's predicted class]")
 def infer(
     inputs: tuple[str, ...],
     model: str | None,
@@ -48,6 +51,8 @@ def infer(
     progress: bool | None,
     allow_rejected: bool,
     no_input_checks: bool,
+    heatmap_dir: Path | None,
+    heatmap_class: str | None,
 ) -> None:
     """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
 
@@ -67,19 +72,24 @@ def infer(
       edgecxr infer -m runs/coronet scan.dcm
       edgecxr infer -m runs/coronet 'scans/**/*.png' --json > predictions.json
       edgecxr infer -m runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
+      edgecxr infer scans/ --heatmap heatmaps/    (where the model looked: docs/HEATMAPS.md)
     """
     from tqdm import tqdm
 
+    from edgecxr.cli.heatmap_output import check_heatmap_class, check_heatmap_dir, write_heatmaps
+    from edgecxr.cli.heatmap_output import summary as heatmap_summary
     from edgecxr.runtime.input_checks import DEFAULT_RULES
 
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
+    check_heatmap_dir(heatmap_dir, paths, heatmap_class)
     options = {"cuda_graph": True} if cuda_graph else {}
     with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
                          input_rules=None if no_input_checks else DEFAULT_RULES, **options) as clf:
         _err(f"using {clf.describe()}")
+        check_heatmap_class(heatmap_class, clf.classes)
         if no_input_checks:
             _err("warning: --no-input-checks: every decodable input is classified, even if it is not a chest X-ray")
         if "warning" in clf.backend_info:
@@ -92,10 +102,13 @@ def infer(
             for chunk in clf.predict_iter(paths, batch_size=batch_size, workers=workers):
                 preds.extend(chunk)
                 bar.update(len(chunk))
+        heatmaps, heatmaps_failed = ({}, 0) if heatmap_dir is None else write_heatmaps(
+            clf, preds, paths, heatmap_dir, heatmap_class, batch_size, show)
         classes, info, audit = clf.classes, dict(clf.backend_info), clf.audit
     n = counts(preds)
     if as_json:
-        click.echo(json.dumps(results_document(preds, audit, classes, backend=info, top_k=top_k), indent=2))
+        doc = results_document(preds, audit, classes, backend=info, top_k=top_k)
+        click.echo(json.dumps({**doc, "heatmaps": heatmaps} if heatmap_dir is not None else doc, indent=2))
     else:
         click.echo(predictions_table(preds, top_k))
         click.echo(audit_footer(audit))
@@ -103,5 +116,7 @@ def infer(
         _write_output(csv_path, predictions_csv(preds, classes, audit), "--csv")
     _err(f"{n['classified']} of {n['count']} image(s) classified"
          + "".join(f", {n[k]} {k}" for k in ("rejected", "abstained", "failed") if n[k]))
-    if n["classified"] != n["count"]:
+    if heatmap_dir is not None:
+        _err(heatmap_summary(heatmaps, heatmaps_failed, heatmap_dir))
+    if n["classified"] != n["count"] or heatmaps_failed:
         sys.exit(1)

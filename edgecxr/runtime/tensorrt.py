@@ -36,12 +36,9 @@ import numpy as np
 
 from edgecxr.core.errors import BackendUnavailableError, BundleError
 from edgecxr.core.lazy import available, require
-from edgecxr.runtime.base import Runner
+from edgecxr.runtime.base import FEATURES, Runner
 
 log = logging.getLogger("edgecxr.runtime.tensorrt")
-
-#: the optional second output (penultimate-layer features for out-of-distribution scoring)
-FEATURES = "features"
 
 
 class TensorRTRunner(Runner):
@@ -101,7 +98,7 @@ class TensorRTRunner(Runner):
         if len(inputs) != 1 or not outputs:
             raise BundleError(f"{self.path}: expected 1 input and at least 1 output tensor, got {inputs} and {outputs}")
         self.input_name = inputs[0]
-        self.output_names = sorted(outputs, key=lambda n: n == FEATURES)  # probabilities first
+        self._outputs = sorted(outputs, key=lambda n: n == FEATURES)  # probabilities first
         shape = tuple(engine.get_tensor_shape(self.input_name))
         if -1 in shape:  # (min, opt, max) of optimization profile 0
             lo, _opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
@@ -125,7 +122,7 @@ class TensorRTRunner(Runner):
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.sample_shape:
             raise ValueError(f"expected a batch of shape (N, {self.sample_shape}), got {batch.shape}")
         totals = {"h2d_ms": 0.0, "compute_ms": 0.0, "d2h_ms": 0.0}
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in self._outputs}
         for start in range(0, batch.shape[0], self.max_batch):
             chunk = batch[start : start + self.max_batch]
             n = chunk.shape[0]
@@ -133,17 +130,17 @@ class TensorRTRunner(Runner):
                 pad = np.zeros((self.min_batch - n, *self.sample_shape), dtype=self.input_dtype)
                 chunk = np.concatenate([chunk, pad])
             outs, times = self._run(chunk)
-            for name in self.output_names:
+            for name in self._outputs:
                 parts[name].append(outs[name][:n])
             for key, value in times.items():
                 totals[key] += value
         self._last = totals
         result: dict[str, np.ndarray] = OrderedDict()
-        for name in self.output_names:
+        for name in self._outputs:
             if parts[name]:
                 result[name] = np.concatenate(parts[name]).astype(np.float32, copy=False)
             else:
-                result[name] = np.zeros((0, self.out_classes if name == self.output_names[0] else 0), np.float32)
+                result[name] = np.zeros((0, self.out_classes if name == self._outputs[0] else 0), np.float32)
         return result
 
     @property
@@ -166,12 +163,12 @@ class TensorRTRunner(Runner):
             graph.launch(stream.ptr)
             stream.synchronize()
             views = {n: self.graph_outputs[n].view(shape=tuple(self.runner.context.get_tensor_shape(n)))
-                     for n in self.output_names}
+                     for n in self._outputs}
         else:
             views = self.runner.infer({self.input_name: self.d_input}, copy_outputs_to_host=False)
         t2 = time.perf_counter()
         host = {}
-        for name in self.output_names:
+        for name in self._outputs:
             view = views[name]
             host[name] = np.empty(tuple(view.shape), dtype=self.output_dtypes[name])
             view.copy_to(host[name], stream=stream)
@@ -191,7 +188,7 @@ class TensorRTRunner(Runner):
         try:
             if not self.graph_outputs:  # fixed buffers for every output, sized at the profile's maximum
                 ctx.set_input_shape(self.input_name, self.max_shape)
-                for name in self.output_names:
+                for name in self._outputs:
                     out_shape = tuple(ctx.get_tensor_shape(name))
                     if any(d < 0 for d in out_shape):
                         raise BackendUnavailableError(f"output {name} has a data-dependent shape {out_shape}")
@@ -231,11 +228,14 @@ class TensorRTRunner(Runner):
         self.runner = None
         self.engine = None
 
+    def output_names(self) -> list[str] | None:
+        return list(self._outputs) if self.loaded else None
+
     def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
         engine = getattr(self, "engine", None)
         if engine is None:
             return None, None
-        return tuple(engine.get_tensor_shape(self.input_name)), tuple(engine.get_tensor_shape(self.output_names[0]))
+        return tuple(engine.get_tensor_shape(self.input_name)), tuple(engine.get_tensor_shape(self._outputs[0]))
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -252,7 +252,7 @@ class TensorRTRunner(Runner):
             info.update(
                 {
                     "batch_range": [self.min_batch, self.max_batch],
-                    "outputs": list(self.output_names),
+                    "outputs": list(self._outputs),
                     "cuda_graph": self.use_graph,
                     "cuda_binding": "polygraphy",
                 }

@@ -101,9 +101,66 @@ def test_cache_lookup_and_offline_failure(tmp_path, monkeypatch):
     assert trt_wheels.cached_wheel("tensorrt-cu12-bindings==10.3.0", tmp_path) is None
     (tmp_path / "tensorrt_cu12_bindings-10.3.0-cp310-none-manylinux_2_17_x86_64.whl").write_bytes(b"")
     assert trt_wheels.cached_wheel("tensorrt-cu12-bindings==10.3.0", tmp_path).name.startswith("tensorrt_cu12_bindings-10.3.0-")
+    monkeypatch.setattr(trt_wheels, "_FALLBACK_PYTHONS", ())  # one pip call is enough to show the failure
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # offline: a wheel that is not cached cannot be fetched
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(trt_wheels.WheelUnavailable, match="not cached"):
         trt_wheels.fetch_wheel("tensorrt-cu12-bindings==9.9.9", tmp_path, timeout=120)
     with pytest.raises(ValueError, match="NAME==VERSION"):
         trt_wheels.cached_wheel("tensorrt-cu12-bindings", tmp_path)
+
+
+#: TensorRT names the Polygraphy code we call uses only in branches edgecxr never takes, or behind
+#: hasattr / try-except / version guards (read in polygraphy 0.53.6); everything else it touches must be
+#: in trt_lines.names_used, and so is checked against every line's wheel above.
+POLYGRAPHY_GUARDED = {
+    "OnnxParserFlag", "NATIVE_INSTANCENORM", "ENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA",  # parser flags: none passed
+    "PreviewFeature", "QuantizationFlag",  # only when CreateConfig gets preview_features / quantization_flags
+    "SHAPE",  # LayerType.SHAPE inside try/except AttributeError
+    "ExecutionContextAllocationStrategy", "USER_MANAGED",  # TrtRunner allocation_strategy "profile"/"runtime" only
+}
+#: (file under polygraphy/backend/trt, classes and functions of it that build.py / tensorrt.py call)
+POLYGRAPHY_CALLED = {
+    "loader.py": ("CreateNetwork", "BaseNetworkFromOnnx", "NetworkFromOnnxPath", "EngineBytesFromNetwork",
+                  "EngineFromNetwork", "EngineFromBytes", "SaveEngine"),
+    "config.py": ("_CreateConfigCommon", "CreateConfig", "PostprocessConfig"),
+    "runner.py": ("TrtRunner", "_make_output_allocator"),
+    "util.py": ("get_trt_logger", "check_onnx_parser_errors", "get_metadata_from_engine", "get_tensor_format"),
+}
+
+
+def _trt_attributes(node) -> set[str]:
+    """Every name X in `trt.X.Y...` chains inside an AST node."""
+    import ast
+
+    found = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute):
+            chain, cur = [], sub
+            while isinstance(cur, ast.Attribute):
+                chain.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id == "trt":
+                found.update(chain)
+    return {n for n in found if not n.startswith("__") and n != "values"}
+
+
+def test_every_tensorrt_name_polygraphy_uses_on_our_path_is_in_the_table():
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install 'edgecxr[gpu]')")
+    import ast
+    from pathlib import Path
+
+    import polygraphy
+
+    root = Path(polygraphy.__file__).parent / "backend" / "trt"
+    used: dict[str, set[str]] = {}
+    for file, wanted in POLYGRAPHY_CALLED.items():
+        tree = ast.parse((root / file).read_text(encoding="utf-8"))
+        defs = {n.name: n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        assert set(wanted) <= set(defs), f"polygraphy {file} no longer defines {set(wanted) - set(defs)}"
+        for name in wanted:
+            used[f"{file}:{name}"] = _trt_attributes(defs[name])
+    ours = set().union(*(trt_lines.all_names(line) for line in trt_lines.LINES))
+    unlisted = {where: sorted(names - ours - POLYGRAPHY_GUARDED) for where, names in used.items()}
+    assert not any(unlisted.values()), f"Polygraphy uses TensorRT names missing from trt_lines: {unlisted}"
+    assert {"FP16", "INT8", "EXPLICIT_BATCH", "STRONGLY_TYPED", "execute_async_v3"} <= set().union(*used.values()) | ours

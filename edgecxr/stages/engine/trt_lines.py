@@ -88,6 +88,8 @@ _RUN = (
     "LINEAR", "HWC", "CHW16", "set_input_shape", "get_tensor_address", "set_tensor_address", "IOutputAllocator",
     "set_output_allocator", "reallocate_output", "notify_shape", "execute_async_v3", "nptype",
 )
+#: Polygraphy's TensorRT logger (get_trt_logger), used by every loader and the runner
+_LOGGER = ("Logger", "ILogger", "ERROR", "INFO", "INTERNAL_ERROR", "VERBOSE", "WARNING")
 #: weakly typed INT8 (8.6): CreateConfig looks for Q/DQ layers before deciding it needs no calibrator
 _INT8_WEAK = ("LayerType", "QUANTIZE", "DEQUANTIZE")
 
@@ -118,7 +120,7 @@ def lines_for_majors(majors: tuple[int, ...]) -> list[TrtLine]:
 
 
 def names_used(line: TrtLine, precision: str | None = None, dla: bool = False) -> dict[str, tuple[str, ...]]:
-    """TensorRT names a code path touches, grouped by step (parse, config, build, dla, run).
+    """TensorRT names a code path touches, grouped by step (logger, parse, config, build, dla, run).
 
     Without `precision`, both precisions' names are included (what the contract tests check).
     """
@@ -128,6 +130,7 @@ def names_used(line: TrtLine, precision: str | None = None, dla: bool = False) -
     if not line.strongly_typed and "int8" in precisions:
         config += _INT8_WEAK
     steps = {
+        "logger": _LOGGER,
         "parse": _PARSE + line.network_flags,
         "config": config,
         "build": _BUILD,

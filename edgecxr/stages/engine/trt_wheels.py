@@ -29,6 +29,8 @@ from edgecxr.core.errors import EdgeCXRError
 
 _IDENT_STRING = re.compile(rb"(?<=\x00)([A-Za-z_][A-Za-z0-9_]*)(?=\x00)")
 _PY_TOP = re.compile(r"^(?:def|class)\s+(\w+)|^(\w+)\s*=", re.M)
+#: longest string whose tails are taken as names (TensorRT's longest API names are about 45 characters)
+_MAX_API_NAME = 64
 #: interpreters tried when the running one has no wheel of that version (8.6.1 stops at cp311)
 _FALLBACK_PYTHONS = ("3.11", "3.10", "3.12")
 
@@ -91,7 +93,9 @@ def binding_names(wheel: Path) -> frozenset[str]:
         for member in modules:
             for match in _IDENT_STRING.finditer(zf.read(member)):
                 word = match.group(1).decode("ascii")
-                names.update(word[i:] for i in range(len(word)) if word[i].isalpha() or word[i] == "_")
+                names.add(word)
+                if len(word) <= _MAX_API_NAME:  # longer ones are mangled C++ symbols, not merged API names
+                    names.update(word[i:] for i in range(1, len(word)) if word[i].isalpha() or word[i] == "_")
         for member in inits:
             for a, b in _PY_TOP.findall(zf.read(member).decode("utf-8", "replace")):
                 names.add(a or b)

@@ -19,12 +19,15 @@ from edgecxr.core.lazy import available, require
 
 
 def current_platform() -> dict[str, Any]:
-    """TensorRT version and GPU of this machine; MissingDependencyError/BackendUnavailableError if absent."""
+    """TensorRT version and GPU of this machine; MissingDependencyError (no TensorRT / Polygraphy) or
+    BackendUnavailableError (no usable GPU) if absent."""
     from edgecxr.runtime import gpu
 
     version = tensorrt_version() if available("tensorrt") else None
     if version is None:
         require("tensorrt", "TensorRT engines")  # raises MissingDependencyError with the install hint
+    if not available("polygraphy"):
+        require("polygraphy", "TensorRT engines")  # MissingDependencyError naming the `gpu` extra
     reason = gpu.gpu_availability()
     if reason:
         raise BackendUnavailableError(f"TensorRT engines need an NVIDIA GPU: {reason}")

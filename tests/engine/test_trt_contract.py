@@ -164,3 +164,30 @@ def test_every_tensorrt_name_polygraphy_uses_on_our_path_is_in_the_table():
     unlisted = {where: sorted(names - ours - POLYGRAPHY_GUARDED) for where, names in used.items()}
     assert not any(unlisted.values()), f"Polygraphy uses TensorRT names missing from trt_lines: {unlisted}"
     assert {"FP16", "INT8", "EXPLICIT_BATCH", "STRONGLY_TYPED", "execute_async_v3"} <= set().union(*used.values()) | ours
+
+
+#: variable names that hold TensorRT objects in build.py and tensorrt.py (their attributes are TensorRT API)
+_TRT_OBJECTS = {"trt", "engine", "ctx", "context", "network", "builder", "rt", "inp", "cfg", "t"}
+#: attributes of same-named variables that are not TensorRT (build.engine_key's `engine` is a Path)
+_NOT_TRT = {"resolve", "with_name"}
+
+
+def test_every_tensorrt_name_our_code_uses_is_in_the_table():
+    """build.py and runtime/tensorrt.py: each `trt.X` and each attribute of a TensorRT object is listed in trt_lines."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "edgecxr"
+    ours = set().union(*(trt_lines.all_names(line) for line in trt_lines.LINES))
+    for rel in ("stages/engine/build.py", "runtime/tensorrt.py"):
+        used = set()
+        for node in ast.walk(ast.parse((root / rel).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute):
+                base = node.value
+                name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
+                if name in _TRT_OBJECTS:
+                    used.add(node.attr)
+        used |= _trt_attributes(ast.parse((root / rel).read_text(encoding="utf-8")))
+        unlisted = sorted(used - ours - _NOT_TRT)
+        assert not unlisted, f"{rel} uses TensorRT names missing from trt_lines.names_used: {unlisted}"
+        assert used & ours, f"{rel}: the scan found no TensorRT names at all"

@@ -1,0 +1,271 @@
+"""The ASGI application of `edgecxr serve`: state, start-up (load, warm up), the guard, the routes.
+
+Starlette rather than FastAPI: the Open Inference Protocol's binary tensor extension needs the raw
+body (a JSON header and raw tensor bytes in one request) and a 270 kB tensor must not go through
+per-request model validation, so FastAPI's pydantic layer would be bypassed on every route that
+matters while still being a dependency; Starlette is the part of FastAPI this service uses.
+uvicorn runs it (server.py): the reference ASGI server, with graceful shutdown built in.
+
+Start-up loads the models in a background task, so `/v2/health/live` answers while they load and
+`/v2/health/ready` says 200 only once every model has loaded and passed a warm-up inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecxr.serve.batching import DynamicBatcher, Overloaded
+from edgecxr.serve.config import OPEN_PATHS, ServeConfig
+from edgecxr.serve.metrics import Metrics
+from edgecxr.serve.models import ServedModel, load_model
+from edgecxr.serve.protocol import ProtocolError
+
+log = logging.getLogger("edgecxr.serve")
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with its one-line reason (sent as the protocol's {"error": ...})."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer; nothing is sent."""
+
+
+@dataclass
+class ServiceState:
+    """What the routes share: config, metrics, the models and the service's phase."""
+
+    config: ServeConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    ready: bool = False
+    draining: bool = False
+    error: str | None = None
+    failure: BaseException | None = None  #: what made start-up fail (the CLI re-raises it)
+    tmpdir: str | None = None
+    on_ready: Callable[[ServiceState], None] | None = None
+    on_fatal: Callable[[ServiceState], None] | None = None
+
+    def model(self, name: str | None, version: str | None = None) -> ServedModel:
+        """The served model `name` (None: the first), 404 if unknown, 503 while it is not ready."""
+        from edgecxr.serve.models import VERSION
+
+        name = name or self.config.default_model
+        if name not in {m.name for m in self.config.models}:
+            raise HTTPError(404, f"unknown model {name!r}; served: {[m.name for m in self.config.models]}")
+        if version not in (None, "", VERSION):
+            raise HTTPError(404, f"model {name!r} has no version {version!r} (only {VERSION})")
+        served = self.models.get(name)
+        if served is None or not served.ready:
+            raise HTTPError(503, f"model {name!r} is not ready yet", {"retry-after": "1"})
+        return served
+
+
+# ------------------------------------------------------------------------------------------------
+# Request helpers: body limits, timeouts, disconnects
+# ------------------------------------------------------------------------------------------------
+async def read_body(request: Any, state: ServiceState) -> bytes:
+    """The whole body, refused with 413 past the size limit and 408 if it is slower than the timeout."""
+    from starlette.requests import ClientDisconnect
+
+    limit = state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(collect(), state.config.timeout_s)
+    except asyncio.TimeoutError:
+        state.metrics.timeouts.inc()
+        raise HTTPError(408, f"the request body did not arrive within {state.config.timeout_s:g} s") from None
+    except ClientDisconnect:
+        state.metrics.disconnects.inc()
+        raise ClientGone() from None
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def answer(request: Any, state: ServiceState, work: Any) -> Any:
+    """Await `work` (a batcher submission) within the timeout; cancel it if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=state.config.timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()  # dropped from the queue if it has not run; its result discarded if it has
+        if watcher in done:
+            state.metrics.disconnects.inc()
+            raise ClientGone()
+        state.metrics.timeouts.inc()
+        raise HTTPError(504, f"no answer within {state.config.timeout_s:g} s")
+    finally:
+        watcher.cancel()
+
+
+def endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Route wrapper: the service's exceptions become protocol answers ({"error": "..."}), never tracebacks."""
+    from starlette.responses import JSONResponse, Response
+
+    async def handler(request: Any) -> Any:
+        state: ServiceState = request.app.state.service
+        try:
+            return await fn(request, state)
+        except HTTPError as exc:
+            return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+        except ProtocolError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        except Overloaded as exc:
+            return JSONResponse({"error": str(exc)}, 503, headers={"retry-after": str(exc.retry_after)})
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody receives it
+        except Exception as exc:  # a bug or a failing model: one line to the client, the traceback to the log
+            log.exception("request %s failed", request.url.path)
+            return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    return handler
+
+
+# ------------------------------------------------------------------------------------------------
+# The guard: token, in-flight count, per-endpoint metrics
+# ------------------------------------------------------------------------------------------------
+_MODEL_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?")
+
+
+def endpoint_label(path: str) -> str:
+    """A request path as a metric label: the model name replaced, unknown paths lumped as 'other'."""
+    label = _MODEL_PATH.sub("/v2/models/{name}", path)
+    known = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/v2/models/{name}",
+             "/v2/models/{name}/ready", "/v2/models/{name}/config", "/v2/models/{name}/infer", "/v1/classify",
+             "/metrics"}
+    return label if label in known else "other"
+
+
+class Guard:
+    """ASGI middleware: refuses a missing or wrong bearer token (401) and records every request."""
+
+    def __init__(self, app: Any, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        metrics, label, t0, status = self.state.metrics, endpoint_label(scope["path"]), time.perf_counter(), [500]
+
+        async def recorded_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        metrics.inflight.inc()
+        try:
+            if self._authorized(scope):
+                await self.app(scope, receive, recorded_send)
+            else:
+                from starlette.responses import JSONResponse
+
+                await JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"}, 401,
+                                   headers={"www-authenticate": "Bearer"})(scope, receive, recorded_send)
+        finally:
+            metrics.inflight.dec()
+            metrics.requests.labels(label, str(status[0])).inc()
+            metrics.latency.labels(label).observe(time.perf_counter() - t0)
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        token = self.state.config.token
+        if token is None or scope["path"] in OPEN_PATHS:
+            return True
+        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, value = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+# ------------------------------------------------------------------------------------------------
+# Start-up and shutdown
+# ------------------------------------------------------------------------------------------------
+async def _load_all(state: ServiceState) -> None:
+    """Load every model, start its batchers, warm it up; then the service is ready."""
+    cfg, metrics = state.config, state.metrics
+    try:
+        for spec in cfg.models:
+            served = await asyncio.to_thread(load_model, spec, cfg.backend, cfg.precision, cfg.input_checks,
+                                             cfg.allow_rejected)
+            state.models[spec.name] = served
+            for kind, run in (("tensors", served.run_tensors), ("images", served.run_prepared)):
+                batcher = DynamicBatcher(run, served.executor, cfg.max_batch, cfg.max_delay_ms / 1e3, cfg.max_queue,
+                                         on_batch=metrics.on_batch(spec.name, kind))
+                batcher.start()
+                setattr(served, kind, batcher)
+                metrics.queue.labels(spec.name, kind).set_function(lambda b=batcher: b.pending)
+            await asyncio.get_running_loop().run_in_executor(served.executor, served.warm_up)
+            log.info("model %s ready: %s", spec.name, served.classifier.describe())
+    except Exception as exc:
+        state.error, state.failure = str(exc) or type(exc).__name__, exc
+        log.error("error: %s", state.error)
+        if state.on_fatal is not None:
+            state.on_fatal(state)
+        return
+    state.ready = True
+    metrics.ready.set(1)
+    if state.on_ready is not None:
+        state.on_ready(state)
+
+
+@asynccontextmanager
+async def _lifespan(app: Any):
+    state: ServiceState = app.state.service
+    state.tmpdir = tempfile.mkdtemp(prefix="edgecxr-serve-")
+    loader = asyncio.create_task(_load_all(state))
+    try:
+        yield
+    finally:
+        state.draining, state.ready = True, False
+        state.metrics.ready.set(0)
+        await asyncio.gather(loader, return_exceptions=True)
+        for served in state.models.values():
+            for batcher in (served.tensors, served.images):
+                if batcher is not None:
+                    await batcher.close()  # runs what is still queued: nothing admitted is lost
+            await asyncio.to_thread(served.close)
+        shutil.rmtree(state.tmpdir, ignore_errors=True)
+
+
+def create_app(config: ServeConfig, on_ready: Callable[[ServiceState], None] | None = None,
+               on_fatal: Callable[[ServiceState], None] | None = None) -> tuple[Any, ServiceState]:
+    """The ASGI app (guarded) and its state; models load when the server starts it (lifespan)."""
+    from starlette.applications import Starlette
+
+    from edgecxr.serve import routes
+
+    state = ServiceState(config, on_ready=on_ready, on_fatal=on_fatal)
+    inner = Starlette(routes=routes.ROUTES, lifespan=_lifespan)
+    inner.state.service = state
+    return Guard(inner, state), state

@@ -1,0 +1,150 @@
+"""The KServe v2 / Open Inference Protocol over REST: decoding an infer request, encoding the answer.
+
+Both tensor encodings tritonclient's HTTP client sends are read: JSON (`"data"`: a flat or nested
+list) and Triton's binary tensor extension (a JSON header of `Inference-Header-Content-Length`
+bytes, then each binary input's raw little-endian bytes in order, `parameters.binary_data_size`
+each). JSON is what any client can write by hand; binary is what a client should use for images:
+a 150x150x3 FP32 tensor is 270 kB raw against ~1.5 MB of JSON text that costs far more to parse.
+Outputs are encoded the way the request asked (per output `parameters.binary_data`, or the
+request-wide `binary_data_output`), as Triton does.
+
+Only what an image classifier takes is accepted: FP32 inputs (FP16/FP64 are not converted behind
+the client's back), no BYTES tensors, no compressed bodies (Content-Encoding).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: the header that marks Triton's binary tensor extension (length of the JSON part)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+#: datatype name -> numpy dtype, for the tensors this service reads and writes
+DTYPES = {"FP32": np.dtype("<f4")}
+
+
+class ProtocolError(ValueError):
+    """A malformed or unsupported infer request (the service answers 400 with the message)."""
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool] | None  #: requested output name -> binary; None: all, encoded as binary_default
+    binary_default: bool
+
+
+def _json_part(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is None:
+        head, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < n <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {n} is outside the body ({len(body)} bytes)")
+        head, rest = body[:n], body[n:]
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("the request must be a JSON object")
+    return doc, rest
+
+
+def _shape(spec: dict[str, Any], name: str) -> tuple[int, ...]:
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """An infer request body (JSON, or JSON + binary tensors) -> its id, input arrays and wanted outputs."""
+    doc, binary = _json_part(body, header_length)
+    specs = doc.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise ProtocolError("'inputs' must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    at = 0
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError("each input needs a 'name'")
+        name = spec["name"]
+        dtype = DTYPES.get(spec.get("datatype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise ProtocolError(f"input {name!r}: datatype {spec.get('datatype')!r} is not supported; send FP32")
+        shape = _shape(spec, name)
+        count = int(np.prod(shape)) if shape else 1
+        params = spec.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or size != count * dtype.itemsize:
+                raise ProtocolError(f"input {name!r}: binary_data_size {size!r} does not match shape {list(shape)} "
+                                    f"of {dtype.itemsize}-byte values ({count * dtype.itemsize})")
+            if at + size > len(binary):
+                raise ProtocolError(f"input {name!r}: the body holds fewer binary bytes than binary_data_size says")
+            array = np.frombuffer(binary, dtype=dtype, count=count, offset=at).reshape(shape)
+            at += size
+        elif "data" in spec:
+            try:
+                array = np.asarray(spec["data"], dtype=np.float32)
+            except (TypeError, ValueError):
+                raise ProtocolError(f"input {name!r}: 'data' must hold numbers") from None
+            if array.size != count:
+                raise ProtocolError(f"input {name!r}: {array.size} values for shape {list(shape)} ({count})")
+            array = array.reshape(shape)
+        else:
+            raise ProtocolError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} given twice")
+        inputs[name] = array
+    if at != len(binary):
+        raise ProtocolError(f"{len(binary) - at} bytes after the binary inputs that no input claims")
+    params = doc.get("parameters") or {}
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs = None
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise ProtocolError("'outputs' must be a list")
+        outputs = {}
+        for out in doc["outputs"]:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise ProtocolError("each requested output needs a 'name'")
+            outputs[out["name"]] = bool((out.get("parameters") or {}).get("binary_data", binary_default))
+    rid = doc.get("id")
+    return InferRequest(None if rid is None else str(rid), inputs, outputs, binary_default)
+
+
+def encode_infer_response(model: str, version: str, request: InferRequest,
+                          outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or JSON + binary outputs where they were asked so."""
+    wanted = request.outputs if request.outputs is not None else {n: request.binary_default for n in outputs}
+    unknown = [n for n in wanted if n not in outputs]
+    if unknown:
+        raise ProtocolError(f"unknown output(s) {unknown}; this model has {list(outputs)}")
+    entries, blobs = [], []
+    for name, as_binary in wanted.items():
+        array = np.ascontiguousarray(outputs[name], dtype=np.float32)
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        if as_binary:
+            raw = array.astype("<f4", copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["outputs"] = entries
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH.lower(): str(len(head))}

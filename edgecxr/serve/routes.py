@@ -1,0 +1,239 @@
+"""The routes: the Open Inference Protocol (/v2/...), /v1/classify for encoded images, and /metrics.
+
+/v2/models/NAME/infer takes a preprocessed FP32 NHWC tensor (as `edgecxr.preprocess` makes it, or
+as a client that moves to Triton would send it) and returns the model's raw outputs. /v1/classify
+takes the image or DICOM file itself (raw body, or multipart with one file) and answers with
+exactly the JSON of `edgecxr infer --json` for that one file, audit trail included: the same
+decoding limits, input checks and Classifier path, so a rejected or abstained input says so here
+too. An unreadable file is 422 with that document (its `error` says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecxr.serve.app import HTTPError, ServiceState, answer, endpoint, read_body
+from edgecxr.serve.batching import Overloaded
+from edgecxr.serve.models import VERSION, ServedModel
+from edgecxr.serve.protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
+
+#: bodies larger than this are parsed in a worker thread, not on the event loop
+_PARSE_IN_THREAD = 64 << 10
+#: upload suffixes kept on the temporary file (a DICOM without preamble is recognised by suffix)
+_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    """JSON as `infer --json` writes it (NaN stays NaN, which Starlette's JSONResponse refuses)."""
+    from starlette.responses import Response
+
+    return Response(json.dumps(data).encode(), status, headers=headers, media_type="application/json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Health and metadata
+# ------------------------------------------------------------------------------------------------
+@endpoint
+async def live(request: Any, state: ServiceState) -> Any:
+    return _json({"live": True})
+
+
+@endpoint
+async def ready(request: Any, state: ServiceState) -> Any:
+    if state.ready and not state.draining:
+        return _json({"ready": True})
+    why = "shutting down" if state.draining else state.error or "loading models"
+    return _json({"ready": False, "error": why}, 503, {"retry-after": "1"})
+
+
+@endpoint
+async def server_metadata(request: Any, state: ServiceState) -> Any:
+    from edgecxr.core.version import __version__
+
+    return _json({"name": "edgecxr", "version": __version__,
+                  "extensions": ["binary_tensor_data", "model_configuration", "model_repository"]})
+
+
+@endpoint
+async def repository_index(request: Any, state: ServiceState) -> Any:
+    rows = []
+    for spec in state.config.models:
+        served = state.models.get(spec.name)
+        rows.append({"name": spec.name, "version": VERSION,
+                     "state": "READY" if served is not None and served.ready else "LOADING"})
+    return _json(rows)
+
+
+def _served(request: Any, state: ServiceState) -> ServedModel:
+    params = request.path_params
+    return state.model(params["name"], params.get("version"))
+
+
+@endpoint
+async def model_metadata(request: Any, state: ServiceState) -> Any:
+    return _json(_served(request, state).metadata())
+
+
+@endpoint
+async def model_ready(request: Any, state: ServiceState) -> Any:
+    _served(request, state)  # 404 unknown, 503 not ready
+    return _json({"name": request.path_params["name"], "ready": not state.draining},
+                 503 if state.draining else 200)
+
+
+@endpoint
+async def model_config(request: Any, state: ServiceState) -> Any:
+    cfg = state.config
+    return _json(_served(request, state).config(cfg.max_batch, cfg.max_delay_ms / 1e3))
+
+
+@endpoint
+async def metrics(request: Any, state: ServiceState) -> Any:
+    from starlette.responses import Response
+
+    body, content_type = state.metrics.render()
+    return Response(body, headers={"content-type": content_type})
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference
+# ------------------------------------------------------------------------------------------------
+def _check_input(served: ServedModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    x = inputs.get(served.input_name)
+    if x is None or len(inputs) != 1:
+        raise ProtocolError(f"model {served.name!r} takes one input, {served.input_name!r}; got {list(inputs)}")
+    want = tuple(served.classifier.spec.input_shape)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
+        raise ProtocolError(f"input {served.input_name!r}: shape {list(x.shape)} is not [N, {', '.join(map(str, want))}]"
+                            f" with N >= 1 (preprocessing {served.classifier.spec.id})")
+    if not np.isfinite(x).all():
+        raise ProtocolError(f"input {served.input_name!r} holds NaN or Inf")
+    return x
+
+
+async def _admitted(state: ServiceState, served: ServedModel, submission: Any) -> Any:
+    """A batcher submission, with refusals for a full queue counted per model."""
+    try:
+        return await submission
+    except Overloaded:
+        state.metrics.overload.labels(served.name).inc()
+        raise
+
+
+@endpoint
+async def infer(request: Any, state: ServiceState) -> Any:
+    from starlette.responses import Response
+
+    served = _served(request, state)
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise HTTPError(415, "compressed request bodies are not accepted; send them uncompressed")
+    body = await read_body(request, state)
+    header_length = request.headers.get(HEADER_LENGTH)
+    if len(body) > _PARSE_IN_THREAD:
+        req = await asyncio.to_thread(parse_infer_request, body, header_length)
+    else:
+        req = parse_infer_request(body, header_length)
+    x = _check_input(served, req.inputs)
+    assert served.tensors is not None
+    rows = await answer(request, state, _admitted(state, served, served.tensors.submit(list(x))))
+    outputs = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+    content, headers = encode_infer_response(served.name, VERSION, req, outputs)
+    return Response(content, headers=headers)
+
+
+async def _upload(request: Any, body: bytes) -> tuple[bytes, str]:
+    """The file bytes and its name: the one file of a multipart form, or the raw body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+        except Exception as exc:  # starlette's MultiPartException and malformed forms
+            raise HTTPError(400, f"cannot read the multipart form: {exc}") from None
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if len(files) != 1:
+            raise HTTPError(400, f"send exactly one file in the form (got {len(files)})")
+        data = await files[0].read()
+        return data, files[0].filename or "upload"
+    return body, request.query_params.get("filename") or "upload"
+
+
+def _prepare_bytes(data: bytes, name: str, served: ServedModel, folder: str) -> tuple[Any, Any]:
+    """Decode + input checks through the file path `infer` uses (same limits, DICOM rules, sha256).
+
+    The upload goes to a private temporary file first: `runtime.inputs.prepare` and the DICOM
+    header checks read files, and one code path for both means no decoding rule exists twice.
+    """
+    from edgecxr.runtime.inputs import prepare
+
+    suffix = Path(name).suffix.lower()
+    path = Path(folder) / f"{uuid.uuid4().hex}{suffix if suffix in _SUFFIXES else ''}"
+    with open(path, "xb") as fh:
+        fh.write(data)
+    try:
+        pred, tensor = prepare(path, 0, served.classifier.spec, served.classifier.input_rules)
+    finally:
+        os.unlink(path)
+    pred.source = name
+    return pred, tensor
+
+
+@endpoint
+async def classify(request: Any, state: ServiceState) -> Any:
+    from edgecxr.runtime.results import results_document
+
+    served = state.model(request.query_params.get("model"))
+    images = served.images
+    assert images is not None and state.tmpdir is not None
+    if images.pending >= images.max_queue:  # refuse before paying for the decode
+        state.metrics.overload.labels(served.name).inc()
+        raise Overloaded(images.retry_after())
+    body = await read_body(request, state)
+    if not body:
+        raise HTTPError(400, "empty body: send an image or DICOM file (raw body or multipart)")
+    data, name = await _upload(request, body)
+    pred, tensor = await asyncio.to_thread(_prepare_bytes, data, name, served, state.tmpdir)
+    if tensor is not None:
+        (pred,) = await answer(request, state, _admitted(state, served, images.submit([(pred, tensor)])))
+    state.metrics.predictions.labels(served.name, "failed" if pred.error else pred.status).inc()
+    clf = served.classifier
+    doc = results_document([pred], clf.audit, clf.classes, backend=clf.backend_info)
+    return _json(doc, 422 if pred.error else 200)
+
+
+def _routes() -> list[Any]:
+    from starlette.routing import Route
+
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    out = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
+        Route("/v1/classify", classify, methods=["POST"]),
+        Route("/metrics", metrics),
+    ]
+    for base in (model, versioned):
+        out += [
+            Route(base, model_metadata),
+            Route(f"{base}/ready", model_ready),
+            Route(f"{base}/config", model_config),
+            Route(f"{base}/infer", infer, methods=["POST"]),
+        ]
+    return out
+
+
+ROUTES = _routes()

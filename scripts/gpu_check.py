@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "EDGECXR_MODELS": str(out / "models"), "PYTHONUNBUFFERED": "1"}
     edgecxr = [sys.executable, "-c", "import sys; from edgecxr.cli import main; sys.exit(main())"]
     version = info["tensorrt"]["version"]
-    line = trt_lines.line_for(version)
+    try:
+        line = trt_lines.line_for(version)
+    except ValueError as exc:
+        print(f"gpu-check: skipped, {exc}", file=sys.stderr)
+        return 2
     report: dict[str, Any] = {
         "format": "edgecxr-gpu-check", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": info, "tensorrt_line": trt_lines.describe_path(line, "fp16") | {"version": version},

@@ -117,7 +117,10 @@ def build_engine(
     log(f"  from {onnx_path}; batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}; "
         f"workspace {profile.workspace_mb} MB" + (f"; DLA core {profile.dla_core}" if profile.dla_core is not None else ""))
 
-    line = trt_lines.line_for(platform["tensorrt"])
+    try:
+        line = trt_lines.line_for(platform["tensorrt"])
+    except ValueError as exc:  # e.g. TensorRT 9.x or 12.x: no tested code path
+        raise BackendUnavailableError(f"{exc}; install a supported TensorRT or use ONNX Runtime") from None
     cache_file = timing_cache_path(profile.timing_cache, bundle.dir, gpu["name"], platform["tensorrt"])
     log(f"  TensorRT line {line.key}: " + ("strongly typed, precision from the ONNX" if line.strongly_typed
         else f"builder flags {', '.join(line.builder_flags.get(precision, ()))}"))

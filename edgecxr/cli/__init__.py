@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench:bench", "Benchmark latency and throughput of a model on the available backends."),
     "info": ("info:info", "Show installed backends, GPU and TensorRT versions."),
     "models": ("models:models", "List the shipped reference models and registered bundles; register one."),
+    "serve": ("serve:serve", "Serve models over HTTP (KServe v2 Open Inference Protocol, /v1/classify, /metrics)."),
 }
 
 

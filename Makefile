@@ -34,6 +34,7 @@ demo: setup
 	$(PY) -m edgecxr.stages.demo
 
 # GPU acceptance run (scripts/gpu_check.py, docs/BENCHMARKS.md): refuses in one line, exit 2, without a GPU or TensorRT.
+gpu-check: EXTRAS = gpu,dev
 gpu-check: setup
 	@$(PY) -c "import polygraphy" 2>/dev/null || $(PY) -m pip install -q -e '.[gpu]'
 	@$(PY) scripts/gpu_check.py --out gpu-check-out $(GPU_CHECK_ARGS)

@@ -38,6 +38,7 @@ bytes than the image has, more frames than the header says) are errors too.
 
 from __future__ import annotations
 
+import io
 import warnings
 import zlib
 from pathlib import Path
@@ -76,11 +77,12 @@ _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
-def load_dicom(path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
+def load_dicom(path: str | Path, limits: DecodeLimits | None = None, data: bytes | None = None) -> np.ndarray:
     """Read a single-frame DICOM radiograph as a 2-D float32 display image in [0, 1].
 
     See the module docstring for the LUT chain, what is checked and what is refused. `limits`
-    defaults to edgecxr.data.limits.DEFAULT_LIMITS.
+    defaults to edgecxr.data.limits.DEFAULT_LIMITS. With `data` (a Part 10 file's bytes held in
+    memory) those bytes are decoded, through the same checks, and `path` only names them in errors.
 
     Raises:
         ImageLoadError: not a readable DICOM image, or one this function does not decode.
@@ -90,12 +92,12 @@ def load_dicom(path: str | Path, limits: DecodeLimits | None = None) -> np.ndarr
     limits = DEFAULT_LIMITS if limits is None else limits
     pydicom = _pydicom()
     try:
-        file_bytes = path.stat().st_size
+        file_bytes = path.stat().st_size if data is None else len(data)
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
     check_file_size(path, file_bytes, limits)
-    _check_deflated(path, pydicom, file_bytes, limits)
-    ds = _read(path, pydicom)
+    _check_deflated(path, pydicom, file_bytes, limits, data)
+    ds = _read(path, pydicom, data)
 
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
@@ -134,12 +136,66 @@ def load_dicom(path: str | Path, limits: DecodeLimits | None = None) -> np.ndarr
     return _gray_to_unit(path, ds, arr, photometric)
 
 
-def _check_deflated(path: Path, pydicom, file_bytes: int, limits: DecodeLimits) -> None:
-    """Inflate a Deflated Explicit VR data set once, in bounded steps, before pydicom inflates it whole."""
+def _source(path: Path, data: bytes | None):
+    """The file, or the bytes in memory, as an open binary file object."""
+    return open(path, "rb") if data is None else io.BytesIO(data)
+
+
+def encode_dataset(ds) -> bytes:
+    """A `pydicom.Dataset` held in memory as the bytes of a DICOM Part 10 file (pydicom's `dcmwrite`).
+
+    Why bytes: a Dataset from a network receiver or a caller's code then goes through exactly the
+    checks and decoding a file gets (`load_dicom` with `data=`), and its audit sha256 is of those
+    bytes. The caller's Dataset is not changed (a shallow copy gets the file meta). Without a
+    Transfer Syntax UID in its file meta, the encoding it was read with is used, else Explicit VR
+    Little Endian (native pixels; compressed pixel data needs its transfer syntax stated).
+
+    Raises:
+        ImageLoadError: pydicom cannot encode it (an invalid value, a missing SOP Instance UID...).
+    """
+    import copy
+
+    pydicom = _pydicom()
+    name = _dataset_name(ds)
+    out = copy.copy(ds)
+    meta = pydicom.dataset.FileMetaDataset()
+    for elem in getattr(ds, "file_meta", None) or []:
+        meta.add(copy.deepcopy(elem))
+    out.file_meta = meta
+    if "TransferSyntaxUID" not in meta:
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian)
+    buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            meta = pydicom.filereader.read_file_meta_info(path)
+            pydicom.dcmwrite(buf, out, enforce_file_format=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(name, f"DICOM data set cannot be encoded ({_one_line(exc)})") from exc
+    return buf.getvalue()
+
+
+def _dataset_name(ds) -> str:
+    """What error messages call an in-memory Dataset: its SOP Instance UID where it has one."""
+    try:
+        uid = str(getattr(ds, "SOPInstanceUID", "") or "").strip()
+    except Exception:  # noqa: BLE001 - a malformed value: the name is only for messages
+        uid = ""
+    return f"<dataset {uid}>" if uid else "<dataset>"
+
+
+def _check_deflated(path: Path, pydicom, file_bytes: int, limits: DecodeLimits, data: bytes | None = None) -> None:
+    """Inflate a Deflated Explicit VR data set once, in bounded steps, before pydicom inflates it whole."""
+    try:
+        with warnings.catch_warnings(), _source(path, data) as fh:
+            warnings.simplefilter("ignore")
+            pydicom.filereader.read_preamble(fh, False)
+            meta = pydicom.filereader._read_file_meta_info(fh)
     except Exception:
         return  # no preamble or unreadable meta: not deflated, or `_read` reports it
     if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
@@ -150,7 +206,7 @@ def _check_deflated(path: Path, pydicom, file_bytes: int, limits: DecodeLimits) 
     cap = limits.max_decoded_bytes + (1 << 20)  # the pixels plus the other elements of the data set
     inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
-        with open(path, "rb") as fh:
+        with _source(path, data) as fh:
             fh.seek(132 + 12 + int(group))  # preamble + 'DICM', then (0002,0000) UL and the group
             while (chunk := fh.read(1 << 20)) and not inflater.eof:
                 while chunk and total <= cap:
@@ -205,13 +261,13 @@ def _pydicom():
     return pydicom
 
 
-def _read(path: Path, pydicom):
+def _read(path: Path, pydicom, data: bytes | None = None):
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path)
+            return pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError:
         pass  # no 'DICM' preamble: some old exports omit it; try the bare data set below
     except Exception as exc:
@@ -219,7 +275,7 @@ def _read(path: Path, pydicom):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path if data is None else io.BytesIO(data), force=True)
     except Exception as exc:
         raise ImageLoadError(path, "not a DICOM file (no 'DICM' preamble and not a readable data set)") from exc
     if "PixelData" not in ds or "Rows" not in ds:

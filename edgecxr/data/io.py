@@ -117,6 +117,41 @@ def load_image(
     return image
 
 
+def load_image_bytes(
+    data: bytes | bytearray | memoryview,
+    min_size: tuple[int, int] | None = None,
+    limits: DecodeLimits | None = None,
+    name: str = "<bytes>",
+) -> np.ndarray:
+    """`load_image` for a file's bytes held in memory (an upload, a DICOM received over the network).
+
+    The same checks in the same order as for a file: the size against `max_file_bytes`, the
+    container, the header against `limits`, the decode with its warnings as errors. The format is
+    taken from the content: PNG and JPEG signatures, else the DICOM 'DICM' preamble (a DICOM
+    without a preamble cannot be told from other bytes here; a file named .dcm can). `name` is
+    what error messages call the input.
+
+    Raises:
+        ImageLoadError: as `load_image`.
+    """
+    limits = DEFAULT_LIMITS if limits is None else limits
+    data = bytes(data)
+    check_file_size(Path(name), len(data), limits)
+    head = data[:132]
+    try:
+        if _is_dicom_head(head) and not (head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SOI)):
+            from edgecxr.data.dicom import load_dicom
+
+            image = load_dicom(name, limits, data=data)
+        else:
+            image = _load_raster(Path(name), head, min_size, limits, data=data)
+    except MemoryError as exc:
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        raise ImageLoadError(name, f"out of memory while decoding{detail}") from None
+    _check_size(Path(name), image, limits)
+    return image
+
+
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     """Expand files, folders and glob patterns into a list of image paths (the `infer` inputs).
 

@@ -92,15 +92,18 @@ class _Header:
 
 
 def _load_raster(
-    path: Path, head: bytes, min_size: tuple[int, int] | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+    path: Path, head: bytes, min_size: tuple[int, int] | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
+    data: bytes | None = None,
 ) -> np.ndarray:
+    """Decode a PNG/JPEG file, or its bytes when `data` is given (then `path` only names it in errors)."""
     if head.startswith(_PNG_SIGNATURE):
         kind = "PNG"
     elif head.startswith(_JPEG_SOI):
         kind = "JPEG"
     else:
         raise ImageLoadError(path, _unrecognised(head))
-    data = _read(path, limits)
+    if data is None:
+        data = _read(path, limits)
     header = _png_header(path, data) if kind == "PNG" else _jpeg_header(path, data)
     check_header(path, kind, header.width, header.height, header.samples, header.bytes_per_sample, len(data), limits)
     if header.drop:

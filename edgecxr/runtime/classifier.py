@@ -384,11 +384,16 @@ def _dims(shape: tuple[Any, ...]) -> str:
 
 
 def _as_items(inputs: Any) -> list[Any]:
-    """A single path or array -> [it]; a list of paths/arrays or an (N, H, W[, C]) stack -> list."""
-    if isinstance(inputs, (str, Path)):
+    """A single input -> [it]; a list of inputs or an (N, H, W[, C]) stack -> list.
+
+    bytes and a pydicom Dataset are one input each, though both are iterable.
+    """
+    from edgecxr.runtime.inputs import kind_of
+
+    if kind_of(inputs) in ("path", "bytes", "dataset"):
         return [inputs]
     if isinstance(inputs, np.ndarray):
         return [inputs] if inputs.ndim in (2, 3) and not (inputs.ndim == 3 and inputs.shape[2] > 4) else list(inputs)
     if isinstance(inputs, Iterable):
         return list(inputs)
-    raise TypeError(f"expected paths or arrays, got {type(inputs).__name__}")
+    raise TypeError(f"expected paths, bytes, pydicom Datasets or arrays, got {type(inputs).__name__}")

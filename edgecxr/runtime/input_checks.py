@@ -94,6 +94,20 @@ class InputRules:
             return self.check_header(_dicom_header(path))
         return None
 
+    def check_bytes(self, data: bytes) -> str | None:
+        """`check_file` for a file's bytes held in memory (PNG/JPEG color, DICOM header)."""
+        if not self.enabled:
+            return None
+        from edgecxr.data.io import _is_dicom_head
+        from edgecxr.data.raster import _JPEG_SOI, _PNG_SIGNATURE
+
+        head = bytes(data[:132])
+        if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SOI):
+            return self.check_color(_color_preview(None, head, data))
+        if _is_dicom_head(head):
+            return self.check_header(dicom_header_bytes(data))
+        return None
+
     def check_header(self, ds: Any) -> str | None:
         """The reason a DICOM header says this is not a frontal chest radiograph, else None."""
         if not self.enabled or ds is None:
@@ -191,8 +205,8 @@ def _lag1(img: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 1.0
 
 
-def _color_preview(path: Path, head: bytes) -> np.ndarray | None:
-    """A small color decode, only for a file that stores color (PNG color type, JPEG components)."""
+def _color_preview(path: Path | None, head: bytes, data: bytes | None = None) -> np.ndarray | None:
+    """A small color decode, only for a file (or its bytes) that stores color (PNG color type, JPEG components)."""
     import cv2
 
     from edgecxr.data.raster import _PNG_SIGNATURE
@@ -204,7 +218,7 @@ def _color_preview(path: Path, head: bytes) -> np.ndarray | None:
     else:
         flag = cv2.IMREAD_REDUCED_COLOR_4
     try:
-        image = cv2.imread(str(path), flag)
+        image = cv2.imread(str(path), flag) if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error:
         return None
     return None if image is None or image.ndim != 3 else image
@@ -216,5 +230,17 @@ def _dicom_header(path: Path) -> Any:
         from pydicom import dcmread
 
         return dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - the decode that follows gives the real error
+        return None
+
+
+def dicom_header_bytes(data: bytes) -> Any:
+    """`_dicom_header` of a DICOM file's bytes held in memory, or None when they cannot be read."""
+    import io
+
+    try:
+        from pydicom import dcmread
+
+        return dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - the decode that follows gives the real error
         return None

@@ -1,7 +1,7 @@
 """One input -> a preprocessed tensor, or the Prediction that says why it never reaches the model.
 
 The decode half of `Classifier.predict`, kept apart from the model half so that it can run ahead of
-the model (in worker threads) and so that every kind of input (a path today; DICOM datasets, bytes
+the model (in worker threads) and so that every kind of input (a path; DICOM datasets, bytes
 and arrays held in memory) goes through the same decoding rules, the same one preprocessing spec
 and the same input checks, in one place.
 """
@@ -17,7 +17,8 @@ import numpy as np
 
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.core.spec import PreprocessSpec, preprocess
-from edgecxr.data.io import load_image
+from edgecxr.data.io import _is_dicom_head, load_image, load_image_bytes
+from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits
 from edgecxr.runtime.input_checks import InputRules
 from edgecxr.runtime.prediction import Prediction
 
@@ -27,8 +28,35 @@ def source_of(item: Any, index: int) -> str | int:
     return str(item) if isinstance(item, (str, Path)) else index
 
 
+def is_dataset(item: Any) -> bool:
+    """A pydicom Dataset (checked by its class's module first: pydicom is imported only when it is one)."""
+    if not type(item).__module__.startswith("pydicom"):
+        return False
+    from pydicom.dataset import Dataset
+
+    return isinstance(item, Dataset)
+
+
+def kind_of(item: Any) -> str:
+    """"path", "bytes", "dataset" or "array": which decoding rules an input goes through."""
+    if isinstance(item, (str, Path)):
+        return "path"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if is_dataset(item):
+        return "dataset"
+    return "array"
+
+
 def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> tuple[Prediction, np.ndarray | None]:
-    """Decode, preprocess and check one input.
+    """Decode, preprocess and check one input: a path, a file's bytes, a pydicom Dataset or an array.
+
+    Every kind goes through the same decoding rules (`edgecxr.data.io`: container checks, size
+    limits, decoder warnings as errors; a Dataset is encoded to its Part 10 bytes and decoded like
+    a file), the one preprocessing spec and the same input checks (the DICOM header rules apply to
+    DICOM bytes and Datasets too). `input_sha256` is of the file's bytes, of the given bytes, of a
+    Dataset's encoded Part 10 bytes (`data.dicom.encode_dataset`), or of an array's dtype, shape and
+    pixels (`array_sha256`); `dicom` holds the UIDs of any DICOM input.
 
     Returns its Prediction (with `preprocess_ms`; with `error` when it cannot be read, or status
     "rejected" when the input checks refuse it) and the tensor for the model, or None when the
@@ -38,13 +66,32 @@ def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> t
     source = source_of(item, index)
     t0 = time.perf_counter()
     pred = Prediction(source)
+    kind = kind_of(item)
+    header = None  # a DICOM header for the input checks and the UIDs
     try:
-        if isinstance(item, (str, Path)):
+        if kind == "path":
             pred.input_sha256 = file_sha256(item)
             image = load_image(item, (spec.height, spec.width))
             pred.dicom = dicom_uids(item)
+        elif kind == "dataset":
+            from edgecxr.data.dicom import encode_dataset
+
+            header = item
+            pred.dicom = uids_of(item)
+            data = encode_dataset(item)
+            pred.input_sha256 = hashlib.sha256(data).hexdigest()
+            image = load_image_bytes(data, (spec.height, spec.width), name=f"input {index} (DICOM data set)")
+        elif kind == "bytes":
+            data = bytes(item)
+            pred.input_sha256 = hashlib.sha256(data).hexdigest()
+            if _is_dicom_head(data[:132]):
+                from edgecxr.runtime.input_checks import dicom_header_bytes
+
+                header = dicom_header_bytes(data)
+                pred.dicom = uids_of(header)
+            image = load_image_bytes(data, (spec.height, spec.width), name=f"input {index} (bytes)")
         else:
-            image = np.asarray(item)
+            image = as_image_array(item, index)
             pred.input_sha256 = array_sha256(image)
         tensor = preprocess(image, spec)  # first: a bad array is an error, not a rejection
     except ImageLoadError as exc:
@@ -53,12 +100,48 @@ def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> t
     except ValueError as exc:  # preprocess: wrong dtype / range / shape of a given array or DICOM
         pred.error = str(exc)
         return pred, None
-    reason = (rules.check_file(item) if isinstance(item, (str, Path)) else None) or rules.check_pixels(image)
+    if kind == "path":
+        reason = rules.check_file(item)
+    elif kind == "bytes":
+        reason = rules.check_bytes(bytes(item)) if header is None else rules.check_header(header)
+    elif kind == "dataset":
+        reason = rules.check_header(header)
+    else:
+        reason = None
+    reason = reason or rules.check_pixels(image)
     pred.preprocess_ms = (time.perf_counter() - t0) * 1e3
     if reason:
         pred.status, pred.reason = "rejected", reason
         return pred, None
     return pred, tensor
+
+
+def as_image_array(item: Any, index: int, limits: DecodeLimits | None = None) -> np.ndarray:
+    """An in-memory image as the decoder would have returned it: HxW or HxWxC (C 1/3/4), within `limits`.
+
+    The dtype is left to `preprocess` (uint8, uint16 or float in [0, 1]; anything else is its
+    one-line error). The side and pixel limits of a decoded file apply, so an array is not a way
+    around them.
+
+    Raises:
+        ImageLoadError: not an image-shaped array, or outside the limits.
+    """
+    name = f"input {index} (array)"
+    try:
+        image = np.asarray(item)
+    except Exception as exc:  # noqa: BLE001 - a ragged list, an object numpy cannot hold
+        raise ImageLoadError(name, f"not an image array ({type(item).__name__})") from exc
+    if image.dtype == object:
+        raise ImageLoadError(name, f"not an image: a {type(item).__name__} (expected a path, bytes, a pydicom "
+                                   "Dataset or a numeric HxW / HxWxC array)")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        raise ImageLoadError(name, f"expected an HxW or HxWxC (C = 1, 3 or 4) array, got shape {image.shape}")
+    limits = DEFAULT_LIMITS if limits is None else limits
+    h, w = image.shape[:2]
+    if min(h, w) < limits.min_side or max(h, w) > limits.max_side or h * w > limits.max_pixels:
+        raise ImageLoadError(name, f"array of {w}x{h} px is outside the decode limits ({limits.min_side}.."
+                                   f"{limits.max_side} px a side, {limits.max_pixels / 1e6:.1f} megapixels)")
+    return image
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -86,7 +169,7 @@ UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 def dicom_uids(path: str | Path) -> dict[str, str] | None:
     """Study/Series/SOP Instance UIDs of a DICOM file (header only), None for other files."""
-    from edgecxr.data.io import DICOM_SUFFIXES, _is_dicom_head
+    from edgecxr.data.io import DICOM_SUFFIXES
 
     path = Path(path)
     try:
@@ -98,8 +181,19 @@ def dicom_uids(path: str | Path) -> dict[str, str] | None:
         return None
     from edgecxr.runtime.input_checks import _dicom_header
 
-    ds = _dicom_header(path)
+    return uids_of(_dicom_header(path))
+
+
+def uids_of(ds: Any) -> dict[str, str] | None:
+    """The Study/Series/SOP Instance UIDs a DICOM header holds (None: no header or none of them)."""
     if ds is None:
         return None
-    uids = {k: str(getattr(ds, k, "") or "") for k in UID_KEYWORDS}
-    return {k: v for k, v in uids.items() if v} or None
+    uids = {}
+    for key in UID_KEYWORDS:
+        try:
+            value = str(getattr(ds, key, "") or "").strip()
+        except Exception:  # noqa: BLE001 - a malformed value is no UID
+            value = ""
+        if value:
+            uids[key] = value
+    return uids or None

@@ -181,7 +181,9 @@ def _polygraphy_build(
     if dla and profile.dla_core >= builder.num_DLA_cores:
         raise BackendUnavailableError(f"DLA core {profile.dla_core} requested but this device has {builder.num_DLA_cores} DLA core(s)")
     config = CreateConfig(
-        tf32=True,  # TensorRT's own default; strongly typed networks take FP16/INT8 from the ONNX
+        # TF32 off (Polygraphy clears TensorRT's default): the few FP32 layers left (I/O casts, nodes
+        # calibration kept in float) stay exact, and no flag but the 8.6 precision flags is set
+        tf32=False,
         fp16="FP16" in flags,
         int8="INT8" in flags,
         profiles=[shapes],

@@ -158,7 +158,7 @@ def describe_path(line: TrtLine, precision: str) -> dict[str, object]:
         "polygraphy": POLYGRAPHY_VERSION,
         "calls": [
             f"NetworkFromOnnxPath(onnx, strongly_typed={line.strongly_typed})",
-            "CreateConfig(tf32=True, " + "".join(f"{f.lower()}=True, " for f in flags)
+            "CreateConfig(tf32=False, " + "".join(f"{f.lower()}=True, " for f in flags)
             + "profiles=[Profile(min/opt/max batch)], memory_pool_limits={WORKSPACE}, load_timing_cache[, use_dla])",
             "EngineFromNetwork(network, config, save_timing_cache=cache)",
             "SaveEngine(engine, candidate path) -> accuracy gate -> publish",

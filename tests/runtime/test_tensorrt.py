@@ -133,3 +133,29 @@ def test_outputs_come_back_by_name_with_the_probabilities_first(built, images):
     first = next(iter(outs))
     assert first != "features" and outs[first].shape == (3, classes)
     assert all(v.shape[0] == 3 and v.dtype == np.float32 for v in outs.values())
+
+
+def test_dry_run_predicts_the_real_build(built):
+    """What `build --dry-run` says for this TensorRT is what the build did."""
+    from edgecxr.stages.engine.dryrun import dry_run
+
+    bundle, result = built
+    version = current_platform()["tensorrt"]
+    report = dry_run(bundle.dir, resolve_profile(None, precision="fp16", batch="1-2-4"), [version])
+    assert report.ok, report.problems
+    side = read_sidecar(result.engine)
+    assert side["strongly_typed"] == report.plan[0]["strongly_typed"]
+    assert [o["name"] for o in side["io"]["outputs"]] == [name for name, _ in report.facts["io"]["outputs"]]
+
+
+def test_int8_engine_matches_onnxruntime_int8(built, images, tmp_path):
+    """The Q/DQ path: strongly typed on 10/11, INT8 builder flag on 8.6 (trt_lines)."""
+    bundle, _ = built
+    engine = build_engine(bundle.dir, resolve_profile(None, precision="int8", batch="1-2-4"),
+                          out=tmp_path / "tiny-int8.engine", verify=False, log=print).engine
+    x = _batch(images, 4)
+    with create_runner("onnxruntime", bundle.artifact("onnx_int8")) as ort_runner:
+        ref = ort_runner.infer(x)
+    with create_runner("tensorrt", engine) as runner:
+        out = runner.infer(x)
+    np.testing.assert_allclose(out, ref, atol=5e-2)

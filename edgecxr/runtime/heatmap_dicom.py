@@ -1,0 +1,119 @@
+"""A DICOM Secondary Capture of a heat map overlay, in the source's study, for the PACS viewer.
+
+A radiologist reads results where the images are: in the PACS. So a heat map of a DICOM input can
+go back as a DICOM object of its own: a Secondary Capture Image (highdicom `SCImage`, RGB 8-bit)
+showing the overlay of `edgecxr.runtime.overlay` at the source's size (capped like the PNG), with
+
+  * the source's patient and study (highdicom copies them from the source dataset), so the
+    viewer files it in the same Study (same Study Instance UID);
+  * a new Series (new Series Instance UID, Series Description "edgecxr heat map ...") so it
+    never mixes with the modality's own images;
+  * a Source Image Sequence naming the source's SOP Class and SOP Instance UID, and a
+    Derivation Description stating method, class, model and the model's probability;
+  * Burned In Annotation "NO": the pixels carry no text; Image Comments say it is not for
+    diagnosis on its own.
+
+The patient orientation is the source's when it has one; a frontal chest radiograph without it
+gets the conventional display orientation (L, F: patient's left to the right of the image, feet
+down), which is how the model's training images were displayed. The writer needs highdicom
+(optional; a missing install is one error naming the extra).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecxr.core.errors import DataError, MissingDependencyError
+from edgecxr.core.fileutil import atomic_write_bytes
+from edgecxr.runtime.heatmap import HeatMap
+from edgecxr.runtime.overlay import MAX_SIDE, display_image, render
+
+#: the Series Number given to heat map series (a high number keeps them after the modality's)
+SERIES_NUMBER = 9901
+#: the orientation assumed for a frontal chest radiograph that does not state one
+FRONTAL_ORIENTATION = ("L", "F")
+#: the extra that installs highdicom (pyproject.toml)
+EXTRA = "dicom-results"
+
+
+def _highdicom() -> Any:
+    try:
+        import highdicom
+    except ImportError:
+        raise MissingDependencyError("highdicom", EXTRA, "DICOM Secondary Capture heat maps") from None
+    return highdicom
+
+
+def heatmap_secondary_capture(
+    source: str | Path,
+    heat: HeatMap,
+    model: str = "edgecxr",
+    series_uid: str | None = None,
+    max_side: int = MAX_SIDE,
+) -> Any:
+    """The Secondary Capture dataset (pydicom Dataset) of `heat` overlaid on the DICOM file `source`.
+
+    Args:
+        source: the DICOM input the map was computed on.
+        heat: its occlusion map (`edgecxr.runtime.heatmap.explain`).
+        model: model name and version for the Derivation Description.
+        series_uid: the heat map series to add to (one series per run); None: a new one.
+        max_side: longest side of the image, as for the PNG overlay.
+
+    Raises:
+        DataError: `source` is not a DICOM file with Study/SOP Instance UIDs.
+    """
+    hd = _highdicom()
+    import pydicom
+
+    try:
+        ref = pydicom.dcmread(str(source), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a bad file
+        raise DataError(f"{source}: not a readable DICOM file ({exc})") from None
+    missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID") if not getattr(ref, k, None)]
+    if missing:
+        raise DataError(f"{source}: the DICOM has no {', '.join(missing)}; a Secondary Capture cannot reference it")
+    rgb = render(display_image(source, max_side), heat)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=np.ascontiguousarray(rgb),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid or hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="edgecxr",
+        patient_orientation=_orientation(ref),
+    )
+    sc.SeriesDescription = f"edgecxr heat map ({heat.target})"[:64]
+    sc.BurnedInAnnotation = "NO"
+    sc.DerivationDescription = (
+        f"occlusion sensitivity, class {heat.target}, model {model}, probability {heat.baseline:.4f}, "
+        f"{heat.masks} masks (patch {heat.config.patch}, stride {heat.config.stride})"
+    )[:1024]
+    sc.ImageComments = "Heat map: regions whose masking lowered the model's probability; not for diagnosis alone"
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ref.SOPClassUID
+    item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    sc.SourceImageSequence = [item]
+    return sc
+
+
+def write_secondary_capture(path: str | Path, dataset: Any) -> Path:
+    """Write a dataset as a DICOM file (with its file meta), atomically."""
+    buf = io.BytesIO()
+    dataset.save_as(buf, enforce_file_format=True)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _orientation(ref: Any) -> tuple[str, str]:
+    value = getattr(ref, "PatientOrientation", None)
+    if value is not None and len(value) == 2 and all(str(v) in ("A", "P", "L", "R", "H", "F") for v in value):
+        return str(value[0]), str(value[1])
+    return FRONTAL_ORIENTATION

@@ -6,7 +6,8 @@ Works on a copy (runs/int8/NAME): the FP32 ONNX is widened from the shipped FP16
 sensitivity ranking and the greedy float set are chosen on `val`, the chosen set is re-calibrated
 and confirmed on `val`, then the publication gate runs once on `test` against the trained model's
 stored reference. The calibration manifest and the ranking go to calibration/. Prints the JSON of
-the calibration section. Takes 15-30 minutes per model on a 2-core CPU.
+the calibration section. With the default one-pass error ranking (--rank error) it takes 15-30
+minutes per model on a 2-core CPU; --rank agreement is one val pass per quantized node.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> int:
     ap.add_argument("--out", default="runs/int8")
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--views", type=int, default=0)
+    ap.add_argument("--rank", default="error", choices=["error", "agreement"])
+    ap.add_argument("--scope", default="all", choices=["all", "weighted"])
     ap.add_argument("--explain", action="store_true", help="also measure each node quantized alone (slower)")
     ap.add_argument("--ship", action="store_true", help="after a passing run, add its INT8 to the shipped model")
     ap.add_argument("--ship-only", action="store_true", help="ship the INT8 of an earlier run in --out, do not calibrate")
@@ -48,6 +51,7 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         section = calibrate_bundle(bundle, args.data, method=args.method, views=args.views, fallback="auto",
+                                   rank=args.rank, scope=args.scope,
                                    explain=args.explain, select_split="val", verify_split="test",
                                    calib_manifest_out=REPO / "calibration", progress=False,
                                    log=lambda m: print(m, flush=True))

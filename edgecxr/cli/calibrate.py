@@ -50,6 +50,10 @@ from edgecxr.stages.export.int8 import calibrate_bundle
 @click.option("--explain", is_flag=True, help="Rank every quantized node by its cost on --select-split; writes a table, JSON and plot.")
 @click.option("--select-split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Where --fallback and --explain choose; never the gate's split.")
+@click.option("--rank", type=click.Choice(["error", "agreement"]), default="error", show_default=True,
+              help="error: each node's own quantization error, one pass, then bisection; agreement: one pass per node, then greedy.")
+@click.option("--scope", type=click.Choice(["all", "weighted"]), default="all", show_default=True,
+              help="Nodes --fallback may keep in float: all quantized nodes (activation-only too) or only those with a weight.")
 @click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
               help="Augmented views of each calibration image added to the calibration set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -71,6 +75,8 @@ def calibrate(
     fallback: str,
     explain: bool,
     select_split: str,
+    rank: str,
+    scope: str,
     views: int,
     batch_size: int,
     quiet: bool,
@@ -83,7 +89,9 @@ def calibrate(
     \b
     --fallback auto ranks the quantized nodes by what each costs on --select-split (val), keeps the
     most costly in float until the gate passes there, re-calibrates with them in float, and only
-    then runs the publication gate on --verify-split (test), once.
+    then runs the publication gate on --verify-split (test), once. --rank error (default) ranks
+    every quantized node, activation-only ones included, by its own quantization error in one pass
+    and bisects over that ranking (a dozen passes); --rank agreement scores one variant per node.
 
     \b
     Examples:
@@ -115,6 +123,8 @@ def calibrate(
             fallback=fallback,
             explain=explain,
             select_split=select_split,
+            rank=rank,
+            scope=scope,
             views=views,
             log=_err,
             gates=_gates(gates_file),

@@ -88,14 +88,16 @@ def test_calibrate_fallback_auto_chooses_on_val_and_gates_on_test(exported_cnn, 
                                calib_manifest_out=tmp_path, progress=False, log=lines.append)
     fb = section["fallback"]
     assert fb["mode"] == "auto" and fb["selected_on"] == "val" and fb["images"] == 16
-    assert all(isinstance(n["agreement_gain_alone"], float) for n in fb["float_nodes"])
+    assert fb["rank"] == "error" and fb["scope"] == "all"  # the default: one-pass ranking, activation-only nodes too
+    assert all(isinstance(n["own_nsr"], float) and n["why"] for n in fb["float_nodes"])
     names = [n["name"] for n in fb["float_nodes"]]
     assert set(names) <= set(section["excluded_nodes"])
-    assert fb["search"][-1]["passed"] is True and fb["search"][-1]["float_nodes"] == len(fb["search"]) - 1
+    assert fb["search"][0]["stage"] == "fully quantized" and fb["search"][0]["float_nodes"] == 0
+    assert (fb["search"][0]["passed"] is True) == (not names)
     assert not names or fb["confirmation"][-1]["passed"] is True
     assert section["gate"]["split"] == "test" and section["gate"]["passed"] is True  # the publication gate, once
     report = read_json(tmp_path / fb["report"]["json"])
-    assert report["ranking"] and all(r["alone_agreement"] is not None for r in report["ranking"])  # explain
+    assert report["ranking"] and all(r["output_nsr"] is not None for r in report["ranking"])  # explain: accumulated
     assert (tmp_path / fb["report"]["markdown"]).is_file()
     assert any("ranking the quantized nodes on val" in line for line in lines)
     assert check_tensorrt_qdq(bundle.artifact("onnx_int8")) == []
@@ -155,14 +157,16 @@ def test_the_gate_prefers_the_trained_models_stored_reference_over_a_widened_fp3
     assert _pick_reference(bundle, "onnx_fp32", backends()) == "onnx_fp32"  # still there when asked for
 
 
-def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle, tmp_path):
-    """A layer that FP32 runs exactly but INT8 cannot: the pointwise conv gets one giant weight per
-    output channel on an input channel that is always zero. FP32 is unchanged (giant x 0); per-channel
-    INT8 scales then round every other weight of the layer to zero. The ranking must put that layer
-    first and the search must float it first."""
+def _fragile(bundle, tmp_path, zero_channel_bias: float):
+    """The tiny CNN made fragile where FP32 does not notice. Channel 0 of the first conv becomes the
+    constant `zero_channel_bias`, the depthwise conv ignores channel 0, and the pointwise conv reads
+    the depthwise's channel 0 (always 0) with one giant weight per output channel (giant x 0):
+    per-channel INT8 weight scales round every other weight of the pointwise conv to zero. With a
+    large positive constant, the first ReLU's output (per-tensor scale) is that constant, and every
+    other channel rounds to 0 in the ReLU and the max-pool that reads it: activation-only nodes,
+    without a weight of their own. Returns (fp32, qdq, pointwise, relu, maxpool)."""
     from onnx import numpy_helper
 
-    bundle = copy_bundle(exported_cnn)
     fp32 = onnx.load(str(bundle.artifact("onnx_fp32")))
     inits = {t.name: t for t in fp32.graph.initializer}
 
@@ -174,10 +178,16 @@ def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle
 
     convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
     first, pointwise = convs[0], next(n for n in convs[1:] if weight(n).shape[2:] == (1, 1))
+    relu = next(n for n in fp32.graph.node if n.op_type == "Relu" and n.input[0] == first.output[0])
+    pool = next(n for n in fp32.graph.node if n.op_type == "MaxPool" and n.input[0] == relu.output[0])
+    depthwise = next(n for n in convs if n.input[0] == pool.output[0])
     w, b = weight(first), numpy_helper.to_array(inits[first.input[2]]).copy()
-    w[0], b[0] = 0.0, -1.0  # channel 0 of the first conv: always 0 after its ReLU
+    w[0], b[0] = 0.0, zero_channel_bias
     put(first.input[1], w)
     put(first.input[2], b)
+    wd = weight(depthwise)
+    wd[0] = 0.0  # group conv: filter 0 reads channel 0 only
+    put(depthwise.input[1], wd)
     wp = weight(pointwise)
     wp[:, 0] = 1000.0 * np.abs(wp).max()  # reads that zero channel: harmless in FP32, fatal to INT8 scales
     put(pointwise.input[1], wp)
@@ -185,12 +195,20 @@ def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle
     onnx.save(fp32, str(fp32_path))
     qdq_path = tmp_path / "fragile.int8.onnx"
     quantize_qdq(fp32_path, qdq_path, _images(bundle, 16, 1), progress=False)
-    qdq = onnx.load(str(qdq_path))
+    return fp32, onnx.load(str(qdq_path)), pointwise, relu, pool
 
+
+def _fp32_labelled_scorer(bundle, fp32):
     x = _images(bundle, 24, 3)
-    fp32_probs = _predict(fp32, x)
-    y = fp32_probs.argmax(1)
-    scorer = Scorer(fp32, x, y, bundle.classes, Gates(min_agreement=0.98, max_acc_drop=1.0))
+    return Scorer(fp32, x, _predict(fp32, x).argmax(1), bundle.classes, Gates(min_agreement=0.98, max_acc_drop=1.0))
+
+
+def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle, tmp_path):
+    """A weighted layer that FP32 runs exactly but INT8 cannot (see _fragile): the agreement ranking
+    must put it first and the greedy search must float it first."""
+    bundle = copy_bundle(exported_cnn)
+    fp32, qdq, pointwise, _, _ = _fragile(bundle, tmp_path, -1.0)
+    scorer = _fp32_labelled_scorer(bundle, fp32)
     full, rows = analyse(qdq, fp32, scorer, alone=True)
     assert full.passed is False and full.agreement["top1_agreement"] < 0.98
     assert rows[0].name == pointwise.name
@@ -199,15 +217,48 @@ def test_the_search_finds_a_deliberately_fragile_layer(exported_cnn, copy_bundle
     assert chosen[0] == pointwise.name  # floated first (the tiny random model may need a few more)
 
 
+def test_the_one_pass_ranking_finds_fragile_weighted_and_activation_only_nodes(exported_cnn, copy_bundle, tmp_path):
+    """The fragile nodes of _fragile (the pointwise conv's weight; the first ReLU and the max-pool,
+    activation-only) rank above every other node by their own quantization error, from one pass;
+    the bisection floats them, and its trim keeps the weighted one because quantizing it again
+    fails the gate."""
+    from edgecxr.stages.export.qdq_error import node_errors
+    from edgecxr.stages.export.sensitivity import bisect_fallback
+
+    bundle = copy_bundle(exported_cnn)
+    fp32, qdq, pointwise, relu, pool = _fragile(bundle, tmp_path, 1000.0)
+    rows = node_errors(qdq, fp32, _images(bundle, 8, 4))
+    assert {r.name for r in rows} == {n.name for n in quantized_nodes(qdq, weighted_only=False)}
+    fragile = {pointwise.name, relu.name, pool.name}
+    top = [(r.name, r.weights, round(r.own_nsr, 3)) for r in rows[:5]]
+    assert fragile <= {r.name for r in rows[:4]}, top  # (the depthwise conv reads the max-pool's output: 4th)
+    assert {r.weights for r in rows if r.name in (relu.name, pool.name)} == {0}, top  # activation-only
+    assert min(r.own_nsr for r in rows if r.name in fragile) > 0.5 > max(r.own_nsr for r in rows[4:]), top
+    scorer = _fp32_labelled_scorer(bundle, fp32)
+    full = scorer.score(qdq)
+    assert full.passed is False
+    chosen, history, why = bisect_fallback(qdq, fp32, scorer, [r.name for r in rows], full=full,
+                                           trim=[r.name for r in rows if r.weights])
+    assert fragile <= set(chosen), (chosen, top)
+    assert scorer.score(hybrid(qdq, fp32, chosen)).passed is True
+    assert "needed" in why[pointwise.name]  # the trim tried to quantize it again, and the gate failed
+    assert history[0]["stage"] == "fully quantized"
+    assert len(history) <= 2 + int(np.ceil(np.log2(len(rows)))) + len(chosen)  # not one pass per node
+
+
 def test_when_nothing_passes_the_ranking_is_still_written_and_nothing_is_published(exported_cnn, copy_bundle,
                                                                                    synthetic_manifest, tmp_path):
     from edgecxr.core.errors import GateFailedError
 
     bundle = copy_bundle(exported_cnn)
-    with pytest.raises(GateFailedError, match="no INT8 model passes the gate on val") as info:
+    for rank in ("agreement", "error"):
+        with pytest.raises(GateFailedError, match="no INT8 model passes the gate on val") as info:
+            calibrate_bundle(bundle, synthetic_manifest, gates=EXACT, fallback="auto", calib_manifest_out=tmp_path,
+                             rank=rank, scope="weighted", progress=False)  # the activation Q/DQ left cannot meet 1e-6
+        assert "sensitivity" in str(info.value)
+        ranking = read_json(next(tmp_path.glob("*-sensitivity.json")))
+        assert ranking["float_nodes"] is None and ranking["ranking"] and ranking["rank"] == rank
+        assert bundle.artifact("onnx_int8", must_exist=False) is None
+    with pytest.raises(GateFailedError, match="which leaves no INT8 model"):
         calibrate_bundle(bundle, synthetic_manifest, gates=EXACT, fallback="auto", calib_manifest_out=tmp_path,
-                         progress=False)  # weighted nodes only: the activation Q/DQ left cannot meet 1e-6
-    assert "sensitivity" in str(info.value)
-    ranking = read_json(next(tmp_path.glob("*-sensitivity.json")))
-    assert ranking["float_nodes"] is None and ranking["ranking"]
-    assert bundle.artifact("onnx_int8", must_exist=False) is None
+                         progress=False)  # every node may float: the search must not call FP32 an INT8 model

@@ -70,7 +70,8 @@ from edgecxr.stages.export.calib_set import (
     with_views,
     write_calibration_manifest,
 )
-from edgecxr.stages.export.fallback import analyse_candidate, check_splits, confirm, fallback_record
+from edgecxr.stages.export.fallback import check_splits, fallback_record, select_float_nodes
+from edgecxr.stages.export.float_weights import store_float_weights_fp16
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.qdq_check import (
     ALWAYS_FLOAT_OPS,
@@ -210,6 +211,8 @@ def calibrate_bundle(
     explain: bool = False,
     select_split: str = "val",
     views: int = 0,
+    rank: str = "error",
+    scope: str = "all",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the bundle's FP32 ONNX into model.int8.onnx, gated before it is published.
@@ -234,6 +237,9 @@ def calibrate_bundle(
         explain: rank every quantized node by what it costs on `select_split` and write the table,
             JSON and plot beside the calibration manifest.
         select_split: where fallback and explain choose (never the gate's `verify_split`).
+        rank: "error" (each node's own quantization error, one pass; then bisection) or
+            "agreement" (one pass per node; then the greedy walk). See fallback.explain_and_choose.
+        scope: "all" quantized nodes, or only "weighted" ones, are candidates for float.
         views: augmented views of each calibration image added to the calibration set.
         log: where progress lines of fallback/explain go (default: discarded).
 
@@ -298,22 +304,12 @@ def calibrate_bundle(
         quantize()
         analysis: dict[str, Any] | None = None
         if analysing:
-            analysis = analyse_candidate(bundle, manifest, fp32_model, tmp, select_split, gates or Gates(), fallback == "auto",
-                                explain, progress, say)
-            if fallback == "auto" and analysis["float_nodes"] is None:
-                analysis.pop("scorer", None)
-                files = fallback_record(analysis, fallback, select_split, csv_path, bundle)["report"]
-                raise GateFailedError(f"no INT8 model passes the gate on {select_split}: {analysis['search_failed']}; "
-                                      f"nothing published (sensitivity ranking in {', '.join(files.values())} "
-                                      f"beside {csv_path.name})")
-            if fallback == "auto" and analysis["float_nodes"]:
-                # confirm's last, passing re-calibration is the model left in the candidate
-                chosen, steps = confirm(quantize, analysis.pop("scorer"), analysis["float_nodes"],
-                                        analysis["ranking"], say)
-                analysis.update(float_nodes=chosen, confirmation=steps)
-                excluded = list(dict.fromkeys([*excluded, *chosen]))
-            analysis.pop("scorer", None)
+            analysis, chosen = select_float_nodes(
+                bundle, manifest, fp32_model, tmp, quantize, csv_path, split=select_split, gates=gates or Gates(),
+                fallback=fallback, explain=explain, rank=rank, scope=scope, progress=progress, say=say)
+            excluded = list(dict.fromkeys([*excluded, *chosen]))
         model = onnx.load(str(tmp))
+        float_weights = store_float_weights_fp16(model)  # lossless only; the gate below scores this very file
         set_metadata(model, {**bundle_metadata(bundle, "int8"), META_CALIBRATION: calib_sha})
         model.doc_string = f"edgecxr {bundle.model} ({bundle.spec.id}), INT8 Q/DQ, calibration {calib_sha[:12]}"
         atomic_write_bytes(tmp, model.SerializeToString())
@@ -338,6 +334,7 @@ def calibrate_bundle(
             "fp32_sha256": fp32_sha,
             "ops": op_counts(model),
             "weights": weight_quantization(model),
+            "float_weights": float_weights,
         }
         if analysis is not None:
             section["fallback"] = fallback_record(analysis, fallback, select_split, csv_path, bundle)

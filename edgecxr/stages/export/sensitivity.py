@@ -219,3 +219,73 @@ def greedy_fallback(
         if step < limit:
             chosen.append(ranking[step].name)
     raise BundleError(f"the gate does not pass on the analysis images even with {limit} node(s) kept in float")
+
+
+def _step(history: list[dict[str, Any]], stage: str, chosen: Sequence[str], res: ArtifactResult, **extra: Any) -> None:
+    history.append({"stage": stage, "float_nodes": len(chosen), **extra,
+                    "top1_agreement": res.agreement["top1_agreement"], "accuracy": res.metrics["accuracy"],
+                    "passed": bool(res.passed), "failures": res.failures})
+
+
+def bisect_fallback(
+    qdq: Any, fp32: Any, scorer: Scorer, order: Sequence[str], *, full: ArtifactResult | None = None,
+    trim: Sequence[str] = (), log: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
+    """The shortest prefix of `order` (most costly first) that, kept in float, passes the gate; then trimmed.
+
+    Bisection needs about log2(len(order)) inference passes where the greedy walk needs one per
+    node: it assumes that floating more of the ranking never hurts, which holds in expectation,
+    not image by image; the caller's re-calibration confirms the result. `trim` names the nodes
+    worth a pass each to drop again from the passing set (the weighted ones: they are what a float
+    node costs in file size and INT8 speed; an activation-only node in float costs neither on
+    TensorRT, which fuses it into its producer); one pass tries dropping all of them first. Returns the float set, one history row per pass,
+    and why each node of the set stayed in float. Raises BundleError when even the whole of
+    `order` in float does not pass.
+    """
+    history: list[dict[str, Any]] = []
+
+    def run(stage: str, nodes: Sequence[str], **extra: Any) -> ArtifactResult:
+        res = scorer.score(hybrid(qdq, fp32, nodes) if nodes else qdq)
+        _step(history, stage, nodes, res, **extra)
+        if log:
+            log(f"  {stage}: {len(nodes)} node(s) in float, agreement {res.agreement['top1_agreement']:.2%}, "
+                f"{'passes' if res.passed else 'fails'} the gate")
+        return res
+
+    if full is None:
+        full = run("fully quantized", [])
+    else:
+        _step(history, "fully quantized", [], full)
+    if full.passed:
+        return [], history, {}
+    lo, hi, hi_checked = 0, len(order), False  # invariant: prefix lo fails; prefix hi passes once checked
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if run("bisect", order[:mid]).passed:
+            hi, hi_checked = mid, True
+        else:
+            lo = mid
+    if not hi_checked and not run("bisect", order[:hi]).passed:
+        raise BundleError(f"the gate does not pass on the analysis images even with {hi} node(s) kept in float")
+    chosen = list(order[:hi])
+    lo_res = history[-1] if history and history[-1]["float_nodes"] == lo else None
+    why = {n: f"in the shortest passing prefix of the ranking ({hi} of {len(order)} nodes; the first {lo} "
+              f"fail{'' if lo_res is None else ' at ' + format(lo_res['top1_agreement'], '.2%')})" for n in chosen}
+    trimmable = [n for n in trim if n in chosen]
+    if len(trimmable) > 1:  # one pass first: often none of them is needed, and that saves a pass each
+        rest = [n for n in chosen if n not in trimmable]
+        if run("trim", rest, dropped=f"all {len(trimmable)} weighted").passed:
+            chosen, trimmable = rest, []
+            for name in list(why):
+                if name not in chosen:
+                    why.pop(name)
+    for name in trimmable:
+        rest = [n for n in chosen if n != name]
+        res = run("trim", rest, dropped=name)
+        if res.passed:
+            chosen = rest
+            why.pop(name)
+        else:
+            why[name] = (f"needed: quantizing it again gives agreement {res.agreement['top1_agreement']:.2%} "
+                         f"and fails ({', '.join(res.failures)})")
+    return chosen, history, why

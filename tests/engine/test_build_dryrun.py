@@ -152,3 +152,16 @@ def test_no_fast_fp16_is_refused_like_the_real_build(tmp_path):
     pascal = resolve_profile(load_profile("gtx16xx-turing").__class__(name="pascal", compute_capabilities=("6.1",)))
     result = dry_run(bundle.dir, pascal, ["8.6"])
     assert not result.ok and any("no fast FP16" in p for p in result.problems)
+
+
+def test_parser_restrictions_are_checked(tmp_path):
+    bundle = tinymodels.make_bundle(tmp_path / "b", int8=False)
+    nodes = [
+        helper.make_node("MaxPool", ["probs"], ["pooled", "indices"], kernel_shape=[2, 2], name="pool_with_indices"),
+        helper.make_node("LSTM", ["probs", "w", "r"], ["y"], hidden_size=4, layout=1, name="batch_first_lstm"),
+    ]
+    _with_extra_nodes(bundle, "onnx_fp16", nodes)
+    result = dry_run(bundle.dir, resolve_profile(None, precision="fp16"), ["10.x"])
+    problems = " | ".join(result.problems)
+    assert "pool_with_indices': the Indices output is not supported" in problems
+    assert "batch_first_lstm': layout must be 0" in problems

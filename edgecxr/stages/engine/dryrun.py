@@ -90,7 +90,38 @@ def check_operators(ops: set[str], opset: int, line_key: str) -> tuple[list[str]
     if opset > int(main["opset_max"]):
         (warnings if not rule.get("exact", True) else problems).append(
             f"TensorRT {line_key}: opset {opset} above the {main['opset_max']} of {main['name']}")
-    return problems, warnings, main["name"]
+    return problems, warnings, main["name"] + (f", then {newer['name']} (warnings)" if newer else "")
+
+
+def check_restrictions(model: Any) -> list[str]:
+    """Node attributes the ONNX parser's support matrix restricts, for the operators our models use.
+
+    From the "Restrictions" column of onnx-tensorrt's operators.md (8.5 and 10.15 alike): pooling is
+    2D or 3D with unit dilations and no `Indices` output; LSTM needs `layout` 0 and `input_forget`
+    0; a bidirectional RNN/GRU/LSTM uses the same activations both ways.
+    """
+    from onnx import helper
+
+    problems = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        label = f"{node.op_type} '{node.name}'"
+        if node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+            if len(attrs.get("kernel_shape", [])) not in (2, 3):
+                problems.append(f"{label}: only 2D or 3D pooling is supported")
+            if any(d != 1 for d in attrs.get("dilations", [])):
+                problems.append(f"{label}: dilations must be all ones")
+            if len(node.output) > 1 and node.output[1]:
+                problems.append(f"{label}: the Indices output is not supported")
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            if attrs.get("layout", 0) != 0:
+                problems.append(f"{label}: layout must be 0 (sequence first)")
+            if node.op_type == "LSTM" and attrs.get("input_forget", 0) != 0:
+                problems.append(f"{label}: input_forget must be 0")
+            acts = attrs.get("activations", [])
+            if attrs.get("direction", b"forward") == b"bidirectional" and acts and acts[: len(acts) // 2] != acts[len(acts) // 2 :]:
+                problems.append(f"{label}: a bidirectional layer needs the same activations both ways")
+    return problems
 
 
 def _weights_mb(model: Any) -> float:
@@ -144,6 +175,8 @@ def dry_run(bundle_dir: str | Path, profile: BuildProfile, trt_versions: list[st
                  f"{Path(onnx_path).name}: opset {opset}, {len(model.graph.node)} nodes, "
                  f"{len(ops)} operator types, weights {weights:.1f} MB")
 
+    restricted = check_restrictions(model)
+    result.check("restrictions", restricted, "pooling, LSTM/GRU/RNN attributes against the parser's restrictions")
     for line in lines:
         problems, warnings, source = check_operators(ops, opset, line.key)
         result.warnings += warnings
@@ -160,6 +193,8 @@ def dry_run(bundle_dir: str | Path, profile: BuildProfile, trt_versions: list[st
         step = trt_lines.describe_path(line, profile.precision)
         step["engine"] = f"engines/{bundle.model}-{profile.precision}-<gpu>-trt<{line.key} version>" + (
             f"-dla{profile.dla_core}" if profile.dla_core is not None else "") + ".engine (+ .json sidecar)"
+        step["then"] = (f"sidecar, accuracy gate on the test split (exit 3 and *.rejected.* if it fails), record in "
+                        f"bundle.json; timing cache {profile.timing_cache or 'off'}")
         result.plan.append(step)
     return result
 
@@ -232,7 +267,7 @@ def format_dry_run(result: DryRun) -> str:
                      f"{'strongly typed' if step['strongly_typed'] else 'weakly typed'}, network flags "
                      f"{', '.join(step['network_flags'])}, builder precision flags {flags}")
         lines += [f"      {call}" for call in step["calls"]]
-        lines.append(f"      -> {step['engine']}")
+        lines.append(f"      -> {step['engine']}; then {step['then']}")
     lines.append("PASS: the build would reach TensorRT" if result.ok
                  else f"FAIL: {len(result.problems)} problem(s) before TensorRT")
     return "\n".join(lines)

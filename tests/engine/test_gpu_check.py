@@ -21,3 +21,16 @@ def test_gpu_check_refuses_in_one_line_without_tensorrt(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-check: skipped, TensorRT cannot run here: ")
     assert proc.stdout == "" and not out.exists()
+
+
+def test_gpu_check_plans_the_shipped_precisions():
+    """CoroNet ships FP16 and INT8, the CNN-LSTM FP16 only: the run builds three engines and records one skip."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = {(m, p): module._ships(m, p) for m, precs in module.MODELS.items() for p in precs}
+    assert shipped == {("coronet", "fp16"): True, ("coronet", "int8"): True,
+                       ("cnn-lstm", "fp16"): True, ("cnn-lstm", "int8"): False}
+    assert set(module.SHAPES) == set(module.MODELS)

@@ -63,9 +63,11 @@ def cudart() -> Any:
     require("polygraphy", "the TensorRT backend (CUDA memory and engines)")
     quiet_polygraphy()
     from polygraphy import cuda
+    from polygraphy.logger import G_LOGGER
 
     try:
-        handle = cuda.wrapper().handle
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # its multi-line "not found" warning: our one line instead
+            handle = cuda.wrapper().handle
     except Exception as exc:  # OSError from ctypes, PolygraphyException: no CUDA runtime here
         raise BackendUnavailableError(f"the CUDA runtime (libcudart) cannot be loaded: {str(exc).splitlines()[0]}") from None
     if not handle:

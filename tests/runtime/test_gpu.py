@@ -58,3 +58,26 @@ def test_info_and_availability_never_import_tensorrt():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
     assert "Polygraphy" not in out.stdout  # Polygraphy's messages never reach stdout
+
+
+def test_without_libcudart_the_reason_is_one_line(monkeypatch, capsys):
+    """Polygraphy's multi-line 'CUDA runtime not found' warning is replaced by one line."""
+    pytest.importorskip("polygraphy")
+    import ctypes
+
+    import polygraphy.cuda.cuda as pg_cuda
+
+    real = ctypes.CDLL
+
+    def cdll(name, *args, **kwargs):
+        if "cudart" in str(name):
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(pg_cuda, "G_CUDA", None)  # forget a wrapper loaded earlier in this process
+    monkeypatch.setattr(pg_cuda, "_find_cuda_lib_dirs", lambda: [])
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    reason = gpu.gpu_availability()
+    assert reason == "the CUDA runtime (libcudart) cannot be loaded: libcudart.so: cannot open shared object file: No such file or directory"
+    captured = capsys.readouterr()
+    assert "CUDA runtime library" not in captured.out + captured.err

@@ -109,7 +109,7 @@ class TensorRTRunner(Runner):
         self.sample_shape = self.max_shape[1:]
         self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
         self.output_dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in outputs}
-        self._cuda, self._pg_dtype = cuda, DataType.from_dtype(self.input_dtype)
+        self._cuda, self._pg_dtype, self._pg_error = cuda, DataType.from_dtype(self.input_dtype), PolygraphyException
         self.d_input = cuda.DeviceArray(shape=self.max_shape, dtype=self._pg_dtype)
         self.use_graph = bool(self.options.get("cuda_graph", False))
         self.graphs: dict[int, Any] = {}
@@ -129,7 +129,11 @@ class TensorRTRunner(Runner):
             if n < self.min_batch:  # profile built with min_batch > 1: pad, then drop the padding's outputs
                 pad = np.zeros((self.min_batch - n, *self.sample_shape), dtype=self.input_dtype)
                 chunk = np.concatenate([chunk, pad])
-            outs, times = self._run(chunk)
+            try:
+                outs, times = self._run(chunk)
+            except self._pg_error as exc:  # Polygraphy's errors (shape out of profile, CUDA): one line
+                raise BundleError(f"{self.path}: TensorRT could not run a batch of {chunk.shape}: "
+                                  f"{str(exc).strip().splitlines()[0]}") from None
             for name in self._outputs:
                 parts[name].append(outs[name][:n])
             for key, value in times.items():

@@ -59,6 +59,7 @@ from edgecxr.stages.export.int8 import calibrate_bundle
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration record (bundle.json's section, with the gate) as JSON.")
 def calibrate(
     model: str | None,
     manifest: Path,
@@ -80,6 +81,7 @@ def calibrate(
     views: int,
     batch_size: int,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Calibrate the bundle's FP32 ONNX into a Q/DQ INT8 model (model.int8.onnx) for TensorRT and ONNX Runtime.
 
@@ -132,7 +134,12 @@ def calibrate(
             batch_size=batch_size,
             progress=not quiet,
         )
-    _report(path, section, method, split)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(section, indent=2, sort_keys=True, default=str))
+    else:
+        _report(path, section, method, split)
 
 
 def _check_record_out(out: Path | None, inputs: list[Path]) -> None:

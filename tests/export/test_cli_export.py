@@ -53,6 +53,24 @@ def test_calibrate_command(exported_cnn, copy_bundle, synthetic_manifest, tmp_pa
     assert len(list((tmp_path / "cal").glob("*.csv"))) == 1
 
 
+def test_calibrate_fallback_auto_prints_json_with_the_float_nodes_and_why(exported_cnn, copy_bundle,
+                                                                        synthetic_manifest, tmp_path):
+    import json
+
+    bundle = copy_bundle(exported_cnn)
+    gates = tmp_path / "gates.toml"
+    gates.write_text("[gates]\nmin_agreement = 1.0\nmax_acc_drop = 0.0\n")
+    res = _run("calibrate", "-m", bundle.dir, "--data", synthetic_manifest, "--fallback", "auto", "--rank", "error",
+               "--scope", "all", "--gates", gates, "--calib-manifest-out", tmp_path / "cal", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    section = json.loads(res.stdout)
+    fb = section["fallback"]
+    assert fb["rank"] == "error" and fb["scope"] == "all" and fb["selected_on"] == "val"
+    assert all(n["why"] for n in fb.get("float_nodes", []))
+    assert section["gate"]["split"] == "test" and "float_weights" in section
+    assert "ranking the quantized nodes on val by error" in res.stderr
+
+
 def test_calibrate_rejects_gating_on_calibration_split(exported_cnn, synthetic_manifest):
     res = _run("calibrate", "-m", exported_cnn, "--data", synthetic_manifest, "--verify-split", "calib")
     assert res.exit_code == 2 and "held-out" in res.output

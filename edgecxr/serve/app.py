@@ -225,6 +225,7 @@ async def _load_all(state: ServiceState) -> None:
                 batcher.start()
                 setattr(served, kind, batcher)
                 metrics.queue.labels(spec.name, kind).set_function(lambda b=batcher: b.pending)
+                metrics.dropped.labels(spec.name, kind).set_function(lambda b=batcher: b.stats.dropped)
             await asyncio.get_running_loop().run_in_executor(served.executor, served.warm_up)
             log.info("model %s ready: %s", spec.name, served.classifier.describe())
     except Exception as exc:

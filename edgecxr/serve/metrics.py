@@ -41,6 +41,9 @@ class Metrics:
                                    "Clients that went away before their answer", registry=r)
         self.predictions = Counter("edgecxr_predictions", "/v1/classify results by status",
                                    ["model", "status"], registry=r)
+        self.dropped = Gauge("edgecxr_dropped_requests",
+                             "Requests whose caller left (timeout, disconnect) before they ran: never computed",
+                             ["model", "kind"], registry=r)
         self.ready = Gauge("edgecxr_ready", "1 when every model is loaded and warmed up", registry=r)
 
     def on_batch(self, model: str, kind: str) -> Any:

@@ -4,7 +4,7 @@ Binding the socket here (not in uvicorn) lets `--port 0` pick a free port that i
 first request (tests, the load test). Shutdown is uvicorn's graceful one: on SIGINT/SIGTERM it
 stops accepting connections, lets the requests in flight finish (up to `drain_s`), then the app's
 shutdown runs whatever is still queued and closes the models; `/v2/health/ready` says 503 from the
-first signal on, so a load balancer stops sending work.
+first signal on, so a load balancer stops sending work. After a drain the process exits 0.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def _server(config: ServeConfig, on_ready: Callable[[ServiceState], None] | None
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True  # ready -> 503 at once, before the listening socket closes
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its graceful shutdown (the process then dies of
+            # it); a drained service exits normally instead, so `serve` can say so and exit 0
+            getattr(self, "_captured_signals", []).clear()
 
     def fatal(_state: ServiceState) -> None:
         server.should_exit = True

@@ -280,3 +280,22 @@ def test_cli_refuses_open_host_without_token_and_unknown_models() -> None:
     r = runner.invoke(main, ["serve", "-m", "nosuch-model"])
     assert r.exit_code != 0 and "error: nosuch-model" in r.output
     assert runner.invoke(main, ["serve", "--help"]).exit_code == 0
+
+
+def test_cli_serves_and_drains_on_sigterm(bundle_dir: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "serve", "-m", f"tiny={bundle_dir}", "--port", "0",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["models"] == ["tiny"] and info["url"].startswith("http://127.0.0.1:")
+        assert httpx.get(f"{info['url']}/v2/health/ready").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "ready: http://127.0.0.1:" in err and err.rstrip().endswith("stopped")

@@ -37,6 +37,8 @@ from edgecxr.runtime.select import BACKENDS
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png).")
 @click.option("--heatmap-class", help="Class the heat maps explain  [default: each input's predicted class]")
+@click.option("--dicom-sr", "dicom_sr", type=click.Path(file_okay=False, path_type=Path),
+              help="Write a DICOM Structured Report per DICOM input to this folder (UID.sr.dcm; docs/DICOM.md).")
 def infer(
     inputs: tuple[str, ...],
     model: str | None,
@@ -53,6 +55,7 @@ def infer(
     no_input_checks: bool,
     heatmap_dir: Path | None,
     heatmap_class: str | None,
+    dicom_sr: Path | None,
 ) -> None:
     """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
 
@@ -73,9 +76,11 @@ def infer(
       edgecxr infer -m runs/coronet 'scans/**/*.png' --json > predictions.json
       edgecxr infer -m runs/coronet/model.int8.onnx scans/ --csv predictions.csv --top-k 2
       edgecxr infer scans/ --heatmap heatmaps/    (where the model looked: docs/HEATMAPS.md)
+      edgecxr infer scans/ --dicom-sr reports/    (DICOM SR per DICOM input: docs/DICOM.md)
     """
     from tqdm import tqdm
 
+    from edgecxr.cli.dicom_output import check_dicom_sr_dir, write_dicom_srs
     from edgecxr.cli.heatmap_output import check_heatmap_class, check_heatmap_dir, write_heatmaps
     from edgecxr.cli.heatmap_output import summary as heatmap_summary
     from edgecxr.runtime.input_checks import DEFAULT_RULES
@@ -85,6 +90,7 @@ def infer(
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
     check_heatmap_dir(heatmap_dir, paths, heatmap_class)
+    check_dicom_sr_dir(dicom_sr, paths, inputs)
     options = {"cuda_graph": True} if cuda_graph else {}
     with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
                          input_rules=None if no_input_checks else DEFAULT_RULES, **options) as clf:
@@ -118,5 +124,6 @@ def infer(
          + "".join(f", {n[k]} {k}" for k in ("rejected", "abstained", "failed") if n[k]))
     if heatmap_dir is not None:
         _err(heatmap_summary(heatmaps, heatmaps_failed, heatmap_dir))
-    if n["classified"] != n["count"] or heatmaps_failed:
+    srs_failed = 0 if dicom_sr is None else write_dicom_srs(dicom_sr, preds, audit, classes)[1]
+    if n["classified"] != n["count"] or heatmaps_failed or srs_failed:
         sys.exit(1)

@@ -227,6 +227,8 @@ async def _load_all(state: ServiceState) -> None:
                 metrics.queue.labels(spec.name, kind).set_function(lambda b=batcher: b.pending)
                 metrics.dropped.labels(spec.name, kind).set_function(lambda b=batcher: b.stats.dropped)
             await asyncio.get_running_loop().run_in_executor(served.executor, served.warm_up)
+            for batcher in (served.tensors, served.images):  # a full batch costs about max_batch/2 warm-ups
+                batcher.expect(served.warm_up_s * cfg.max_batch / 2)
             log.info("model %s ready: %s", spec.name, served.classifier.describe())
     except Exception as exc:
         state.error, state.failure = str(exc) or type(exc).__name__, exc

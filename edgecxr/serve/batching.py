@@ -94,6 +94,11 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
 
+    def expect(self, batch_s: float) -> None:
+        """Seed the batch-time estimate (from the warm-up) so the first Retry-After is not a guess."""
+        if self.stats.batches == 0:
+            self._batch_s = batch_s
+
     # -- requests -----------------------------------------------------------------------------------
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained: the batches ahead times a batch's run time."""

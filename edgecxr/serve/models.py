@@ -12,6 +12,7 @@ temperature and out-of-distribution abstention), so its answers are the ones `ed
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class ServedModel:
     tensors: DynamicBatcher | None = None  #: /v2 infer rows
     images: DynamicBatcher | None = None  #: /v1/classify prepared inputs
     ready: bool = False
+    warm_up_s: float = 0.0  #: the warm-up batch of two, for the first Retry-After estimates
 
     @property
     def input_shape(self) -> list[int]:
@@ -84,7 +86,9 @@ class ServedModel:
         spec = self.classifier.spec
         lo, hi = spec.output_range
         rows = [np.full(spec.input_shape, (lo + hi) / 2, np.float32)] * 2
+        t0 = time.perf_counter()
         results = self.run_tensors(rows)
+        self.warm_up_s = time.perf_counter() - t0
         n = len(self.classifier.classes)
         for name, value in results[0].items():
             self.output_shapes[name] = [-1, *value.shape]

@@ -279,7 +279,8 @@ def test_cli_refuses_open_host_without_token_and_unknown_models() -> None:
     assert r.exit_code == 2 and "--token" in r.output
     r = runner.invoke(main, ["serve", "-m", "nosuch-model"])
     assert r.exit_code != 0 and "error: nosuch-model" in r.output
-    assert runner.invoke(main, ["serve", "--help"]).exit_code == 0
+    helped = runner.invoke(main, ["serve", "--help"])
+    assert helped.exit_code == 0 and "edgecxr serve" in helped.output.split("Example", 1)[1]
 
 
 def test_cli_serves_and_drains_on_sigterm(bundle_dir: Path) -> None:

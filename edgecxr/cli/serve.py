@@ -76,7 +76,7 @@ def serve(models: tuple[str, ...], host: str, port: int, backend: str, precision
     try:
         config = ServeConfig(specs, host=host, port=port, backend=backend, precision=precision,
                              input_checks=not no_input_checks, allow_rejected=allow_rejected,
-                             max_batch=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max(max_queue, max_batch_size),
+                             max_batch=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue,
                              max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s, drain_s=drain_s,
                              token=token)
     except ValueError as exc:

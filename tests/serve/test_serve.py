@@ -300,3 +300,16 @@ def test_cli_serves_and_drains_on_sigterm(bundle_dir: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "ready: http://127.0.0.1:" in err and err.rstrip().endswith("stopped")
+
+
+def test_classify_dicom_keeps_its_uids_and_rejects_a_ct(server, tmp_path: Path) -> None:
+    from data.cxr_fixtures import make_dicom, xray
+
+    dx = make_dicom(tmp_path / "dx.dcm", xray(0), StudyInstanceUID="1.2.3.4", SeriesInstanceUID="1.2.3.4.5")
+    r = httpx.post(f"{server.url}/v1/classify", files={"file": ("dx.dcm", dx.read_bytes(), "application/dicom")})
+    assert r.status_code == 200, r.text
+    pred = r.json()["predictions"][0]
+    assert pred["status"] == "ok" and pred["label"] and pred["dicom"]["StudyInstanceUID"] == "1.2.3.4"
+    ct = make_dicom(tmp_path / "ct.dcm", xray(1), Modality="CT")
+    pred = httpx.post(f"{server.url}/v1/classify", content=ct.read_bytes(), params={"filename": "ct.dcm"}).json()
+    assert pred["predictions"][0]["status"] == "rejected" and "CT" in pred["predictions"][0]["reason"]

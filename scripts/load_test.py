@@ -398,17 +398,59 @@ def phase_memory(total: int, paths: list[Path]) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md tables of one run's JSON (so the numbers there are copied by code, not by hand)."""
+    t, o, d, m = result["throughput"], result["overload"], result["disconnects"], result["memory"]
+    local = t["in_process"]
+    lines = [
+        f"In process (same run, `{t['model']}` model through its runner): batch 1 {local['batch1_ips']} images/s "
+        f"(p50 {local['batch1']['p50_ms']} ms, p99 {local['batch1']['p99_ms']} ms), batch 8 {local['batch8_ips']} "
+        f"images/s; `Classifier.predict` on the 8 PNG files {local['predict_files_ips']} images/s.",
+        "",
+        "| endpoint | concurrency | requests | images/s | p50 ms | p99 ms | vs in process | baseline | answers |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in t["served"]:
+        answers = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())
+        lines.append(f"| {r['endpoint']} | {r['concurrency']} | {r['requests']} | {r['ips']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['vs_in_process']:.2f}x | {r['baseline']} | {answers} |")
+    lines += [
+        "",
+        f"Mean batch formed by the server over the /v2 phases: {t['mean_batch']} images.",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| overload: {o['requests']} tagged requests, {o['concurrency']} clients, queue {o['max_queue']} | "
+        f"answers {o['answers']}; lost {o['lost']}, duplicated {o['duplicated']}, wrong or crossed "
+        f"{o['wrong_or_crossed']}; Retry-After values {o['retry_after_values']}, 503s without it "
+        f"{o['503_without_retry_after']}; server's overload counter {o['server_overload_counter']:g} |",
+        f"| disconnects: {d['half_body_then_close']} half bodies + {d['whole_body_then_close']} whole requests, "
+        f"then close | counted {d['disconnects_counted']:g}, dropped before running {d['dropped_before_running']:g}, "
+        f"in flight afterwards {d['inflight_after']:g}; then {d['correct_after']}/{d['checked_after']} correct answers |",
+        f"| memory: {m['requests']} requests (tiny model, every 10th a /v1/classify PNG upload) | {m['ok']} ok in "
+        f"{m['wall_s']} s; RSS {m['rss_mb_start']} MB at start, {m['rss_mb_after_1000']} MB after 1,000, "
+        f"{m['rss_mb_end']} MB at the end (max {m['rss_mb_max']} MB): {m['growth_after_warmup_mb']:+} MB after warm-up |",
+        f"| shutdown | every server stopped by SIGTERM exited "
+        f"{sorted({t['exit_code'], o['exit_code'], d['exit_code'], m['exit_code']})} |",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="coronet", help="model for phases 1-3 (default: the shipped CoroNet)")
-    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level (phase 1)")
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (phase 1)")
     ap.add_argument("--overload-requests", type=int, default=300)
     ap.add_argument("--disconnects", type=int, default=32, help="clients of each disconnect kind (phase 3)")
     ap.add_argument("--memory-requests", type=int, default=10_000)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="a small run (about a minute): 24/100/8/1000")
     ap.add_argument("--out", type=Path, help="write the results as JSON (atomically)")
+    ap.add_argument("--report", type=Path, help="print the BENCHMARKS.md tables of a saved --out JSON and exit")
     args = ap.parse_args()
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return
     if args.quick:
         args.requests, args.overload_requests, args.disconnects, args.memory_requests = 24, 100, 8, 1000
     from edgecxr.runtime.sysinfo import cpu_info

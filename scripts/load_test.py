@@ -277,10 +277,11 @@ def phase_overload(model: str, paths: list[Path], total: int, args) -> dict:
         res, wall = run_clients(64, total, one)
         answers: Counter = Counter()
         wrong = lost = no_retry_after = 0
-        ids, retry_after = [], Counter()
+        ids, retry_after, client_errors = [], Counter(), Counter()
         for i, item in enumerate(res):
             if item is None or not isinstance(item[0], tuple):
                 lost += 1  # no HTTP answer at all (connection error, client timeout)
+                client_errors[repr(item[0] if item else None)[:160]] += 1
                 continue
             code, extra, probs = item[0]
             answers[code] += 1
@@ -298,7 +299,8 @@ def phase_overload(model: str, paths: list[Path], total: int, args) -> dict:
         rc = server.stop()
     out = {"requests": total, "concurrency": 64, "max_queue": 16, "answers": dict(answers), "lost": lost,
            "duplicated": duplicated, "wrong_or_crossed": wrong, "retry_after_values": dict(retry_after),
-           "503_without_retry_after": no_retry_after, "server_overload_counter": overload, "wall_s": round(wall, 1),
+           "503_without_retry_after": no_retry_after, "client_errors": dict(client_errors),
+           "server_overload_counter": overload, "wall_s": round(wall, 1),
            "exit_code": rc}
     print(out, file=sys.stderr)
     return out
@@ -446,6 +448,7 @@ def main() -> None:
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="a small run (about a minute): 24/100/8/1000")
     ap.add_argument("--out", type=Path, help="write the results as JSON (atomically)")
+    ap.add_argument("--phases", default="throughput,overload,disconnects,memory", help="comma-separated subset")
     ap.add_argument("--report", type=Path, help="print the BENCHMARKS.md tables of a saved --out JSON and exit")
     args = ap.parse_args()
     if args.report:
@@ -461,12 +464,16 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["scripts/load_test.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_info(),
-                    "cpus": os.cpu_count()},
-        "throughput": phase_throughput(args.model, paths, [1, 8, 32], args.requests, args),
-        "overload": phase_overload(args.model, paths, args.overload_requests, args),
-        "disconnects": phase_disconnects(args.model, paths, args.disconnects, args),
-        "memory": phase_memory(args.memory_requests, paths),
+                    "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
     }
+    phases = {
+        "throughput": lambda: phase_throughput(args.model, paths, [1, 8, 32], args.requests, args),
+        "overload": lambda: phase_overload(args.model, paths, args.overload_requests, args),
+        "disconnects": lambda: phase_disconnects(args.model, paths, args.disconnects, args),
+        "memory": lambda: phase_memory(args.memory_requests, paths),
+    }
+    for name in args.phases.split(","):
+        result[name] = phases[name]()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:

@@ -118,6 +118,13 @@ def _check_input(served: ServedModel, inputs: dict[str, np.ndarray]) -> np.ndarr
     return x
 
 
+def _refuse_if_full(state: ServiceState, served: ServedModel, batcher: Any) -> None:
+    """503 at once when the queue is already full: under overload a refusal must cost next to nothing."""
+    if batcher is not None and batcher.pending >= batcher.max_queue:
+        state.metrics.overload.labels(served.name).inc()
+        raise Overloaded(batcher.retry_after())
+
+
 async def _admitted(state: ServiceState, served: ServedModel, submission: Any) -> Any:
     """A batcher submission, with refusals for a full queue counted per model."""
     try:
@@ -134,6 +141,7 @@ async def infer(request: Any, state: ServiceState) -> Any:
     served = _served(request, state)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise HTTPError(415, "compressed request bodies are not accepted; send them uncompressed")
+    _refuse_if_full(state, served, served.tensors)  # before reading and parsing a body that cannot be queued
     body = await read_body(request, state)
     header_length = request.headers.get(HEADER_LENGTH)
     if len(body) > _PARSE_IN_THREAD:
@@ -197,9 +205,7 @@ async def classify(request: Any, state: ServiceState) -> Any:
     served = state.model(request.query_params.get("model"))
     images = served.images
     assert images is not None and state.tmpdir is not None
-    if images.pending >= images.max_queue:  # refuse before paying for the decode
-        state.metrics.overload.labels(served.name).inc()
-        raise Overloaded(images.retry_after())
+    _refuse_if_full(state, served, images)  # before paying for the upload and the decode
     body = await read_body(request, state)
     if not body:
         raise HTTPError(400, "empty body: send an image or DICOM file (raw body or multipart)")

@@ -404,7 +404,11 @@ def markdown(result: dict) -> str:
     """The BENCHMARKS.md tables of one run's JSON (so the numbers there are copied by code, not by hand)."""
     t, o, d, m = result["throughput"], result["overload"], result["disconnects"], result["memory"]
     local = t["in_process"]
+    machine = result["machine"]
     lines = [
+        f"Run {result['date']}, `{result['command']}`, {result.get('wall_s')} s; {machine['cpus']} CPUs "
+        f"({machine['cpu'].get('model') if isinstance(machine['cpu'], dict) else machine['cpu']}), load average at start {machine.get('load_average_at_start')}.",
+        "",
         f"In process (same run, `{t['model']}` model through its runner): batch 1 {local['batch1_ips']} images/s "
         f"(p50 {local['batch1']['p50_ms']} ms, p99 {local['batch1']['p99_ms']} ms), batch 8 {local['batch8_ips']} "
         f"images/s; `Classifier.predict` on the 8 PNG files {local['predict_files_ips']} images/s.",
@@ -425,7 +429,8 @@ def markdown(result: dict) -> str:
         f"| overload: {o['requests']} tagged requests, {o['concurrency']} clients, queue {o['max_queue']} | "
         f"answers {o['answers']}; lost {o['lost']}, duplicated {o['duplicated']}, wrong or crossed "
         f"{o['wrong_or_crossed']}; Retry-After values {o['retry_after_values']}, 503s without it "
-        f"{o['503_without_retry_after']}; server's overload counter {o['server_overload_counter']:g} |",
+        f"{o['503_without_retry_after']}; server's overload counter {o['server_overload_counter']:g}"
+        + (f"; client-side errors {o['client_errors']}" if o.get("client_errors") else "") + " |",
         f"| disconnects: {d['half_body_then_close']} half bodies + {d['whole_body_then_close']} whole requests, "
         f"then close | counted {d['disconnects_counted']:g}, dropped before running {d['dropped_before_running']:g}, "
         f"in flight afterwards {d['inflight_after']:g}; then {d['correct_after']}/{d['checked_after']} correct answers |",

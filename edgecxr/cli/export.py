@@ -27,7 +27,7 @@ from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.onnx import export_bundle
 
 
-@click.command("export")
+@click.group("export", invoke_without_command=True, subcommand_metavar="[triton [OPTIONS]]")
 @model_option("Bundle with a Keras model")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset (>= 13 for INT8 Q/DQ).")
 @click.option("--data", "manifest", type=_MANIFEST, help="Manifest CSV: compare Keras and ONNX on held-out images of it.")
@@ -52,7 +52,9 @@ from edgecxr.stages.export.onnx import export_bundle
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
 def export(
+    ctx: click.Context,
     model: str | None,
     opset: int,
     manifest: Path | None,
@@ -72,7 +74,15 @@ def export(
     Parity: ONNX vs Keras on the val split of --data (or random inputs without --data, which
     proves the conversion only); fails (exit 3) above --atol and publishes nothing.
     Example:  edgecxr export -m runs/coronet --data ../shared/data/cxr/manifest.csv
+    Triton:   edgecxr export triton --out REPO   (a Triton model repository; see its --help)
     """
+    if ctx.invoked_subcommand is not None:
+        given = [p.opts[-1] for p in ctx.command.params
+                 if ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"options before '{ctx.invoked_subcommand}' ({', '.join(given)}) are the ONNX "
+                                   f"export's; put them after '{ctx.invoked_subcommand}'")
+        return
 
     path = bundle_for(model)
     # held from before the bundle is read until after it is written: another command's record survives
@@ -108,3 +118,12 @@ def export(
             f"wrote {b.default_path('onnx_fp16')}: vs FP32 max |dp| {f['max_abs_diff']:.2e}, "
             f"top-1 agreement {f['top1_agreement']:.2%}"
         )
+
+
+def _add_subcommands() -> None:
+    from edgecxr.cli.triton import triton
+
+    export.add_command(triton)
+
+
+_add_subcommands()

@@ -49,7 +49,7 @@ def _highdicom() -> Any:
 
 
 def heatmap_secondary_capture(
-    source: str | Path,
+    source: str | Path | Any,
     heat: HeatMap,
     model: str = "edgecxr",
     series_uid: str | None = None,
@@ -58,7 +58,7 @@ def heatmap_secondary_capture(
     """The Secondary Capture dataset (pydicom Dataset) of `heat` overlaid on the DICOM file `source`.
 
     Args:
-        source: the DICOM input the map was computed on.
+        source: the DICOM input the map was computed on: a file, or a pydicom Dataset (as received).
         heat: its occlusion map (`edgecxr.runtime.heatmap.explain`).
         model: model name and version for the Derivation Description.
         series_uid: the heat map series to add to (one series per run); None: a new one.
@@ -70,13 +70,17 @@ def heatmap_secondary_capture(
     hd = _highdicom()
     import pydicom
 
-    try:
-        ref = pydicom.dcmread(str(source), stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a bad file
-        raise DataError(f"{source}: not a readable DICOM file ({exc})") from None
+    name = "the DICOM data set" if isinstance(source, pydicom.Dataset) else str(source)
+    if isinstance(source, pydicom.Dataset):
+        ref = source  # received over the network: its header is at hand
+    else:
+        try:
+            ref = pydicom.dcmread(str(source), stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a bad file
+            raise DataError(f"{source}: not a readable DICOM file ({exc})") from None
     missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID") if not getattr(ref, k, None)]
     if missing:
-        raise DataError(f"{source}: the DICOM has no {', '.join(missing)}; a Secondary Capture cannot reference it")
+        raise DataError(f"{name}: the DICOM has no {', '.join(missing)}; a Secondary Capture cannot reference it")
     rgb = render(display_image(source, max_side), heat)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,

@@ -35,15 +35,24 @@ SUFFIX = ".heatmap.png"
 def display_image(item: Any, max_side: int = MAX_SIDE) -> np.ndarray:
     """The original image as 8-bit gray (H, W) for display, shrunk to `max_side` if larger.
 
-    A path is decoded in full with the same decoder and limits as a prediction (DICOM through its
-    modality/VOI LUTs and MONOCHROME1 inversion); an array is taken as given. 16-bit images are
-    windowed to their 0.5-99.5th percentiles (a 12-bit detector image in a 16-bit PNG would
-    otherwise be nearly black); floats are read as [0, 1].
+    Any input `Classifier.predict` takes: a path, a file's bytes or a pydicom Dataset is decoded in
+    full with the same decoder and limits as a prediction (DICOM through its modality/VOI LUTs and
+    MONOCHROME1 inversion); an array is taken as given. 16-bit images are windowed to their
+    0.5-99.5th percentiles (a 12-bit detector image in a 16-bit PNG would otherwise be nearly
+    black); floats are read as [0, 1].
     """
-    if isinstance(item, (str, Path)):
-        from edgecxr.data.io import load_image
+    from edgecxr.data.io import load_image, load_image_bytes
+    from edgecxr.runtime.inputs import kind_of
 
+    kind = kind_of(item)
+    if kind == "path":
         image = load_image(item)
+    elif kind == "bytes":
+        image = load_image_bytes(bytes(item))
+    elif kind == "dataset":
+        from edgecxr.data.dicom import encode_dataset
+
+        image = load_image_bytes(encode_dataset(item), name="DICOM data set")
     else:
         image = np.asarray(item)
     gray = to_gray(image)

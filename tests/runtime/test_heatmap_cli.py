@@ -128,3 +128,12 @@ def test_overlay_names_never_collide():
     taken: set[str] = set()
     names = [overlay_name(s, taken) for s in ("a/x.png", "b/x.png", "c/x.dcm", "y.jpeg", 3)]
     assert names == ["x.heatmap.png", "x-2.heatmap.png", "x-3.heatmap.png", "y.heatmap.png", "input-3.heatmap.png"]
+
+
+def test_display_image_takes_what_predict_takes(tmp_path):
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    ok, png = cv2.imencode(".png", image)
+    path = tmp_path / "x.png"
+    path.write_bytes(png.tobytes())
+    for item in (path, str(path), png.tobytes(), image):
+        np.testing.assert_array_equal(display_image(item), image)

@@ -70,3 +70,13 @@ def test_the_source_orientation_is_kept_and_a_file_without_uids_is_refused(clf, 
     bare.write_bytes(hostile.dicom_bytes(hostile.example(0, 256)))  # no StudyInstanceUID
     with pytest.raises(DataError, match="StudyInstanceUID"):
         heatmap_secondary_capture(bare, heat)
+
+
+def test_a_received_dataset_is_mapped_and_captured_without_a_file(clf, tmp_path):
+    ds = pydicom.dcmread(source_dicom(tmp_path / "src.dcm"))
+    pred, heat = explain(clf, ds)  # in memory, as a DICOM receiver hands it over
+    assert heat is not None, pred
+    sc = heatmap_secondary_capture(ds, heat)
+    assert sc.StudyInstanceUID == ds.StudyInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3)

@@ -61,6 +61,10 @@ class Server:
             raise RuntimeError(f"server did not start: {self.proc.stderr.read()[-2000:]}")
         self.info = json.loads(line[0])
         self.url = self.info["url"]
+        import httpx
+
+        meta = httpx.get(f"{self.url}/v2/models/{self.info['models'][0]}").json()
+        self.output = meta["outputs"][0]["name"]  #: the probabilities, under the model file's own name
 
     def rss_mb(self) -> float:
         for row in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -99,12 +103,12 @@ def _client(url: str):
     return th.InferenceServerClient(url.removeprefix("http://"), connection_timeout=120, network_timeout=120)
 
 
-def _infer(client, model: str, x: np.ndarray, request_id: str = ""):
+def _infer(client, model: str, x: np.ndarray, request_id: str = "", output: str = "probs"):
     import tritonclient.http as th
 
     inp = th.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    out = th.InferRequestedOutput("probabilities", binary_data=True)
+    out = th.InferRequestedOutput(output, binary_data=True)
     return client.infer(model, [inp], outputs=[out], request_id=request_id)
 
 
@@ -189,8 +193,8 @@ def phase_throughput(model: str, paths: list[Path], levels: list[int], per_level
             def one(i: int, state: dict) -> str:
                 client = state.setdefault("c", _client(server.url))
                 k = i % len(xs)
-                r = _infer(client, name, xs[k][None], request_id=str(i))
-                p = r.as_numpy("probabilities")
+                r = _infer(client, name, xs[k][None], request_id=str(i), output=server.output)
+                p = r.as_numpy(server.output)
                 if r.get_response()["id"] != str(i) or not np.allclose(p[0], expected[k], atol=1e-4):
                     return "wrong"
                 return "ok"
@@ -232,13 +236,13 @@ def phase_throughput(model: str, paths: list[Path], levels: list[int], per_level
             "exit_code": rc}
 
 
-def _request_body(x: np.ndarray, tag: str) -> tuple[bytes, dict[str, str]]:
+def _request_body(x: np.ndarray, tag: str, output: str = "probs") -> tuple[bytes, dict[str, str]]:
     """A tagged binary infer request, encoded by tritonclient itself."""
     import tritonclient.http as th
 
     inp = th.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    out = th.InferRequestedOutput("probabilities", binary_data=True)
+    out = th.InferRequestedOutput(output, binary_data=True)
     body, json_size = th.InferenceServerClient.generate_request_body([inp], [out], request_id=tag)
     headers = {"Content-Type": "application/octet-stream"}
     if json_size is not None:
@@ -265,13 +269,13 @@ def phase_overload(model: str, paths: list[Path], total: int, args) -> dict:
         client = state.setdefault("h", httpx.Client(timeout=300))
         k = i % len(xs)
         tag = f"req-{i}-img{k}"
-        body, headers = _request_body(xs[k][None], tag)
+        body, headers = _request_body(xs[k][None], tag, server.output)
         r = client.post(url, content=body, headers=headers)
         if r.status_code != 200:
             return (str(r.status_code), r.headers.get("retry-after"), None)
         length = r.headers.get("inference-header-content-length")
         result = th.InferResult.from_response_body(r.content, header_length=int(length) if length else None)
-        return ("200", result.get_response().get("id"), result.as_numpy("probabilities")[0])
+        return ("200", result.get_response().get("id"), result.as_numpy(server.output)[0])
 
     try:
         res, wall = run_clients(64, total, one)
@@ -341,8 +345,8 @@ def phase_disconnects(model: str, paths: list[Path], n: int, args) -> dict:
 
         def check(i: int, state: dict) -> bool:
             k = i % len(xs)
-            r = _infer(state.setdefault("c", _client(server.url)), name, xs[k][None], request_id=str(i))
-            return r.get_response()["id"] == str(i) and np.allclose(r.as_numpy("probabilities")[0], expected[k], atol=1e-4)
+            r = _infer(state.setdefault("c", _client(server.url)), name, xs[k][None], request_id=str(i), output=server.output)
+            return r.get_response()["id"] == str(i) and np.allclose(r.as_numpy(server.output)[0], expected[k], atol=1e-4)
 
         res, _ = run_clients(8, 64, check)
         after["correct_after"] = sum(v is True for v, _ in res)
@@ -375,8 +379,8 @@ def phase_memory(total: int, paths: list[Path]) -> dict:
             ok = h.post(f"{server.url}/v1/classify", content=blob, params={"filename": "x.png"}).status_code == 200
         else:
             k = i % len(xs)
-            r = _infer(state.setdefault("c", _client(server.url)), "tiny", xs[k][None], request_id=str(i))
-            ok = r.get_response()["id"] == str(i) and np.allclose(r.as_numpy("probabilities")[0], expected[k], atol=1e-5)
+            r = _infer(state.setdefault("c", _client(server.url)), "tiny", xs[k][None], request_id=str(i), output=server.output)
+            ok = r.get_response()["id"] == str(i) and np.allclose(r.as_numpy(server.output)[0], expected[k], atol=1e-5)
         with lock:
             done[0] += 1
             if done[0] % 500 == 0:

@@ -3,8 +3,9 @@
 A model is served under a name: a shipped or registered model under its own name (`coronet`,
 `cnn-lstm`, see `edgecxr models`), a bundle or model file under its folder's / file's name, or
 under any name with `NAME=PATH`. The Open Inference Protocol side (`/v2/models/NAME/infer`)
-takes the preprocessed tensor and returns the model's raw outputs by the names the runtime gives
-them (`probabilities`, and `features` where the model has it), like Triton serving the same file;
+takes the preprocessed tensor and returns the model's raw outputs under the model file's own names
+(the reference ONNX files call the probabilities `probs`; `features` where the model has it),
+as Triton serving the same file does;
 the `/v1/classify` side runs the whole `Classifier` path (decoding limits, input checks,
 temperature and out-of-distribution abstention), so its answers are the ones `edgecxr infer` gives.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import BundleError
+from edgecxr.runtime.base import PROBABILITIES
 from edgecxr.serve.batching import DynamicBatcher
 
 #: a served model name (URL path segment): what `edgecxr models add` accepts
@@ -67,15 +69,18 @@ class ServedModel:
     images: DynamicBatcher | None = None  #: /v1/classify prepared inputs
     ready: bool = False
     warm_up_s: float = 0.0  #: the warm-up batch of two, for the first Retry-After estimates
+    #: runner output name -> served name: the model file's own first output name for the probabilities
+    output_alias: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> list[int]:
         return [-1, *self.classifier.spec.input_shape]
 
     def run_tensors(self, rows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """One batch of preprocessed rows through the runner: every output, split back per row."""
+        """One batch of preprocessed rows through the runner: every output by its served name, split per row."""
         outputs = self.classifier.runner.infer_outputs(np.stack(rows))
-        return [{name: out[i] for name, out in outputs.items()} for i in range(len(rows))]
+        named = {self.output_alias.get(name, name): out for name, out in outputs.items()}
+        return [{name: out[i] for name, out in named.items()} for i in range(len(rows))]
 
     def run_prepared(self, items: list[tuple[Any, np.ndarray | None]]) -> list[Any]:
         """One batch of `runtime.inputs.prepare` results through the Classifier's model half."""
@@ -136,4 +141,23 @@ def load_model(spec: ModelSpec, backend: str = "auto", precision: str | None = N
 
     clf = Classifier.load(spec.source, backend=backend, precision=precision, allow_rejected=allow_rejected,
                           input_rules=DEFAULT_RULES if input_checks else None)
-    return ServedModel(spec.name, clf, str(getattr(clf.runner, "input_name", None) or "image"))
+    served = ServedModel(spec.name, clf, str(getattr(clf.runner, "input_name", None) or "image"))
+    names = file_output_names(clf.runner)
+    if names:
+        served.output_alias = {PROBABILITIES: names[0]}
+    return served
+
+
+def file_output_names(runner: Any) -> list[str] | None:
+    """The output names in the model file (probabilities first), None where the runner cannot tell.
+
+    The service answers under these names, not the runner's generic `probabilities`, because
+    Triton serving the same file (`edgecxr export triton`) uses the file's names: a client written
+    against this service then runs against Triton unchanged.
+    """
+    names = getattr(runner, "output_names", None)
+    if callable(names):
+        names = names()
+    if not names:
+        names = getattr(runner, "_outputs", None)
+    return [str(n) for n in names] if names else None

@@ -29,6 +29,8 @@ from edgecxr.serve import ModelSpec, ServeConfig  # noqa: E402
 from edgecxr.serve.server import start_in_thread  # noqa: E402
 
 SHAPE = tinymodels.SPEC.input_shape
+#: the tiny ONNX's output name (tinymodels.make_onnx), which the service answers under
+OUT = "probs"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def _batch(n: int, seed: int = 0) -> np.ndarray:
 def _infer(client, x: np.ndarray, binary: bool = True, request_id: str = "", headers=None):
     inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
-    out = tritonhttp.InferRequestedOutput("probabilities", binary_data=binary)
+    out = tritonhttp.InferRequestedOutput(OUT, binary_data=binary)
     return client.infer("tiny", [inp], outputs=[out], request_id=request_id, headers=headers)
 
 
@@ -90,13 +92,14 @@ def test_tritonclient_health_metadata_and_correct_probabilities(server) -> None:
     assert client.get_server_metadata()["name"] == "edgecxr"
     meta = client.get_model_metadata("tiny")
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, *SHAPE]}]
-    assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 4]}
+    # the model file's own output name, as Triton serving the same file would answer
+    assert meta["outputs"][0] == {"name": "probs", "datatype": "FP32", "shape": [-1, 4]}
     assert client.get_model_config("tiny")["max_batch_size"] == 8
     x = _batch(3)
     for binary in (False, True):  # JSON tensors and the binary tensor extension
         result = _infer(client, x, binary=binary, request_id=f"req-{binary}")
         assert result.get_response()["id"] == f"req-{binary}"
-        np.testing.assert_allclose(result.as_numpy("probabilities"), tinymodels.reference_probs(x), atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy(OUT), tinymodels.reference_probs(x), atol=1e-5)
     assert not client.is_model_ready("nosuch")
 
 
@@ -192,7 +195,7 @@ def test_dynamic_batching_merges_concurrent_requests(bundle_dir: Path) -> None:
         for i, r in enumerate(results):
             assert not isinstance(r, Exception), r
             assert r.get_response()["id"] == str(i)  # each got its own row back
-            np.testing.assert_allclose(r.as_numpy("probabilities"), tinymodels.reference_probs(xs[i]), atol=1e-5)
+            np.testing.assert_allclose(r.as_numpy(OUT), tinymodels.reference_probs(xs[i]), atol=1e-5)
         assert _metric(running, "edgecxr_batches_total", model="tiny", kind="tensors") == 1
         assert _metric(running, "edgecxr_batch_rows_total", model="tiny", kind="tensors") == 4
     finally:
@@ -215,7 +218,7 @@ def test_overload_is_503_with_retry_after_and_queued_work_is_not_lost(bundle_dir
                                          "data": x[6:].ravel().tolist() + x[6:].ravel().tolist()}]})
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         t.join(30)
-        np.testing.assert_allclose(first["r"].as_numpy("probabilities"), tinymodels.reference_probs(x[:6]), atol=1e-5)
+        np.testing.assert_allclose(first["r"].as_numpy(OUT), tinymodels.reference_probs(x[:6]), atol=1e-5)
         assert _metric(running, "edgecxr_overload_total", model="tiny") == 1
     finally:
         running.stop()
@@ -234,7 +237,7 @@ def test_token_is_required_except_for_health(bundle_dir: Path) -> None:
         bad = httpx.get(f"{running.url}/v2/models/tiny", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
         good = _infer(client, _batch(1), headers={"Authorization": "Bearer s3cret"})
-        assert good.as_numpy("probabilities").shape == (1, 4)
+        assert good.as_numpy(OUT).shape == (1, 4)
     finally:
         running.stop()
 
@@ -250,7 +253,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(bundle_dir: Path) -> None
         time.sleep(0.01)
     running.stop()  # while the request waits in the queue
     t.join(30)
-    np.testing.assert_allclose(out["r"].as_numpy("probabilities"), tinymodels.reference_probs(x), atol=1e-5)
+    np.testing.assert_allclose(out["r"].as_numpy(OUT), tinymodels.reference_probs(x), atol=1e-5)
     assert not running.thread.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{running.url}/v2/health/live")
@@ -265,7 +268,7 @@ def test_client_that_disconnects_is_counted_and_the_server_goes_on(server) -> No
     while _metric(server, "edgecxr_client_disconnects_total") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _metric(server, "edgecxr_client_disconnects_total") == before + 1
-    assert _infer(_client(server), _batch(1)).as_numpy("probabilities").shape == (1, 4)
+    assert _infer(_client(server), _batch(1)).as_numpy(OUT).shape == (1, 4)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("infer:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),
     "bench": ("bench:bench", "Benchmark latency and throughput of a model on the available backends."),
     "info": ("info:info", "Show installed backends, GPU and TensorRT versions."),
+    "listen": ("listen:listen", "DICOM Storage SCP: receive CR/DX, classify, answer with a Structured Report."),
+    "watch": ("listen:watch", "Watch a folder for X-rays (DICOM/PNG/JPEG); classify each file exactly once."),
     "models": ("models:models", "List the shipped reference models and registered bundles; register one."),
     "serve": ("serve:serve", "Serve models over HTTP (KServe v2 Open Inference Protocol, /v1/classify, /metrics)."),
 }

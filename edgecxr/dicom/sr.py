@@ -10,8 +10,9 @@ is the template PACS viewers and highdicom itself know how to read back:
   99EDGECXR code for a class without one), a measurement "probability" (unit UCUM "1");
 * one summary group: the status (ok / rejected / abstained / failed), the top-1 class as DCM
   "Finding", the OOD score when there is one, the reason and the input's sha256 as text;
-* every group names the algorithm (TID 4019): model name, edgecxr version and the audit trail
-  (artifact sha256, precision, backend, preprocessing, temperature, OOD threshold) as parameters;
+* the summary group names the algorithm (TID 4019): model name, edgecxr version and the audit
+  trail (artifact sha256, precision, backend, preprocessing, temperature, OOD threshold) as
+  parameters (once: highdicom's cost grows with every content item);
   the device observer is the model, the SR's Manufacturer is edgecxr and SoftwareVersions its version.
 
 Codes: standard where a standard code exists (DCM for the template, titles, "Finding", the
@@ -119,7 +120,7 @@ def build_sr(pred: Prediction, audit: Mapping[str, Any], source: Any, classes: S
     def group(label: str, **kwargs: Any) -> Any:
         tracking = hd.sr.TrackingIdentifier(uid=result_uid(src_uid, audit, f"group:{label}"), identifier=label)
         return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, algorithm_id=algorithm, source_images=[source_ref], **kwargs)
+            tracking_identifier=tracking, source_images=[source_ref], **kwargs)
 
     status = status_of(pred)
     evaluations = [hd.sr.QualitativeEvaluation(code("status"), code((status, SCHEME, STATUS_MEANINGS[status])))]
@@ -128,7 +129,8 @@ def build_sr(pred: Prediction, audit: Mapping[str, Any], source: Any, classes: S
     measurements = []
     if pred.ood_score is not None:
         measurements.append(hd.sr.Measurement(code("ood_score"), float(pred.ood_score), code("unit")))
-    summary = group(SUMMARY_ID, qualitative_evaluations=evaluations, measurements=measurements or None)
+    summary = group(SUMMARY_ID, algorithm_id=algorithm, qualitative_evaluations=evaluations,
+                    measurements=measurements or None)
     reason = pred.error if pred.error is not None else pred.reason
     texts = [("reason", reason), ("input_sha256", pred.input_sha256)]
     for concept, value in texts:
@@ -188,7 +190,7 @@ def read_sr(sr: Any) -> SRContent:
                   "SeriesInstanceUID": str(series.SeriesInstanceUID),
                   "SOPInstanceUID": str(instance.ReferencedSOPInstanceUID),
                   "SOPClassUID": str(instance.ReferencedSOPClassUID)}
-    report = hd.sr.MeasurementReport.from_sequence([sr])
+    report = hd.sr.MeasurementReport.from_sequence([sr], copy=False)
     status, label, probs, texts, params, model, version = "unknown", None, {}, {}, {}, None, None
     by_code = {v[0]: k for k, v in CLASS_CODES.items()}
     for grp in report.get_image_measurement_groups():

@@ -1,0 +1,124 @@
+"""The node's durable store: every acknowledged instance on disk, every processed one marked, by SOP Instance UID.
+
+Layout under the spool folder:
+
+    received/<SOPInstanceUID>.dcm   the instance as received (DICOM Part 10 bytes)
+    done/<SOPInstanceUID>.json      written after its results were written: what became of it
+
+Why this shape (Orthanc, dcm4che and STYLE.md 14): the receiver answers C-STORE Success only after
+`accept` returned, and `accept` returns only after the bytes are in `received/` durably (a temporary
+file, fsync, rename, fsync of the folder). So a crash, a power cut or SIGKILL after the
+acknowledgement loses nothing: on the next start every instance in `received/` without a `done/`
+marker is pending and gets processed. The marker is written after the results, so a crash between
+the two reprocesses that instance once more; its results have the same names and UIDs (see
+`edgecxr.dicom.sr`), so they are replaced, not doubled.
+
+An instance sent again (same SOP Instance UID) while it is stored or done is acknowledged without
+being stored or processed again; two associations sending the same instance at the same moment
+are serialised by UID, so it is written and queued once. Keys are SOP Instance UIDs checked to be
+valid UIDs (digits and dots), so they are safe file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from edgecxr.core.fileutil import atomic_write_text
+from edgecxr.dicom.outputs import durable_write, fsync_dir, is_uid
+
+#: states of a key
+STORED, DONE = "stored", "done"
+
+
+class Spool:
+    """received/ and done/ under `root`, with the state of every key held in memory behind one lock."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.received = self.root / "received"
+        self.done = self.root / "done"
+        for folder in (self.received, self.done):
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".*.tmp"):  # a write that a crash interrupted: never acknowledged
+                stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._state: dict[str, str | threading.Event] = {}
+        for marker in self.done.glob("*.json"):
+            self._state[marker.stem] = DONE
+        for instance in self.received.glob("*.dcm"):
+            self._state.setdefault(instance.stem, STORED)
+
+    def path(self, key: str) -> Path:
+        return self.received / f"{key}.dcm"
+
+    def pending(self) -> list[str]:
+        """Keys stored and not yet done, oldest first (what a restart must process)."""
+        with self._lock:
+            keys = [k for k, v in self._state.items() if v == STORED]
+        return sorted(keys, key=lambda k: (_mtime(self.path(k)), k))
+
+    def state(self, key: str) -> str | None:
+        with self._lock:
+            value = self._state.get(key)
+        return value if isinstance(value, str) else ("writing" if value is not None else None)
+
+    def accept(self, key: str, data: bytes, wait_s: float = 60.0) -> bool:
+        """Store `data` durably under `key`; True when it is new, False for an instance already held.
+
+        Returns only once the bytes are durable (for a duplicate: once the first copy is). Raises
+        OSError when they cannot be written (the caller answers failure; nothing was acknowledged)
+        and ValueError for a key that is not a UID.
+        """
+        if not is_uid(key):
+            raise ValueError(f"not a valid SOP Instance UID: {key[:80]!r}")
+        with self._lock:
+            current = self._state.get(key)
+            if current is None:
+                mine = threading.Event()
+                self._state[key] = mine
+        if current is not None:
+            if isinstance(current, threading.Event):  # another association is writing it right now
+                current.wait(wait_s)
+                if self.state(key) not in (STORED, DONE):
+                    raise OSError(f"instance {key} could not be stored by the association that sent it first")
+            return False
+        try:
+            durable_write(self.path(key), data)
+        except BaseException:
+            with self._lock:
+                del self._state[key]
+            mine.set()
+            raise
+        with self._lock:
+            self._state[key] = STORED
+        mine.set()
+        return True
+
+    def mark_done(self, key: str, record: dict[str, Any]) -> None:
+        """Record what became of `key` (after its results were written): it is never processed again."""
+        atomic_write_text(self.done / f"{key}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        fsync_dir(self.done)
+        with self._lock:
+            self._state[key] = DONE
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.done / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            values = list(self._state.values())
+        return {"pending": sum(v == STORED for v in values), "done": sum(v == DONE for v in values)}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,207 @@
+"""`edgecxr listen` (issue 14, item 3): pynetdicom's StoreSCU against the node on 127.0.0.1.
+
+Done when: concurrent associations each yield exactly one SR per image that highdicom reads back
+with the right referenced UIDs and probabilities; SIGKILL mid-batch loses no acknowledged image; a
+malformed data set is refused or reported without stopping the node; a re-send is not processed
+twice. The default run sends 3 associations of 4 images; the `slow` test sends the 10 x 20 of the
+issue (highdicom builds and parses an SR in tenths of a second on a busy CPU, 200 of them do not
+fit a default run).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom.dicomfiles import cxr_dataset, cxr_files, source_pngs, write
+from dicom.node_proc import NodeProcess, wait_until
+from edgecxr import Classifier
+
+pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+from dicom.scu import send, send_parallel  # noqa: E402
+from edgecxr.dicom.node import CANNOT_UNDERSTAND, StorageNode  # noqa: E402
+from edgecxr.dicom.sr import read_sr  # noqa: E402
+
+
+def uid_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def check_reports(out: Path, files: list[Path], tiny_model: Path) -> None:
+    """Exactly one SR per file, referencing it, with the probabilities the classifier gives that file."""
+    reports = sorted(out.glob("*.sr.dcm"))
+    assert len(reports) == len(files)
+    with Classifier.load(tiny_model) as clf:
+        expected = {p.dicom["SOPInstanceUID"]: p for p in clf.predict(files, workers=0)}
+    headers = {uid_of(f): pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+    for path in reports:
+        got = read_sr(path)
+        uid = got.referenced["SOPInstanceUID"]
+        assert path.name == f"{uid}.sr.dcm"
+        src = headers.pop(uid)
+        assert got.referenced["StudyInstanceUID"] == src.StudyInstanceUID
+        assert got.referenced["SeriesInstanceUID"] == src.SeriesInstanceUID
+        assert got.status == "ok" and got.label == expected[uid].label
+        assert got.probabilities == pytest.approx(expected[uid].probabilities, abs=1e-6)
+    assert not headers
+
+
+def run_concurrent(tmp_path: Path, tiny_model: Path, associations: int, per: int) -> None:
+    files = cxr_files(tmp_path / "in", associations * per)
+    out = tmp_path / "reports"
+    with NodeProcess(["listen", "-m", str(tiny_model), "--spool", "spool", "--out", "reports", "--port", "0",
+                      "--allow", "SCANNER"], tmp_path) as node:
+        port = node.port()
+        results = send_parallel([files[i * per:(i + 1) * per] for i in range(associations)], port)
+        assert set(results.values()) == {0}, results
+        wait_until(lambda: len(list((tmp_path / "spool" / "done").glob("*.json"))) == len(files),
+                   what="every instance classified")
+        assert node.terminate() == 0
+    assert any(line.startswith("stopped:") for line in node.lines)
+    check_reports(out, files, tiny_model)
+
+
+def test_concurrent_associations_one_sr_per_image(tmp_path, tiny_model):
+    run_concurrent(tmp_path, tiny_model, associations=3, per=4)
+
+
+@pytest.mark.slow
+def test_ten_associations_of_twenty(tmp_path, tiny_model):
+    run_concurrent(tmp_path, tiny_model, associations=10, per=20)
+
+
+def test_sigkill_mid_batch_loses_no_acknowledged_image(tmp_path, tiny_model):
+    files = cxr_files(tmp_path / "in", 12)
+    args = ["listen", "-m", str(tiny_model), "--spool", "spool", "--out", "reports", "--port", "0"]
+    acked: dict[str, int] = {}
+    with NodeProcess(args, tmp_path) as node:
+        port = node.port()
+        import threading
+
+        sender = threading.Thread(target=send_parallel, args=([files[:6], files[6:]], port, acked))
+        sender.start()
+        wait_until(lambda: len(acked) >= 3, what="the first acknowledgements")
+        node.kill()  # SIGKILL: no shutdown code runs
+        sender.join(60)
+    acknowledged = {uid for uid, status in acked.items() if status == 0}
+    assert 3 <= len(acknowledged) < 12, "the kill must land mid-batch"
+    done_before = {p.stem for p in (tmp_path / "spool" / "done").glob("*.json")}
+    with NodeProcess(args, tmp_path) as node:
+        port = node.port()
+        wait_until(lambda: acknowledged <= {p.stem for p in (tmp_path / "spool" / "done").glob("*.json")},
+                   what="every acknowledged instance classified after the restart")
+        # the scanner sends the whole batch again: nothing is processed twice, the rest is
+        results = send_parallel([files], port)
+        assert set(results.values()) == {0}
+        wait_until(lambda: len(list((tmp_path / "spool" / "done").glob("*.json"))) == 12, what="all classified")
+        assert node.terminate() == 0
+    processed_again = [line for line in node.lines if line.split(":")[0] in done_before and "->" in line]
+    assert processed_again == [], "an instance done before the kill was processed again"
+    duplicates = [line for line in node.lines if line.startswith("duplicate ")]
+    assert len(duplicates) >= len(acknowledged)
+    check_reports(tmp_path / "reports", files, tiny_model)
+
+
+def test_malformed_and_undecodable_data_sets_do_not_stop_the_node(tmp_path, tiny_model):
+    """Garbage after a valid file meta is refused (0xC210); truncated pixels are reported in an SR; the node goes on."""
+    png = source_pngs(1)[0]
+    good = write(cxr_dataset(png), tmp_path / "good.dcm")
+    truncated = cxr_dataset(png)
+    truncated.PixelData = truncated.PixelData[:1000]
+    truncated = write(truncated, tmp_path / "truncated.dcm")
+    garbage = _garbage_after_uids(tmp_path / "garbage.dcm")
+    with Classifier.load(tiny_model) as clf:
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, log=lambda line: None)
+        _, port = node.start()
+        try:
+            from pynetdicom import _config
+
+            _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are, unparsed
+            try:
+                results = send([garbage], port)
+            finally:
+                _config.STORE_SEND_CHUNKED_DATASET = False
+            results.update(send([truncated, good, good], port))
+            assert results[str(garbage)] == CANNOT_UNDERSTAND
+            assert results[str(truncated)] == 0 and results[str(good)] == 0
+            wait_until(lambda: node.spool.counts()["done"] == 2, what="both instances done")
+        finally:
+            node.stop()
+    assert node.stats == {"stored": 2, "duplicates": 1, "refused": 1}
+    report = read_sr(tmp_path / "out" / f"{uid_of(truncated)}.sr.dcm")
+    assert report.status == "failed" and "truncated DICOM pixel data" in report.reason
+    assert read_sr(tmp_path / "out" / f"{uid_of(good)}.sr.dcm").status == "ok"
+    record = json.loads((tmp_path / "spool" / "done" / f"{uid_of(truncated)}.json").read_text())
+    assert record["status"] == "failed" and record["results"]
+
+
+def test_allow_list_and_forwarding(tmp_path, tiny_model):
+    """Only allowed calling AE titles get in; each SR is C-STOREd to the destination node."""
+    [image] = cxr_files(tmp_path / "in", 1)
+    with Classifier.load(tiny_model) as clf:
+        pacs = _pacs(tmp_path / "pacs")
+        pacs_port = pacs.server_address[1]
+        from edgecxr.dicom.process import Destination
+
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, allowed=["SCANNER"],
+                           forward=Destination("127.0.0.1", pacs_port, "PACS"), log=lambda line: None)
+        _, port = node.start()
+        try:
+            assert set(send([image], port, calling="INTRUDER").values()) == {"error: association rejected"}
+            assert send([image], port, calling="SCANNER") == {str(image): 0}
+            wait_until(lambda: node.spool.counts()["done"] == 1, what="classified")
+        finally:
+            node.stop()
+            pacs.shutdown()
+    record = node.spool.record(uid_of(image))
+    assert record["forwarded"] == "sent"
+    [stored] = list((tmp_path / "pacs").iterdir())
+    assert read_sr(stored).referenced["SOPInstanceUID"] == uid_of(image)
+
+
+def _pacs(folder: Path):
+    """A destination Storage SCP (pynetdicom) that keeps every SR it gets."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    folder.mkdir()
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(ComprehensiveSRStorage)
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def _garbage_after_uids(path: Path) -> Path:
+    """A valid file meta, SOP Class and Instance UIDs, then a sequence of junk: a data set that cannot be parsed."""
+    import struct
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    def element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH", group, elem) + vr + struct.pack("<H", len(value)) + value
+
+    uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buf = io.BytesIO()
+    pydicom.filewriter.write_file_meta_info(buf, meta, enforce_standard=True)
+    padded = uid.encode() + b"\0" * (len(uid) % 2)
+    body = element(8, 0x16, b"UI", b"1.2.840.10008.5.1.4.1.1.1.1\0") + element(8, 0x18, b"UI", padded)
+    junk = struct.pack("<HH", 0x40, 0xA730) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + b"\xde\xad" * 40
+    path.write_bytes(b"\0" * 128 + b"DICM" + buf.getvalue() + body + junk)
+    return path

@@ -316,3 +316,25 @@ def test_classify_dicom_keeps_its_uids_and_rejects_a_ct(server, tmp_path: Path) 
     ct = make_dicom(tmp_path / "ct.dcm", xray(1), Modality="CT")
     pred = httpx.post(f"{server.url}/v1/classify", content=ct.read_bytes(), params={"filename": "ct.dcm"}).json()
     assert pred["predictions"][0]["status"] == "rejected" and "CT" in pred["predictions"][0]["reason"]
+
+
+def test_reference_coronet_through_tritonclient_matches_the_in_process_model(images: list[Path]) -> None:
+    """The shipped CoroNet served: tritonclient gets what the same model file computes in process."""
+    from edgecxr.runtime.classifier import Classifier
+    from edgecxr.runtime.inputs import prepare
+
+    with Classifier.load("coronet") as clf:
+        x = np.stack([prepare(p, i, clf.spec, clf.input_rules)[1] for i, p in enumerate(images[:2])])
+        expected = clf.runner.infer(x)
+    running = start_in_thread(ServeConfig((ModelSpec.parse("coronet"),), port=0))
+    try:
+        client = _client(running)
+        assert client.is_model_ready("coronet")
+        name = client.get_model_metadata("coronet")["outputs"][0]["name"]
+        inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        result = client.infer("coronet", [inp], outputs=[tritonhttp.InferRequestedOutput(name, binary_data=True)])
+        np.testing.assert_allclose(result.as_numpy(name), expected, atol=1e-5)
+        assert (result.as_numpy(name).argmax(axis=1) == expected.argmax(axis=1)).all()
+    finally:
+        running.stop()

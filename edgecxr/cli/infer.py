@@ -39,6 +39,9 @@ from edgecxr.runtime.select import BACKENDS
 @click.option("--heatmap-class", help="Class the heat maps explain  [default: each input's predicted class]")
 @click.option("--dicom-sr", "dicom_sr", type=click.Path(file_okay=False, path_type=Path),
               help="Write a DICOM Structured Report per DICOM input to this folder (UID.sr.dcm; docs/DICOM.md).")
+@click.option("--dicom-sc", "dicom_sc", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the heat map of each classified DICOM input as a DICOM Secondary Capture to this folder "
+                   "(UID.sc.dcm; docs/HEATMAPS.md).")
 def infer(
     inputs: tuple[str, ...],
     model: str | None,
@@ -56,6 +59,7 @@ def infer(
     heatmap_dir: Path | None,
     heatmap_class: str | None,
     dicom_sr: Path | None,
+    dicom_sc: Path | None,
 ) -> None:
     """Classify X-ray images: files, folders (recursive) and glob patterns; PNG, JPEG and DICOM.
 
@@ -89,13 +93,15 @@ def infer(
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
-    check_heatmap_dir(heatmap_dir, paths, heatmap_class)
+    check_heatmap_dir(heatmap_dir, paths, inputs)
+    check_heatmap_dir(dicom_sc, paths, inputs, option="--dicom-sc")
+    maps = heatmap_dir is not None or dicom_sc is not None
     check_dicom_sr_dir(dicom_sr, paths, inputs)
     options = {"cuda_graph": True} if cuda_graph else {}
     with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
                          input_rules=None if no_input_checks else DEFAULT_RULES, **options) as clf:
         _err(f"using {clf.describe()}")
-        check_heatmap_class(heatmap_class, clf.classes)
+        check_heatmap_class(heatmap_class, clf.classes, wanted=maps)
         if no_input_checks:
             _err("warning: --no-input-checks: every decodable input is classified, even if it is not a chest X-ray")
         if "warning" in clf.backend_info:
@@ -108,13 +114,13 @@ def infer(
             for chunk in clf.predict_iter(paths, batch_size=batch_size, workers=workers):
                 preds.extend(chunk)
                 bar.update(len(chunk))
-        heatmaps, heatmaps_failed = ({}, 0) if heatmap_dir is None else write_heatmaps(
-            clf, preds, paths, heatmap_dir, heatmap_class, batch_size, show)
+        heatmaps, heatmaps_failed = write_heatmaps(
+            clf, preds, paths, heatmap_dir, heatmap_class, batch_size, show, dicom_sc) if maps else ({}, 0)
         classes, info, audit = clf.classes, dict(clf.backend_info), clf.audit
     n = counts(preds)
     if as_json:
         doc = results_document(preds, audit, classes, backend=info, top_k=top_k)
-        click.echo(json.dumps({**doc, "heatmaps": heatmaps} if heatmap_dir is not None else doc, indent=2))
+        click.echo(json.dumps({**doc, "heatmaps": heatmaps} if maps else doc, indent=2))
     else:
         click.echo(predictions_table(preds, top_k))
         click.echo(audit_footer(audit))
@@ -122,8 +128,8 @@ def infer(
         _write_output(csv_path, predictions_csv(preds, classes, audit), "--csv")
     _err(f"{n['classified']} of {n['count']} image(s) classified"
          + "".join(f", {n[k]} {k}" for k in ("rejected", "abstained", "failed") if n[k]))
-    if heatmap_dir is not None:
-        _err(heatmap_summary(heatmaps, heatmaps_failed, heatmap_dir))
+    if maps:
+        _err(heatmap_summary(heatmaps, heatmaps_failed, heatmap_dir, dicom_sc))
     srs_failed = 0 if dicom_sr is None else write_dicom_srs(dicom_sr, preds, audit, classes)[1]
     if n["classified"] != n["count"] or heatmaps_failed or srs_failed:
         sys.exit(1)

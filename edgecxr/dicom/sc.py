@@ -15,20 +15,20 @@ showing the overlay of `edgecxr.runtime.overlay` at the source's size (capped li
 
 The patient orientation is the source's when it has one; a frontal chest radiograph without it
 gets the conventional display orientation (L, F: patient's left to the right of the image, feet
-down), which is how the model's training images were displayed. The writer needs highdicom
-(optional; a missing install is one error naming the extra).
+down), which is how the model's training images were displayed. Files are named and written as
+the SR is (`edgecxr.dicom.outputs`): `<source SOP Instance UID>.sc.dcm`, durably, replacing only
+an earlier capture. Needs highdicom (the `dicom-node` extra; a missing install is one error
+naming it).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecxr.core.errors import DataError, MissingDependencyError
-from edgecxr.core.fileutil import atomic_write_bytes
+from edgecxr.core.errors import DataError
 from edgecxr.runtime.heatmap import HeatMap
 from edgecxr.runtime.overlay import MAX_SIDE, display_image, render
 
@@ -36,16 +36,8 @@ from edgecxr.runtime.overlay import MAX_SIDE, display_image, render
 SERIES_NUMBER = 9901
 #: the orientation assumed for a frontal chest radiograph that does not state one
 FRONTAL_ORIENTATION = ("L", "F")
-#: the extra that installs highdicom (pyproject.toml)
-EXTRA = "dicom-results"
-
-
-def _highdicom() -> Any:
-    try:
-        import highdicom
-    except ImportError:
-        raise MissingDependencyError("highdicom", EXTRA, "DICOM Secondary Capture heat maps") from None
-    return highdicom
+#: the file suffix of a heat map Secondary Capture, beside the SR's `.sr.dcm` (`edgecxr.dicom.outputs`)
+SUFFIX = ".sc.dcm"
 
 
 def heatmap_secondary_capture(
@@ -67,7 +59,9 @@ def heatmap_secondary_capture(
     Raises:
         DataError: `source` is not a DICOM file with Study/SOP Instance UIDs.
     """
-    hd = _highdicom()
+    from edgecxr.dicom import require
+
+    hd = require("highdicom", "DICOM Secondary Capture heat maps")
     import pydicom
 
     name = "the DICOM data set" if isinstance(source, pydicom.Dataset) else str(source)
@@ -109,11 +103,31 @@ def heatmap_secondary_capture(
     return sc
 
 
+def sc_path(folder: str | Path, source_uid: str) -> Path:
+    """`<source SOP Instance UID>.sc.dcm` in `folder`: one capture per source instance, a retry replaces it."""
+    from edgecxr.dicom.outputs import is_uid
+
+    if not is_uid(source_uid):
+        raise ValueError(f"not a valid SOP Instance UID: {source_uid[:80]!r}")
+    return Path(folder) / f"{source_uid}{SUFFIX}"
+
+
 def write_secondary_capture(path: str | Path, dataset: Any) -> Path:
-    """Write a dataset as a DICOM file (with its file meta), atomically."""
-    buf = io.BytesIO()
-    dataset.save_as(buf, enforce_file_format=True)
-    return atomic_write_bytes(path, buf.getvalue())
+    """Write a capture durably (temp file, fsync, rename, folder fsync), as the SR is written.
+
+    Like the SR writer, it replaces only an earlier capture under that name, never a link, a
+    folder or another kind of file (`edgecxr.dicom.outputs.replace_problem`).
+
+    Raises:
+        ValueError: something else is in the way.
+    """
+    from edgecxr.dicom.outputs import durable_write, encode, replace_problem
+
+    path = Path(path)
+    problem = replace_problem(path, str(dataset.SOPClassUID))
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    return durable_write(path, encode(dataset))
 
 
 def _orientation(ref: Any) -> tuple[str, str]:

@@ -1,19 +1,20 @@
-"""The heat map Secondary Capture (runtime/heatmap_dicom.py), read back with highdicom."""
+"""The heat map Secondary Capture (dicom/sc.py), read back with highdicom."""
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from integrity import hostile
 
+from edgecxr.cli import main
 from edgecxr.core.errors import DataError
+from edgecxr.dicom.sc import FRONTAL_ORIENTATION, heatmap_secondary_capture, sc_path, write_secondary_capture
 from edgecxr.runtime.classifier import Classifier
 from edgecxr.runtime.heatmap import explain
-from edgecxr.runtime.heatmap_dicom import (
-    FRONTAL_ORIENTATION,
-    heatmap_secondary_capture,
-    write_secondary_capture,
-)
 
 hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
@@ -29,8 +30,8 @@ def source_dicom(path, **extra):
 
 
 @pytest.fixture(scope="module")
-def clf(tiny_onnx):
-    with Classifier.load(tiny_onnx) as c:
+def clf(tiny_model):
+    with Classifier.load(tiny_model) as c:
         yield c
 
 
@@ -39,7 +40,9 @@ def test_secondary_capture_is_in_the_source_study_in_a_new_series(clf, tmp_path)
     ref = pydicom.dcmread(src)
     pred, heat = explain(clf, src)
     assert heat is not None, pred
-    out = write_secondary_capture(tmp_path / "out" / "sc.dcm", heatmap_secondary_capture(src, heat, model="tiny 1.0"))
+    out = write_secondary_capture(sc_path(tmp_path / "out", ref.SOPInstanceUID),
+                                  heatmap_secondary_capture(src, heat, model="tiny 1.0"))
+    assert out.name == f"{ref.SOPInstanceUID}.sc.dcm"
     back = hd.imread(out)
     assert back.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     assert back.StudyInstanceUID == ref.StudyInstanceUID and back.PatientID == "P-1"
@@ -80,3 +83,45 @@ def test_a_received_dataset_is_mapped_and_captured_without_a_file(clf, tmp_path)
     assert sc.StudyInstanceUID == ds.StudyInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
     assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+
+
+def test_a_capture_replaces_only_an_earlier_capture(clf, tmp_path):
+    src = source_dicom(tmp_path / "src.dcm")
+    _, heat = explain(clf, src)
+    sc = heatmap_secondary_capture(src, heat)
+    path = sc_path(tmp_path / "out", pydicom.dcmread(src).SOPInstanceUID)
+    write_secondary_capture(path, sc)
+    write_secondary_capture(path, heatmap_secondary_capture(src, heat))  # a retry replaces it
+    assert pydicom.dcmread(path).SOPInstanceUID != sc.SOPInstanceUID
+    path.unlink()
+    path.write_bytes(src.read_bytes())  # someone's image under that name
+    with pytest.raises(ValueError, match="refusing to replace"):
+        write_secondary_capture(path, sc)
+    assert path.read_bytes() == src.read_bytes()
+    with pytest.raises(ValueError, match="not a valid SOP Instance UID"):
+        sc_path(tmp_path, "../../etc/x")
+
+
+def test_infer_dicom_sc_writes_one_capture_per_classified_dicom_input(tiny_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    dicoms = [source_dicom(src / f"{i}.dcm") for i in range(2)]
+    png = src / "x.png"
+    cv2.imwrite(str(png), hostile.example(1, 256))
+    out = tmp_path / "sc"
+    result = CliRunner().invoke(main, ["infer", "-m", str(tiny_model), str(src), "--dicom-sc", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    files = sorted(out.iterdir())
+    refs = {pydicom.dcmread(d).SOPInstanceUID: pydicom.dcmread(d) for d in dicoms}
+    assert sorted(f.name for f in files) == sorted(f"{uid}.sc.dcm" for uid in refs)
+    series = set()
+    for f in files:
+        back = hd.imread(f)
+        ref = refs[back.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert back.StudyInstanceUID == ref.StudyInstanceUID and "tiny" not in back.DerivationDescription
+        assert "coronet" in back.DerivationDescription  # the model named by the audit trail
+        series.add(back.SeriesInstanceUID)
+    assert len(series) == 1  # one run, one heat map series
+    heatmaps = json.loads(result.stdout)["heatmaps"]
+    assert heatmaps[str(png)]["sc"] is None and heatmaps[str(png)]["path"] is None
+    assert "none for 1 non-DICOM input(s)" in result.stderr

@@ -90,6 +90,11 @@ def test_chosen_class_and_usage_errors(cli, model, scans, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output and "Traceback" not in result.output
         assert result.output.count("error:") == 1
+    # a new folder inside an input folder: the next run over that folder would read the overlays
+    result = cli.invoke(main, ["infer", "-m", str(model), str(scans["ok"][0].parent), "--heatmap",
+                               str(scans["ok"][0].parent / "maps")])
+    assert result.exit_code == 2 and "inside the input folder" in result.output
+    assert not (scans["ok"][0].parent / "maps").exists()
 
 
 def test_a_link_in_the_way_is_not_written_through(cli, model, scans, tmp_path):

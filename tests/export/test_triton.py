@@ -247,3 +247,22 @@ def test_cli_export_triton(tmp_path):
     assert result.exit_code == 2 and "put them after 'triton'" in result.stderr
     result = runner.invoke(main, ["export", "triton", "-m", str(tmp_path / "missing"), "--out", str(repo)])
     assert result.exit_code == 1 and result.stderr.startswith("error:")
+
+
+def test_ensemble_steps_give_the_classifiers_probabilities(reference_repo, monkeypatch):
+    """model.py, then ONNX Runtime on the copied model file (what NAME_image computes) = edgecxr's runner."""
+    import onnxruntime as ort
+
+    from edgecxr.runtime.classifier import Classifier
+
+    files = tinymodels.real_images(4)
+    module, model = _model_py(reference_repo, "coronet_preprocess", monkeypatch)
+    tensors = model.execute([_request(module, [p.read_bytes() for p in files])])[0].output_tensors()[0].as_numpy()
+    session = ort.InferenceSession(str(reference_repo / "coronet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs = session.run(["probs"], {"image": tensors})[0]
+    with Classifier.load("coronet", precision="int8", input_rules=None) as clf:
+        # the model's own output, as serve's /v2 infer and Triton return it (no temperature, no abstention)
+        want = clf.runner.infer(np.stack([preprocess(load_image(p, (150, 150)), clf.spec) for p in files]))
+        classes = clf.classes
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    assert (reference_repo / "coronet" / "labels.txt").read_text().split() == classes

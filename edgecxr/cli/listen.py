@@ -110,7 +110,8 @@ def listen(spool_dir: Path, out_dir: Path, ae_title: str, host: str, port: int, 
              + (f", allowed {', '.join(allowed)}" if allowed else "") + (f", forwarding to {forward}" if forward else ""))
         node.serve_forever()
         stats = {**node.stats, **node.spool.counts()}
-    _log(f"stopped: {json.dumps(stats)}")
+    _log(f"stopped: {json.dumps(stats)}" + (f"; {stats['pending']} pending instance(s) are classified at the next start"
+                                            if stats["pending"] else ""))
     if as_json:
         click.echo(json.dumps(stats, indent=2))
 

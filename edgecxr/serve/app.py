@@ -221,7 +221,7 @@ async def _load_all(state: ServiceState) -> None:
             state.models[spec.name] = served
             for kind, run in (("tensors", served.run_tensors), ("images", served.run_prepared)):
                 batcher = DynamicBatcher(run, served.executor, cfg.max_batch, cfg.max_delay_ms / 1e3, cfg.max_queue,
-                                         on_batch=metrics.on_batch(spec.name, kind))
+                                         on_batch=metrics.on_batch(spec.name, kind), max_wait_s=cfg.timeout_s)
                 batcher.start()
                 setattr(served, kind, batcher)
                 metrics.queue.labels(spec.name, kind).set_function(lambda b=batcher: b.pending)

@@ -5,9 +5,10 @@ service that runs each request alone wastes most of the device under load. Like 
 `dynamic_batching`, a batch runs as soon as it holds `max_batch` rows, or when the oldest request
 has waited `max_delay_s`, whichever comes first.
 
-The queue is bounded (`max_queue` rows admitted and not yet answered, running ones included): a
+The queue is bounded (`max_queue` rows admitted and not yet answered, running ones included, and,
+with `max_wait_s`, no more rows than the measured batch time can serve within that wait): a
 request that does not fit is refused at once with `Overloaded` (the service answers 503 with
-Retry-After) instead of waiting behind a queue that grows without limit. A request whose caller
+Retry-After) instead of waiting behind a queue that grows without limit or that it would outlive. A request whose caller
 gave up (timeout, client gone) is cancelled: if it has not run yet it is dropped from the queue,
 never computed; if it is running its result is discarded. Every other request gets exactly its own
 rows back, in order.
@@ -64,15 +65,19 @@ class DynamicBatcher:
         max_delay_s: longest the oldest queued row waits for others before its batch runs.
         max_queue: most rows admitted and not yet answered; more are refused with Overloaded.
         on_batch: called with (rows, seconds) after each batch (metrics).
+        max_wait_s: refuse rows whose expected wait behind the queue is longer (the request
+            timeout: better a 503 now than a 504 after a model run nobody receives); None: no limit.
     """
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], executor: Executor, max_batch: int,
-                 max_delay_s: float, max_queue: int, on_batch: Callable[[int, float], None] | None = None):
+                 max_delay_s: float, max_queue: int, on_batch: Callable[[int, float], None] | None = None,
+                 max_wait_s: float | None = None):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay_s >= 0")
         self.run, self.executor = run, executor
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.on_batch = on_batch
+        self.max_wait_s = max_wait_s
         self.stats = BatchStats()
         self.pending = 0  #: rows admitted and not yet answered (queued or running)
         self._queue: deque[_Entry] = deque()
@@ -100,10 +105,20 @@ class DynamicBatcher:
             self._batch_s = batch_s
 
     # -- requests -----------------------------------------------------------------------------------
+    def expected_wait_s(self, rows: int = 0) -> float:
+        """How long `rows` more rows would wait for their answer: the batches ahead times a batch's run time."""
+        return math.ceil(max(self.pending + rows, 1) / self.max_batch) * self._batch_s
+
     def retry_after(self) -> int:
-        """Seconds until the queue has likely drained: the batches ahead times a batch's run time."""
-        batches = math.ceil(max(self.pending, 1) / self.max_batch)
-        return int(min(60, max(1, math.ceil(batches * self._batch_s))))
+        """Seconds until the queue has likely drained (for the Retry-After header), 1 to 60."""
+        return int(min(60, max(1, math.ceil(self.expected_wait_s()))))
+
+    def would_refuse(self, rows: int) -> bool:
+        """True when `rows` more rows do not fit: past max_queue, or (with a queue ahead of them) they
+        would wait longer than max_wait_s, so they would time out after costing a model run anyway."""
+        if self.pending + rows > self.max_queue:
+            return True
+        return self.max_wait_s is not None and self.pending > 0 and self.expected_wait_s(rows) > self.max_wait_s
 
     async def submit(self, items: Sequence[Any]) -> list[Any]:
         """Queue `items` (one request's rows) and wait for their results, in order.
@@ -116,7 +131,7 @@ class DynamicBatcher:
             return []
         if self._closing or self._wake is None:
             raise RuntimeError("the server is shutting down")
-        if self.pending + len(items) > self.max_queue:
+        if self.would_refuse(len(items)):
             raise Overloaded(self.retry_after())
         loop = asyncio.get_running_loop()
         entries = [_Entry(items[i : i + self.max_batch], loop.create_future())

@@ -120,7 +120,7 @@ def _check_input(served: ServedModel, inputs: dict[str, np.ndarray]) -> np.ndarr
 
 def _refuse_if_full(state: ServiceState, served: ServedModel, batcher: Any) -> None:
     """503 at once when the queue is already full: under overload a refusal must cost next to nothing."""
-    if batcher is not None and batcher.pending >= batcher.max_queue:
+    if batcher is not None and batcher.would_refuse(1):
         state.metrics.overload.labels(served.name).inc()
         raise Overloaded(batcher.retry_after())
 

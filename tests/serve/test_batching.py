@@ -83,3 +83,16 @@ def test_a_failing_batch_fails_each_of_its_requests() -> None:
 
     results, _, batcher = _run(go, run=Recorder(fail=True), max_batch=2, max_delay_s=30, max_queue=8)
     assert [str(r) for r in results] == ["model failed", "model failed"] and batcher.pending == 0
+
+
+def test_rows_that_would_outlive_the_timeout_are_refused_while_a_queue_is_ahead() -> None:
+    async def go(b):
+        b.expect(5.0)  # a batch takes 5 s; the request timeout (max_wait_s) is 1 s
+        first = asyncio.ensure_future(b.submit([1]))  # nothing ahead of it: admitted (and it re-measures)
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await b.submit([2])  # room in the queue, but it would wait ~5 s for a 1 s timeout
+        return await first
+
+    results, run, _ = _run(go, max_batch=4, max_delay_s=0.05, max_queue=8, max_wait_s=1.0)
+    assert results == [2] and run.batches == [[1]]

@@ -460,6 +460,7 @@ def main() -> None:
     ap.add_argument("--phases", default="throughput,overload,disconnects,memory", help="comma-separated subset")
     ap.add_argument("--report", type=Path, help="print the BENCHMARKS.md tables of a saved --out JSON and exit")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: no server left behind
     if args.report:
         print(markdown(json.loads(args.report.read_text())))
         return

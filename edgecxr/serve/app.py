@@ -232,9 +232,10 @@ async def _load_all(state: ServiceState) -> None:
             log.info("model %s ready: %s", spec.name, served.classifier.describe())
     except Exception as exc:
         state.error, state.failure = str(exc) or type(exc).__name__, exc
-        log.error("error: %s", state.error)
         if state.on_fatal is not None:
-            state.on_fatal(state)
+            state.on_fatal(state)  # the CLI stops the server and prints the one error line
+        else:
+            log.error("error: %s", state.error)
         return
     state.ready = True
     metrics.ready.set(1)

@@ -338,3 +338,14 @@ def test_reference_coronet_through_tritonclient_matches_the_in_process_model(ima
         assert (result.as_numpy(name).argmax(axis=1) == expected.argmax(axis=1)).all()
     finally:
         running.stop()
+
+
+def test_cli_a_model_that_fails_to_load_is_one_error_line(tmp_path: Path) -> None:
+    from edgecxr.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model\n")
+    r = CliRunner().invoke(main, ["serve", "-m", f"bad={bad}", "--port", "0"])
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable ONNX model")

@@ -15,10 +15,15 @@ So for one decode fd 2 is pointed at a temporary file, and every line there is j
     the user's problem;
   * any other line is not a decoder's and is written back to stderr.
 
-Thread safety: fd 2 belongs to the whole process, so captures take one lock and decodes that capture
-run one at a time. A line that another thread writes to fd 2 meanwhile lands in the capture, is
-not recognised as a decoder message (messages are matched by libjpeg's and libpng's exact wording)
-and is written back to stderr once the decode ends, slightly late but never lost or misjudged.
+Thread safety: fd 2 belongs to the whole process. `judged_call` lets decodes run at the same time
+(the pipelined `infer` decodes in worker threads): they share one capture window, and each decode
+reads only what was written to it between its own start and end. Nothing there (the usual case) or
+only harmless lines: the decode was clean. A fatal line there may be another thread's, so that
+decode is run once more alone, under `capture_decoder_messages`, which waits until no other decode
+is capturing, and its own verdict is taken from that run: a warning never lands on the wrong file.
+A shared window is closed at least every MAX_WINDOW_S (new decodes wait for it to drain), so a line
+that another thread writes to fd 2 meanwhile (a progress bar) is written back to stderr slightly
+late but never lost or misjudged.
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-_LOCK = threading.Lock()
+T = TypeVar("T")
+
+#: guards the capture state below; waited on for a window to close or an exclusive capture to end
+_COND = threading.Condition()
+
+#: longest a shared capture window stays open before new decodes wait for it to close
+MAX_WINDOW_S = 0.25
 
 
 #: libjpeg(-turbo) warning texts (jerror.h JWRN_*) that mean the decoded pixels are not the encoded
@@ -75,34 +88,109 @@ class Captured:
         return f"{line}; libjpeg"
 
 
+class _Window:
+    """fd 2 pointed at a temporary file until close(); what was written is read back by offset."""
+
+    def __init__(self) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()  # Python's own buffered output belongs to the real stderr
+        self.tmp = tempfile.TemporaryFile()
+        try:
+            self.saved: int | None = os.dup(2)
+        except OSError:  # fd 2 is closed (a daemon): capture anyway, close it again afterwards
+            self.saved = None
+        os.dup2(self.tmp.fileno(), 2)
+        self.opened = time.monotonic()
+
+    def size(self) -> int:
+        return os.fstat(self.tmp.fileno()).st_size
+
+    def read(self, start: int, end: int) -> str:
+        return os.pread(self.tmp.fileno(), end - start, start).decode("utf-8", "replace") if end > start else ""
+
+    def close(self) -> str:
+        """Restore fd 2; returns everything written meanwhile."""
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        if self.saved is None:
+            os.close(2)
+        else:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+        text = self.read(0, self.size())
+        self.tmp.close()
+        return text
+
+
+class _State:
+    active = 0  # decodes inside the shared window
+    exclusive = False  # a capture_decoder_messages is running
+    window: _Window | None = None
+
+
+def _write_back(text: str, captured: Captured) -> None:
+    other = _judge(text, captured)
+    if other:
+        with contextlib.suppress(OSError):
+            os.write(2, other.encode("utf-8", "replace"))
+
+
 @contextlib.contextmanager
 def capture_decoder_messages() -> Iterator[Captured]:
-    """Point fd 2 at a temporary file for the body; judge what was written when it ends.
+    """Point fd 2 at a temporary file for the body, with no other decode capturing; judge what was written.
 
     The `Captured` yielded is filled in on exit, so read it after the `with` block.
     """
     captured = Captured()
-    with _LOCK, tempfile.TemporaryFile() as tmp:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()  # Python's own buffered output belongs to the real stderr
-        try:
-            saved: int | None = os.dup(2)
-        except OSError:  # fd 2 is closed (a daemon): capture anyway, close it again afterwards
-            saved = None
-        os.dup2(tmp.fileno(), 2)
+    with _COND:
+        while _State.active or _State.exclusive:
+            _COND.wait()
+        _State.exclusive = True
+    try:
+        window = _Window()
         try:
             yield captured
         finally:
-            if saved is None:
-                os.close(2)
-            else:
-                os.dup2(saved, 2)
-                os.close(saved)
-            tmp.seek(0)
-            other = _judge(tmp.read().decode("utf-8", "replace"), captured)
-            if other:
-                with contextlib.suppress(OSError):
-                    os.write(2, other.encode("utf-8", "replace"))
+            _write_back(window.close(), captured)
+    finally:
+        with _COND:
+            _State.exclusive = False
+            _COND.notify_all()
+
+
+def judged_call(fn: Callable[[], T]) -> tuple[T, Captured]:
+    """Run `fn` (one decode) with fd 2 captured, alongside other threads' decodes; its result and verdict.
+
+    See the module docstring: a fatal line written while `fn` ran, by it or by a concurrent decode,
+    makes `fn` run once more alone, and that run's result and verdict are returned.
+    """
+    with _COND:
+        while _State.exclusive or (_State.window is not None
+                                   and time.monotonic() - _State.window.opened > MAX_WINDOW_S):
+            _COND.wait()
+        if _State.window is None:
+            _State.window = _Window()
+        _State.active += 1
+        window = _State.window
+        start = window.size()
+    mine = ""
+    try:
+        result = fn()
+    finally:
+        with _COND:
+            mine = window.read(start, window.size())
+            _State.active -= 1
+            if _State.active == 0:
+                _State.window = None
+                _write_back(window.close(), Captured())  # decoder lines are judged per decode
+                _COND.notify_all()
+    seen = Captured()
+    _judge(mine, seen)
+    if not seen.fatal:
+        return result, Captured()
+    with capture_decoder_messages() as log:
+        result = fn()
+    return result, log
 
 
 def _judge(text: str, captured: Captured) -> str:

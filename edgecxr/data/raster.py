@@ -22,17 +22,19 @@ pixels. Of 40 random 64-byte overwrites without any 0xFF byte, 24 were caught an
 from __future__ import annotations
 
 import contextlib
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.core.spec import to_gray
-from edgecxr.data.decoder_log import capture_decoder_messages
+from edgecxr.data.decoder_log import judged_call
 from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits, check_header
 
 #: Largest accepted image side by default (DecodeLimits.max_side); bigger is a corrupt header, a
@@ -155,13 +157,16 @@ def check_jpeg_frame(path: Path, data: bytes, width: int, height: int) -> None:
 
 def _decode(path: Path, data: bytes, flags: int, kind: str) -> np.ndarray | None:
     """cv2.imdecode with the decoder's warnings captured; a fatal one raises ImageLoadError."""
-    failure = None
-    # Inside the capture's lock, so that concurrent decodes restore OpenCV's log level in order.
-    with capture_decoder_messages() as log, _quiet_opencv():
-        try:
-            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-        except cv2.error as exc:
-            image, failure = None, _first_line(str(exc))
+
+    def run() -> tuple[np.ndarray | None, str | None]:
+        with _quiet_opencv():
+            try:
+                return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags), None
+            except cv2.error as exc:
+                return None, _first_line(str(exc))
+
+    # alongside other threads' decodes; run again alone when a fatal line may be another's
+    (image, failure), log = judged_call(run)
     reason = log.reason()
     if reason is not None:
         raise ImageLoadError(path, f"corrupt {kind} data ({reason})")
@@ -314,12 +319,24 @@ def _quiet_opencv() -> Iterator[None]:
     if logging is None:  # pragma: no cover - very old OpenCV
         yield
         return
-    previous = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    # The level is process-wide and decodes overlap (pipelined infer): the first one in saves it,
+    # the last one out restores it.
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["previous"] = logging.getLogLevel()
+            logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+        _QUIET["depth"] += 1
     try:
         yield
     finally:
-        logging.setLogLevel(previous)
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                logging.setLogLevel(_QUIET["previous"])
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET: dict[str, Any] = {"depth": 0, "previous": None}
 
 
 def _first_line(text: str, limit: int = 160) -> str:

@@ -17,9 +17,9 @@ pure function of one input) in a thread pool and hands the model half batches in
   are joined (at most the decodes already running finish) before the exception goes on.
 
 Threads, not processes: cv2's decode and resize, hashlib and most of numpy release the GIL, and a
-thread hands its tensor over without pickling. The decoders' stderr capture
-(`data.decoder_log`) is process-wide and serialises the libjpeg/libpng call itself; hashing,
-header checks, resizing and the input checks still run in parallel, and all of it overlaps the model.
+thread hands its tensor over without pickling. The decoders' warnings are captured on fd 2, which
+the whole process shares; `data.decoder_log.judged_call` lets the decodes overlap and keeps each
+verdict with its own file (a decode that may have seen another's warning runs again alone).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ that file is processed again, with the same result names and UIDs (replaced, not
 `Worker` runs a Processor in a thread over a queue of keys, a batch at a time: the receiver's
 association threads only store and queue, so a slow model never holds up a C-STORE answer.
 Nothing one input does stops the worker: an input that cannot be read, rejected or whose report
-cannot be written gets its record with the reason; an exception from the model half is retried
+cannot be made gets its record with the reason; one whose results cannot be written (an OSError:
+disk full, permissions) is not marked done, so it stays pending and is processed at the next start; an exception from the model half is retried
 one input at a time, and an input that still raises is recorded as failed.
 """
 
@@ -95,8 +96,11 @@ class Processor:
         else:
             try:
                 written = write_results(pred, self.clf.audit, header, self.clf.classes, self.out_dir, self.kinds)
-            except (ValueError, OSError) as exc:
+            except ValueError as exc:  # the source cannot be referenced, or a result may not replace a file
                 record["results_error"] = str(exc)
+            except OSError as exc:  # the folder cannot be written now (disk full...): try again later
+                record["results_error"] = str(exc)
+                record["retry"] = True
             else:
                 record["results"] = [str(p) for p, _ in written]
                 if self.forward is not None:
@@ -183,6 +187,10 @@ class Worker(threading.Thread):
                 records = [self.processor._run_one((k, self.path_of(k)))[0] for k in keys]
                 self.log(f"error: a batch raised ({type(exc).__name__}: {exc}); processed one by one")
             for key, record in zip(keys, records, strict=True):
+                if record.get("retry"):  # not marked done: still pending, processed again at the next start
+                    self.log(f"error: {key}: results not written ({record['results_error']}); "
+                             "left pending for the next start")
+                    continue
                 try:
                     self.done(key, record)
                 except OSError as exc:  # the marker cannot be written: processed again after a restart

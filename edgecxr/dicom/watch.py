@@ -127,6 +127,9 @@ class WatchFolder:
             todo.append((key, path))
         for record in self.processor.run(todo):
             key, path = record["key"], Path(record["source"])
+            if record.get("retry"):  # the results could not be written: left in place, tried again
+                self.log(f"error: {path.name}: results not written ({record['results_error']}); will try again")
+                continue
             failed = record["status"] == "failed"
             record["file"] = path.name
             atomic_write_text(self.state / f"{key}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")

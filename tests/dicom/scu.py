@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def send(paths: Sequence[Path], port: int, calling: str = "SCANNER", called: str = "EDGECXR",
-         acked: dict[str, int] | None = None, lock: threading.Lock | None = None) -> dict[str, int | str]:
+         acked: dict[str, int] | None = None, lock: threading.Lock | None = None,
+         timeout_s: float = 30) -> dict[str, int | str]:
     """C-STORE `paths` in one association; {path: status or 'error: ...'}; acked[uid] = status as answers come."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -20,7 +21,7 @@ def send(paths: Sequence[Path], port: int, calling: str = "SCANNER", called: str
     )
 
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for cls in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                 DigitalXRayImageStorageForProcessing):
         for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):  # one context each: no conversion needed

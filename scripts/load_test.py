@@ -159,81 +159,78 @@ def images(n: int) -> list[Path]:
 
 
 def phase_throughput(model: str, paths: list[Path], levels: list[int], per_level: int, args) -> dict:
+    """Each served level between two in-process measurements of the same model (the machine's load drifts)."""
+    import httpx
+
     from edgecxr.runtime.classifier import Classifier
     from edgecxr.runtime.inputs import prepare
 
-    with Classifier.load(model) as clf:
-        xs = np.stack([prepare(p, i, clf.spec, clf.input_rules)[1] for i, p in enumerate(paths)])
-        expected = clf.runner.infer(xs)
-        clf.runner.infer(xs[:1])  # warm
-        t1 = []
-        for i in range(per_level // 2):
-            t0 = time.perf_counter()
-            clf.runner.infer(xs[i % len(xs)][None])
-            t1.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        reps = max(1, per_level // (2 * len(xs)))
-        for _ in range(reps):
-            clf.runner.infer(xs)
-        b8 = reps * len(xs) / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            clf.predict(paths, batch_size=len(paths))
-        predict_ips = reps * len(paths) / (time.perf_counter() - t0)
-    local = {"batch1_ips": round(len(t1) / sum(t1), 2), "batch1": _latency(t1), "batch8_ips": round(b8, 2),
-             "predict_files_ips": round(predict_ips, 2)}
-    print(f"in-process: {local}", file=sys.stderr)
+    clf = Classifier.load(model)
+    xs = np.stack([prepare(p, i, clf.spec, clf.input_rules)[1] for i, p in enumerate(paths)])
+    expected = clf.runner.infer(xs)
+    single: list[float] = []  # every in-process batch-1 latency, for the summary
 
+    def in_process(kind: str, n: int = 16) -> float:
+        """Images/s of the in-process model: batch 1 ('batch 1'), batch 8 ('batch 8') or predict on the files."""
+        t0 = time.perf_counter()
+        if kind == "batch 1":
+            for i in range(n):
+                t = time.perf_counter()
+                clf.runner.infer(xs[i % len(xs)][None])
+                single.append(time.perf_counter() - t)
+        else:
+            for _ in range(max(1, n // len(xs))):
+                clf.runner.infer(xs) if kind == "batch 8" else clf.predict(paths, batch_size=len(paths))
+        return max(1, n // len(xs)) * len(xs) / (time.perf_counter() - t0) if kind != "batch 1" else n / (
+            time.perf_counter() - t0)
+
+    in_process("batch 1", 2)  # warm
     server = Server("-m", model, "--max-batch-size", "8", "--max-delay-ms", str(args.max_delay_ms),
                     "--max-queue", "64")
     name = server.info["models"][0]
+    blobs = [p.read_bytes() for p in paths]
+
+    def infer_one(i: int, state: dict) -> str:
+        client = state.setdefault("c", _client(server.url))
+        k = i % len(xs)
+        r = _infer(client, name, xs[k][None], request_id=str(i), output=server.output)
+        ok = r.get_response()["id"] == str(i) and np.allclose(r.as_numpy(server.output)[0], expected[k], atol=1e-4)
+        return "ok" if ok else "wrong"
+
+    def classify_one(i: int, state: dict) -> str:
+        client = state.setdefault("h", httpx.Client(timeout=120))
+        r = client.post(f"{server.url}/v1/classify", content=blobs[i % len(blobs)],
+                        params={"filename": paths[i % len(paths)].name})
+        return "ok" if r.status_code == 200 and r.json()["predictions"][0]["label"] else f"http {r.status_code}"
+
+    plan = [("/v2 infer (binary)", c, infer_one, "batch 1" if c == 1 else "batch 8", "tensors") for c in levels]
+    plan.append(("/v1/classify (PNG)", 8, classify_one, "Classifier.predict(files, batch 8)", "images"))
     rows = []
     try:
-        for c in levels:
-            def one(i: int, state: dict) -> str:
-                client = state.setdefault("c", _client(server.url))
-                k = i % len(xs)
-                r = _infer(client, name, xs[k][None], request_id=str(i), output=server.output)
-                p = r.as_numpy(server.output)
-                if r.get_response()["id"] != str(i) or not np.allclose(p[0], expected[k], atol=1e-4):
-                    return "wrong"
-                return "ok"
-
+        for endpoint, c, one, base_kind, kind in plan:
             run_clients(c, c, one)  # warm-up: one request per client
+            before = in_process(base_kind if base_kind.startswith("batch") else "files")
+            b0, r0, s0 = (server.metric(f"edgecxr_{m}", kind=kind)
+                          for m in ("batches_total", "batch_rows_total", "batch_seconds_sum"))
             res, wall = run_clients(c, per_level, one)
-            outcome = Counter(v if isinstance(v, str) else type(v).__name__ for v, _ in res)
-            served_ips = per_level / wall
-            base = local["batch1_ips"] if c == 1 else local["batch8_ips"]
-            row = {"endpoint": "/v2 infer (binary)", "concurrency": c, "requests": per_level, "ips": round(served_ips, 2),
-                   **_latency([t for _, t in res]), "vs_in_process": round(served_ips / base, 3),
-                   "baseline": "batch 1" if c == 1 else "batch 8", "outcomes": dict(outcome)}
+            b1, r1, s1 = (server.metric(f"edgecxr_{m}", kind=kind)
+                          for m in ("batches_total", "batch_rows_total", "batch_seconds_sum"))
+            after = in_process(base_kind if base_kind.startswith("batch") else "files")
+            base = (before + after) / 2
+            served = per_level / wall
+            row = {"endpoint": endpoint, "concurrency": c, "requests": per_level, "ips": round(served, 2),
+                   **_latency([t for _, t in res]), "vs_in_process": round(served / base, 3), "baseline": base_kind,
+                   "baseline_ips_before_after": [round(before, 2), round(after, 2)],
+                   "mean_batch": round((r1 - r0) / max(b1 - b0, 1), 2),
+                   "mean_batch_s": round((s1 - s0) / max(b1 - b0, 1), 3),
+                   "outcomes": dict(Counter(v if isinstance(v, str) else type(v).__name__ for v, _ in res))}
             rows.append(row)
             print(row, file=sys.stderr)
-
-        import httpx
-
-        blobs = [p.read_bytes() for p in paths]
-
-        def classify(i: int, state: dict) -> str:
-            client = state.setdefault("h", httpx.Client(timeout=120))
-            r = client.post(f"{server.url}/v1/classify", content=blobs[i % len(blobs)],
-                            params={"filename": paths[i % len(paths)].name})
-            return "ok" if r.status_code == 200 and r.json()["predictions"][0]["label"] else f"http {r.status_code}"
-
-        run_clients(8, 8, classify)
-        res, wall = run_clients(8, per_level, classify)
-        row = {"endpoint": "/v1/classify (PNG)", "concurrency": 8, "requests": per_level, "ips": round(per_level / wall, 2),
-               **_latency([t for _, t in res]), "vs_in_process": round(per_level / wall / local["predict_files_ips"], 3),
-               "baseline": "Classifier.predict(files, batch 8)",
-               "outcomes": dict(Counter(v if isinstance(v, str) else type(v).__name__ for v, _ in res))}
-        rows.append(row)
-        print(row, file=sys.stderr)
-        batches = server.metric("edgecxr_batches_total", kind="tensors")
-        batch_rows = server.metric("edgecxr_batch_rows_total", kind="tensors")
     finally:
         rc = server.stop()
-    return {"model": name, "in_process": local, "served": rows, "mean_batch": round(batch_rows / max(batches, 1), 2),
-            "exit_code": rc}
+        clf.close()
+    local = {"batch1": _latency(single), "batch1_ips": round(len(single) / sum(single), 2)}
+    return {"model": name, "in_process": local, "served": rows, "exit_code": rc}
 
 
 def _request_body(x: np.ndarray, tag: str, output: str = "probs") -> tuple[bytes, dict[str, str]]:
@@ -299,12 +296,15 @@ def phase_overload(model: str, paths: list[Path], total: int, args) -> dict:
                 no_retry_after += extra is None or not extra.isdigit() or int(extra) < 1
         duplicated = len(ids) - len(set(ids))
         overload = server.metric("edgecxr_overload_total")
+        batches = server.metric("edgecxr_batches_total", kind="tensors")
+        batch_s = server.metric("edgecxr_batch_seconds_sum", kind="tensors") / max(batches, 1)
     finally:
         rc = server.stop()
     out = {"requests": total, "concurrency": 64, "max_queue": 16, "answers": dict(answers), "lost": lost,
            "duplicated": duplicated, "wrong_or_crossed": wrong, "retry_after_values": dict(retry_after),
            "503_without_retry_after": no_retry_after, "client_errors": dict(client_errors),
-           "server_overload_counter": overload, "wall_s": round(wall, 1),
+           "server_overload_counter": overload, "batches": batches, "mean_batch_s": round(batch_s, 3),
+           "wall_s": round(wall, 1),
            "exit_code": rc}
     print(out, file=sys.stderr)
     return out
@@ -413,27 +413,28 @@ def markdown(result: dict) -> str:
         f"Run {result['date']}, `{result['command']}`, {result.get('wall_s')} s; {machine['cpus']} CPUs "
         f"({machine['cpu'].get('model') if isinstance(machine['cpu'], dict) else machine['cpu']}), load average at start {machine.get('load_average_at_start')}.",
         "",
-        f"In process (same run, `{t['model']}` model through its runner): batch 1 {local['batch1_ips']} images/s "
-        f"(p50 {local['batch1']['p50_ms']} ms, p99 {local['batch1']['p99_ms']} ms), batch 8 {local['batch8_ips']} "
-        f"images/s; `Classifier.predict` on the 8 PNG files {local['predict_files_ips']} images/s.",
+        f"In process (same run, `{t['model']}` model through its runner, batch 1): p50 {local['batch1']['p50_ms']} ms, "
+        f"p99 {local['batch1']['p99_ms']} ms, {local['batch1_ips']} images/s.",
         "",
-        "| endpoint | concurrency | requests | images/s | p50 ms | p99 ms | vs in process | baseline | answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| endpoint | concurrency | requests | images/s | p50 ms | p99 ms | in process images/s (before, after) | "
+        "vs in process | mean batch | s per batch | answers |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in t["served"]:
         answers = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())
+        before, after = r["baseline_ips_before_after"]
         lines.append(f"| {r['endpoint']} | {r['concurrency']} | {r['requests']} | {r['ips']} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['vs_in_process']:.2f}x | {r['baseline']} | {answers} |")
+                     f"{r['p99_ms']} | {r['baseline']}: {before}, {after} | {r['vs_in_process']:.2f}x | "
+                     f"{r['mean_batch']} | {r['mean_batch_s']} | {answers} |")
     lines += [
-        "",
-        f"Mean batch formed by the server over the /v2 phases: {t['mean_batch']} images.",
         "",
         "| check | result |",
         "|---|---|",
         f"| overload: {o['requests']} tagged requests, {o['concurrency']} clients, queue {o['max_queue']} | "
         f"answers {o['answers']}; lost {o['lost']}, duplicated {o['duplicated']}, wrong or crossed "
         f"{o['wrong_or_crossed']}; Retry-After values {o['retry_after_values']}, 503s without it "
-        f"{o['503_without_retry_after']}; server's overload counter {o['server_overload_counter']:g}"
+        f"{o['503_without_retry_after']}; server's overload counter {o['server_overload_counter']:g}; "
+        f"{o.get('batches', 0):g} batches of {o.get('mean_batch_s')} s on average"
         + (f"; client-side errors {o['client_errors']}" if o.get("client_errors") else "") + " |",
         f"| disconnects: {d['half_body_then_close']} half bodies + {d['whole_body_then_close']} whole requests, "
         f"then close | counted {d['disconnects_counted']:g}, dropped before running {d['dropped_before_running']:g}, "

@@ -450,7 +450,9 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="coronet", help="model for phases 1-3 (default: the shipped CoroNet)")
+    ap.add_argument("--model", default="coronet",
+                    help="model for phases 1-3 (default: the shipped CoroNet; @tiny: the tests' tiny model, which "
+                         "shows the service's own per-request cost)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (phase 1)")
     ap.add_argument("--overload-requests", type=int, default=300)
     ap.add_argument("--disconnects", type=int, default=32, help="clients of each disconnect kind (phase 3)")
@@ -470,6 +472,11 @@ def main() -> None:
     from edgecxr.runtime.sysinfo import cpu_info
 
     paths = images(8)
+    if args.model == "@tiny":
+        from runtime import tinymodels
+
+        args.model = str(tinymodels.make_bundle(Path(tempfile.mkdtemp(prefix="edgecxr-load-")) / "tiny",
+                                                int8=False, fp16=False).dir)
     t0 = time.perf_counter()
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -14,13 +14,16 @@ the two reprocesses that instance once more; its results have the same names and
 `edgecxr.dicom.sr`), so they are replaced, not doubled.
 
 An instance sent again (same SOP Instance UID) while it is stored or done is acknowledged without
-being stored or processed again; two associations sending the same instance at the same moment
+being stored or processed again, with one exception: an instance whose processing failed (its
+pixels could not be decoded), sent again with other bytes, replaces the failed copy and is
+processed (a corrected re-send must not be swallowed as a duplicate); two associations sending the same instance at the same moment
 are serialised by UID, so it is written and queued once. Keys are SOP Instance UIDs checked to be
 valid UIDs (digits and dots), so they are safe file names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -75,9 +78,11 @@ class Spool:
         """
         if not is_uid(key):
             raise ValueError(f"not a valid SOP Instance UID: {key[:80]!r}")
+        retry = self.state(key) == DONE and self._failed_with_other_bytes(key, data)
         with self._lock:
             current = self._state.get(key)
-            if current is None:
+            if current is None or (retry and current == DONE):
+                current = None
                 mine = threading.Event()
                 self._state[key] = mine
         if current is not None:
@@ -88,15 +93,28 @@ class Spool:
             return False
         try:
             durable_write(self.path(key), data)
+            if retry:  # the corrected copy replaces the failed one and is processed like a new instance
+                (self.done / f"{key}.json").unlink(missing_ok=True)
+                fsync_dir(self.done)
         except BaseException:
             with self._lock:
-                del self._state[key]
+                if retry:
+                    self._state[key] = DONE
+                else:
+                    del self._state[key]
             mine.set()
             raise
         with self._lock:
             self._state[key] = STORED
         mine.set()
         return True
+
+    def _failed_with_other_bytes(self, key: str, data: bytes) -> bool:
+        """A done instance whose processing failed, sent again with other bytes (a corrected copy)."""
+        record = self.record(key)
+        if not record or record.get("status") != "failed":
+            return False
+        return record.get("input_sha256") != hashlib.sha256(data).hexdigest()
 
     def mark_done(self, key: str, record: dict[str, Any]) -> None:
         """Record what became of `key` (after its results were written): it is never processed again."""

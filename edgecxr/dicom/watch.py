@@ -10,7 +10,8 @@ are skipped) goes through, in order:
    (so the same instance re-exported with other bytes, or the same PNG under another name, is the
    same input);
 3. **done already?** a key with a marker in `.edgecxr-watch/done/` is not processed again: the
-   file is moved to processed/ and the log says "duplicate";
+   file is moved to processed/ and the log says "duplicate" (except a DICOM instance whose first
+   copy failed, dropped again with other bytes: a corrected copy is processed);
 4. **processed**: classified and its results written (`edgecxr.dicom.process.Processor`: the SR for
    a DICOM file, and a JSON result `KEY.json` for every file) into the output folder; then its
    marker is written; then it is moved to processed/ (or failed/ when it could not be read at
@@ -119,7 +120,7 @@ class WatchFolder:
             key = key_of(path)
             if key is None:
                 continue  # vanished
-            if (self.state / f"{key}.json").exists() or any(k == key for k, _ in todo):
+            if any(k == key for k, _ in todo) or self._done_before(key, path):
                 self._move(path, self.processed, key)
                 self.stats["duplicates"] += 1
                 self.log(f"duplicate {path.name}: {key} was processed before; moved to processed/, not processed again")
@@ -137,6 +138,17 @@ class WatchFolder:
             record["moved_to"] = str(self._move(path, self.failed if failed else self.processed, key))
             self.stats["failed" if failed else "processed"] += 1
             self.log(f"{path.name}: " + describe(key, record))
+
+    def _done_before(self, key: str, path: Path) -> bool:
+        """`key` has a marker, unless it failed and this file has other bytes (a corrected copy of the instance)."""
+        marker = self.state / f"{key}.json"
+        if not marker.exists():
+            return False
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True
+        return record.get("status") != "failed" or record.get("input_sha256") == _sha256(path)
 
     def _move(self, path: Path, folder: Path, key: str) -> Path:
         target = folder / path.name
@@ -158,6 +170,11 @@ def key_of(path: Path) -> str | None:
         uid = str(header.get("SOPInstanceUID", "") or "").strip()
         if is_uid(uid):
             return uid
+    digest = _sha256(path)
+    return None if digest is None else f"sha256-{digest}"
+
+
+def _sha256(path: Path) -> str | None:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
@@ -165,4 +182,4 @@ def key_of(path: Path) -> str | None:
                 digest.update(block)
     except OSError:
         return None
-    return f"sha256-{digest.hexdigest()}"
+    return digest.hexdigest()

@@ -233,3 +233,26 @@ def test_results_that_cannot_be_written_stay_pending(tmp_path, tiny_model):
         finally:
             node.stop()
     assert read_sr(out / f"{uid_of(image)}.sr.dcm").status == "ok"
+
+
+def test_a_corrected_copy_of_a_failed_instance_is_processed(tmp_path, tiny_model):
+    """Same SOP Instance UID: a broken copy fails, the corrected one is processed, a third copy is a duplicate."""
+    ds = cxr_dataset(source_pngs(1)[0])
+    good = write(ds, tmp_path / "good.dcm")
+    broken = pydicom.dcmread(good)
+    broken.PixelData = broken.PixelData[:500]
+    broken = write(broken, tmp_path / "broken.dcm")
+    with Classifier.load(tiny_model) as clf:
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, log=lambda line: None)
+        _, port = node.start()
+        try:
+            assert send([broken], port) == {str(broken): 0}
+            wait_until(lambda: node.spool.counts()["done"] == 1, what="the broken copy done")
+            assert node.spool.record(ds.SOPInstanceUID)["status"] == "failed"
+            assert send([broken, good], port) == {str(broken): 0, str(good): 0}
+            wait_until(lambda: (node.spool.record(ds.SOPInstanceUID) or {}).get("status") == "ok", what="reprocessed")
+            assert send([good], port) == {str(good): 0}
+        finally:
+            node.stop()
+    assert node.stats == {"stored": 2, "duplicates": 2, "refused": 0}
+    assert read_sr(tmp_path / "out" / f"{ds.SOPInstanceUID}.sr.dcm").status == "ok"

@@ -107,3 +107,26 @@ def test_watch_exactly_once_across_sigkill(tmp_path, tiny_model):
     assert not any(p.suffix == ".dcm" for p in drop.iterdir())
     assert {read_sr(p).referenced["SOPInstanceUID"] for p in out.glob("*.sr.dcm")} == uids
     assert len(list(out.glob("*.sr.dcm"))) == 12
+
+
+def test_a_corrected_copy_of_a_failed_dicom_is_processed(tmp_path, tiny_model):
+    drop = tmp_path / "drop"
+    ds = cxr_dataset(source_pngs(1)[0])
+    good = write(ds, tmp_path / "good.dcm").read_bytes()
+    ds.PixelData = ds.PixelData[:500]
+    clock = Clock()
+    with Classifier.load(tiny_model) as clf:
+        w = WatchFolder(clf, drop, tmp_path / "out", settle_s=1.0, log=lambda line: None, clock=clock)
+        write(ds, drop / "scan.dcm")
+        for clock.now in (0.0, 2.0):
+            w.poll()
+        assert [p.name for p in (drop / "failed").iterdir()] == ["scan.dcm"]
+        (drop / "scan.dcm").write_bytes(good)  # the workstation exports it again, whole
+        for clock.now in (3.0, 5.0):
+            w.poll()
+        (drop / "scan-again.dcm").write_bytes(good)  # and once more: now a duplicate
+        for clock.now in (6.0, 8.0):
+            w.poll()
+    assert w.stats == {"processed": 1, "failed": 1, "duplicates": 1}
+    [sr] = list((tmp_path / "out").glob("*.sr.dcm"))
+    assert read_sr(sr).status == "ok"

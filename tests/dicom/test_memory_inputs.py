@@ -106,3 +106,29 @@ def test_decoded_pixels_identical_for_file_bytes_and_dataset(tmp_path):
     b = load_image_bytes(path.read_bytes())
     c = load_image_bytes(encode_dataset(pydicom.dcmread(path)))
     assert a.dtype == np.float32 and np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_bytes_meet_the_same_rules_as_files(tmp_path):
+    """Every file of the hostile-input corpus: refused as bytes exactly when refused as a file, same pixels otherwise."""
+    from integrity import hostile
+
+    from edgecxr.core.errors import ImageLoadError
+    from edgecxr.data.io import load_image, load_image_bytes
+
+    def outcome(call, arg):
+        try:
+            return call(arg)
+        except ImageLoadError as exc:
+            return exc.reason
+
+    checked = 0
+    for name, (maker, suffix, accepted) in hostile.IMAGES.items():
+        data = maker()
+        path = tmp_path / f"{name}{suffix}"
+        path.write_bytes(data)
+        as_file, as_bytes = outcome(load_image, path), outcome(load_image_bytes, data)
+        assert isinstance(as_file, np.ndarray) == isinstance(as_bytes, np.ndarray) == accepted, (name, as_file, as_bytes)
+        if accepted:
+            assert np.array_equal(as_file, as_bytes), name
+        checked += 1
+    assert checked > 50

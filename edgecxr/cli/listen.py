@@ -95,8 +95,11 @@ def listen(spool_dir: Path, out_dir: Path, ae_title: str, host: str, port: int, 
       edgecxr listen --spool /var/lib/edgecxr/spool --out /var/lib/edgecxr/reports
       edgecxr listen --spool spool --out reports --port 11112 --allow SCANNER1 --forward PACS@10.0.0.5:104
     """
+    from edgecxr.dicom import require
     from edgecxr.dicom.node import StorageNode
 
+    require("pynetdicom", "edgecxr listen")  # before the model loads
+    require("highdicom", "edgecxr listen")
     _separate(out_dir, spool_dir, "--out", "--spool")
     dest = _destination(forward, ae_title)
     with _load(model, backend, no_input_checks) as clf:

@@ -195,7 +195,7 @@ class Classifier:
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, inputs: Any, batch_size: int = 8, workers: int | None = None,
                 prefetch: int | None = None) -> list[Prediction]:
-        """Classify paths (PNG/JPEG/DICOM) or decoded arrays; one Prediction per input, in order.
+        """Classify paths (PNG/JPEG/DICOM), their bytes, pydicom Datasets or arrays; one Prediction per input, in order.
 
         `workers` threads decode ahead of the model (None: one per CPU, see `runtime.pipeline`;
         0 or 1: decode and run one batch after the other); `prefetch` bounds the inputs decoded ahead.

@@ -35,7 +35,8 @@ from edgecxr.runtime.select import BACKENDS
 @click.option("--no-input-checks", is_flag=True,
               help="Send every decodable input to the model, even noise, CT or lateral views (see docs/ARCHITECTURE.md).")
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png).")
+              help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png; "
+                   "82 model runs per image).")
 @click.option("--heatmap-class", help="Class the heat maps explain  [default: each input's predicted class]")
 @click.option("--dicom-sr", "dicom_sr", type=click.Path(file_okay=False, path_type=Path),
               help="Write a DICOM Structured Report per DICOM input to this folder (UID.sr.dcm; docs/DICOM.md).")

@@ -39,6 +39,7 @@ bytes than the image has, more frames than the header says) are errors too.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -170,7 +171,7 @@ def encode_dataset(ds) -> bytes:
                                   ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian)
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pydicom.dcmwrite(buf, out, enforce_file_format=True)
     except MemoryError:
@@ -192,7 +193,7 @@ def _dataset_name(ds) -> str:
 def _check_deflated(path: Path, pydicom, file_bytes: int, limits: DecodeLimits, data: bytes | None = None) -> None:
     """Inflate a Deflated Explicit VR data set once, in bounded steps, before pydicom inflates it whole."""
     try:
-        with warnings.catch_warnings(), _source(path, data) as fh:
+        with _WARNINGS_LOCK, warnings.catch_warnings(), _source(path, data) as fh:
             warnings.simplefilter("ignore")
             pydicom.filereader.read_preamble(fh, False)
             meta = pydicom.filereader._read_file_meta_info(fh)
@@ -265,7 +266,7 @@ def _read(path: Path, pydicom, data: bytes | None = None):
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError:
@@ -273,7 +274,7 @@ def _read(path: Path, pydicom, data: bytes | None = None):
     except Exception as exc:
         raise ImageLoadError(path, f"unreadable DICOM file ({_one_line(exc)})") from exc
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path if data is None else io.BytesIO(data), force=True)
     except Exception as exc:
@@ -312,6 +313,12 @@ def _transfer_syntax(path: Path, ds, pydicom):
     return uid
 
 
+#: `warnings.catch_warnings` swaps process-wide state (filters, showwarning): two threads inside it
+#: at once (the pipelined infer decodes in threads) would restore each other's state, and a fatal
+#: decode warning could be recorded for the wrong file or not at all. So one thread at a time.
+_WARNINGS_LOCK = threading.RLock()
+
+
 #: pydicom decoder warnings that mean the pixels are not the encoded image (garbage in an RLE
 #: segment decodes to more bytes than the image has; more frames than the header says).
 _FATAL_DECODE_WARNINGS = (
@@ -324,7 +331,7 @@ _FATAL_DECODE_WARNINGS = (
 
 def _decode(path: Path, ds, uid) -> np.ndarray:
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             arr = np.asarray(ds.pixel_array)
     except MemoryError:
@@ -341,7 +348,7 @@ def _gray_to_unit(path: Path, ds, arr: np.ndarray, photometric: str) -> np.ndarr
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             values = apply_modality_lut(arr, ds)
             lo_hi = _voi_output_range(ds)

@@ -82,3 +82,49 @@ def test_the_capture_restores_fd2_after_an_exception():
     after = os.fstat(2)
     assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)
     assert decoder_log._State.window is None and not decoder_log._State.exclusive
+
+
+def test_concurrent_dicom_decodes_keep_their_own_pydicom_warnings():
+    """pydicom reports damaged pixel data as a warning; threads must not record each other's (or lose one)."""
+    import time
+    import warnings
+
+    import numpy as np
+
+    from edgecxr.core.errors import ImageLoadError
+    from edgecxr.data import dicom
+
+    class FakeDataset:
+        def __init__(self, bad: bool):
+            self.bad = bad
+
+        @property
+        def pixel_array(self):
+            time.sleep(0.002)  # a decode takes a while: other threads enter and leave meanwhile
+            if self.bad:
+                warnings.warn("The number of bytes of pixel data is a third larger than expected: "
+                              "non-conformant padding", UserWarning, stacklevel=2)
+            time.sleep(0.002)
+            return np.zeros((4, 4), np.uint16)
+
+    class Uid:
+        name = "RLE Lossless"
+
+    wrong: list[str] = []
+
+    def work(bad: bool) -> None:
+        for _ in range(30):
+            try:
+                dicom._decode("x.dcm", FakeDataset(bad), Uid())
+                if bad:
+                    wrong.append("damaged pixel data accepted")
+            except ImageLoadError:
+                if not bad:
+                    wrong.append("good pixel data refused")
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert wrong == []

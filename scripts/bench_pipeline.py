@@ -15,6 +15,10 @@ Make the test folder first (re-encoded copies of the full-size originals; nothin
 
     .venv/bin/python scripts/bench_pipeline.py --make 500 --folder /tmp/edgecxr-bench-jpegs
     .venv/bin/python scripts/bench_pipeline.py --folder /tmp/edgecxr-bench-jpegs -m coronet --json
+
+`--memory N` instead: pipelined predict_iter over N inputs (the folder's files, cycled through
+symlinks in a temporary folder), printing the process's resident memory every N/10 inputs: the
+bounded prefetch must keep it flat (only the N Predictions themselves grow).
 """
 
 from __future__ import annotations
@@ -70,52 +74,52 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def measure(model: str | None, folder: Path, batch_size: int, workers: int, backend: str = "auto",
-            precision: str | None = None, threads: int | None = None) -> dict:
+            precision: str | None = None, threads: int | None = None, rounds: int = 5) -> dict:
     """The five throughputs (images/s) on the files of `folder`, and the ratios the issue asks for."""
     paths = expand_inputs([folder])
     n = len(paths)
     cpus = available_cpus()
     options = {"threads": threads} if threads else {}
+    phases = ("decode_per_core", "decode_threads", "inference", "serial", "pipelined")
+    seconds = dict.fromkeys(phases, 0.0)
+    serial: list = []
+    piped: list = []
+    inferred = 0
     with Classifier.load(model, backend=backend, precision=precision, **options) as clf:
         spec, rules = clf.spec, clf.input_rules
         clf.predict(paths[: 2 * batch_size], batch_size=batch_size, workers=0)  # warm-up (ORT, caches)
+        # The five phases take turns on slices of the folder (rounds), so a change in the machine's
+        # load during the run falls on all of them alike, not on whichever phase ran at that time.
+        step = -(-n // rounds)
+        for lo in range(0, n, step):
+            part = paths[lo : lo + step]
+            t0 = time.perf_counter()
+            tensors = [prepare(p, lo + i, spec, rules)[1] for i, p in enumerate(part)]
+            seconds["decode_per_core"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        tensors = [prepare(p, i, spec, rules)[1] for i, p in enumerate(paths)]
-        decode_s = time.perf_counter() - t0
-        good = [t for t in tensors if t is not None]
-        if not good:
-            raise SystemExit("error: no input of the folder reached the model")
+            t0 = time.perf_counter()
+            for _ in prepared_batches(part, spec, rules, batch_size, workers):
+                pass
+            seconds["decode_threads"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        for _ in prepared_batches(paths, spec, rules, batch_size, workers):
-            pass
-        decode_par_s = time.perf_counter() - t0
+            good = [t for t in tensors if t is not None] or [np.zeros(spec.input_shape, np.float32)]
+            batch = np.stack([good[i % len(good)] for i in range(batch_size)])
+            t0 = time.perf_counter()
+            for _ in range(0, len(part), batch_size):
+                clf.runner.infer(batch)
+                inferred += batch_size
+            seconds["inference"] += time.perf_counter() - t0
 
-        batch = np.stack([good[i % len(good)] for i in range(batch_size)])
-        t0 = time.perf_counter()
-        done = 0
-        while done < n:
-            clf.runner.infer(batch)
-            done += batch_size
-        infer_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            serial += clf.predict(part, batch_size=batch_size, workers=0)
+            seconds["serial"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        serial = clf.predict(paths, batch_size=batch_size, workers=0)
-        serial_s = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        piped = clf.predict(paths, batch_size=batch_size, workers=workers)
-        piped_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            piped += clf.predict(part, batch_size=batch_size, workers=workers)
+            seconds["pipelined"] += time.perf_counter() - t0
         info = dict(clf.backend_info)
     same = [(a.source, a.label, a.error, a.status) for a in serial] == [(b.source, b.label, b.error, b.status) for b in piped]
-    rates = {
-        "decode_per_core": _rate(n, decode_s),
-        "decode_threads": _rate(n, decode_par_s),
-        "inference": _rate(done, infer_s),
-        "serial": _rate(n, serial_s),
-        "pipelined": _rate(n, piped_s),
-    }
+    rates = {k: _rate(inferred if k == "inference" else n, seconds[k]) for k in phases}
     target = min(rates["inference"], rates["decode_per_core"] * cpus)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -128,6 +132,7 @@ def measure(model: str | None, folder: Path, batch_size: int, workers: int, back
         "classified": sum(1 for p in piped if p.ok),
         "batch_size": batch_size,
         "workers": workers,
+        "rounds": rounds,
         "images_per_s": {k: round(v, 2) for k, v in rates.items()},
         "target_images_per_s": round(target, 2),
         "ratios": {
@@ -138,6 +143,33 @@ def measure(model: str | None, folder: Path, batch_size: int, workers: int, back
         },
         "same_predictions": same,
     }
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_run(model: str | None, folder: Path, n: int, batch_size: int, workers: int) -> list[tuple[int, float]]:
+    """(inputs done, RSS MiB) every n/10 inputs of a pipelined run over n symlinked inputs."""
+    import tempfile
+
+    files = expand_inputs([folder])
+    samples: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp, Classifier.load(model) as clf:
+        links = []
+        for i in range(n):
+            link = Path(tmp) / f"{i:06d}{files[i % len(files)].suffix}"
+            link.symlink_to(files[i % len(files)].resolve())
+            links.append(link)
+        done, step = 0, max(1, n // 10)
+        samples.append((0, rss_mb()))
+        for chunk in clf.predict_iter(links, batch_size=batch_size, workers=workers):
+            done += len(chunk)
+            if done // step != (done - len(chunk)) // step:
+                samples.append((done, rss_mb()))
+    return samples
 
 
 def _cpu_name() -> str:
@@ -179,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads  [default: its own]")
     ap.add_argument("--workers", type=int, default=None, help="Decode threads  [default: one per CPU, at most 8]")
     ap.add_argument("--json", action="store_true", help="Print the JSON record instead of the table.")
+    ap.add_argument("--rounds", type=int, default=5, help="Phases take turns on this many slices  [default: 5]")
+    ap.add_argument("--memory", type=int, metavar="N", help="Instead: RSS over a pipelined run of N inputs.")
     args = ap.parse_args(argv)
     if args.make:
         if args.folder.exists() and any(args.folder.iterdir()):
@@ -187,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         make_jpegs(args.make, args.folder, args.source)
         print(f"wrote {args.make} JPEGs to {args.folder}", file=sys.stderr)
     workers = args.workers if args.workers is not None else max(2, default_workers())
-    r = measure(args.model, args.folder, args.batch_size, workers, args.backend, args.precision, args.threads)
+    if args.memory:
+        samples = memory_run(args.model, args.folder, args.memory, args.batch_size, workers)
+        for done, mb in samples:
+            print(f"{done:7d} inputs  RSS {mb:7.1f} MiB")
+        print(f"growth after the first {samples[1][0]} inputs: {samples[-1][1] - samples[1][1]:+.1f} MiB "
+              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+        return 0
+    r = measure(args.model, args.folder, args.batch_size, workers, args.backend, args.precision, args.threads, args.rounds)
     print(json.dumps(r, indent=2) if args.json else report(r))
     return 0 if r["same_predictions"] else 1
 

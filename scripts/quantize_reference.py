@@ -36,6 +36,9 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=0)
     ap.add_argument("--rank", default="error", choices=["error", "agreement"])
     ap.add_argument("--scope", default="all", choices=["all", "weighted"])
+    ap.add_argument("--fallback", default="auto", choices=["auto", "none"],
+                    help="none: quantize all but --keep-float (a float set chosen on val before), then gate on test")
+    ap.add_argument("--keep-float", default="", help="as edgecxr calibrate --keep-float (e.g. activations)")
     ap.add_argument("--explain", action="store_true", help="also measure each node quantized alone (slower)")
     ap.add_argument("--ship", action="store_true", help="after a passing run, add its INT8 to the shipped model")
     ap.add_argument("--ship-only", action="store_true", help="ship the INT8 of an earlier run in --out, do not calibrate")
@@ -50,7 +53,8 @@ def main() -> int:
     bundle = Bundle.load(dest)
     t0 = time.perf_counter()
     try:
-        section = calibrate_bundle(bundle, args.data, method=args.method, views=args.views, fallback="auto",
+        section = calibrate_bundle(bundle, args.data, method=args.method, views=args.views, fallback=args.fallback,
+                                   keep_float=[k for k in args.keep_float.split(",") if k],
                                    rank=args.rank, scope=args.scope,
                                    explain=args.explain, select_split="val", verify_split="test",
                                    calib_manifest_out=REPO / "calibration", progress=False,

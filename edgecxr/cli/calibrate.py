@@ -32,7 +32,7 @@ from edgecxr.stages.export.int8 import calibrate_bundle
 @click.option(
     "--keep-float",
     default="",
-    help="Comma-separated nodes to leave in float: first-conv, head, lstm, depthwise, or ONNX node names.",
+    help="Comma-separated nodes to leave in float: first-conv, head, lstm, depthwise, activations (every node without a weight), or ONNX node names.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Calibrate on a class-balanced subset of N images.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Run the accuracy gate before publishing.")

@@ -138,6 +138,19 @@ def test_keep_float_aliases_and_names(exported_cnn, exported_lstm, tmp_path):
     # head of the CNN-LSTM = the Gemm after the LSTM
     assert len(resolve_keep_float(lstm_model, ["head"])["head"]) == 1
 
+    # activations: Q/DQ only on the inputs of nodes with a weight
+    act = resolve_keep_float(lstm_model, ["activations"])["activations"]
+    ops = {n.name: n.op_type for n in lstm_model.graph.node}
+    assert act and {ops[n] for n in act} >= {"Relu", "LSTM"} and not {ops[n] for n in act} & {"Conv", "Gemm", "Softmax"}
+    out = tmp_path / "act.onnx"
+    quantize_qdq(lstm.artifact("onnx_fp32"), out, _random_images(lstm), nodes_to_exclude=act, progress=False)
+    q = onnx.load(str(out))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    readers = {n.op_type for n in q.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+               and any(producers.get(i) == "DequantizeLinear" for i in n.input)}
+    # (Softmax is always float but reads the logits' Q/DQ, as before; the excluded nodes read float tensors)
+    assert readers <= {"Conv", "Gemm", "MatMul", "Softmax"} and "Relu" not in readers and check_tensorrt_qdq(q) == []
+
 
 def test_lstm_stays_float_and_model_is_compatible(exported_lstm, copy_bundle, synthetic_manifest, tmp_path):
     bundle = copy_bundle(exported_lstm)

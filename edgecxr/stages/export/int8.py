@@ -177,6 +177,13 @@ def quantize_qdq(
             reader.close()
         if chatter.getvalue().strip():
             ort_log.debug(chatter.getvalue())
+    if nodes_to_exclude:
+        # ONNX Runtime's exclusion only stops a node's own Q/DQ: a Conv before an excluded ReLU still
+        # quantizes its output, and the ReLU reads it through a DequantizeLinear. Floating a node means
+        # its inputs are float (as the fallback's surgery scores it), so rewire them to the FP32 tensors.
+        from edgecxr.stages.export.sensitivity import hybrid
+
+        onnx.save(hybrid(onnx.load(str(out)), fp32_model, list(nodes_to_exclude)), str(out))
     options = {
         "format": "QDQ",
         "activations": "int8 symmetric" if symmetric else "int8 asymmetric",
@@ -187,7 +194,6 @@ def quantize_qdq(
         "always_float": always,
     }
     return options
-
 
 
 

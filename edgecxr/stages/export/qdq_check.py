@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 #: Aliases accepted by --keep-float besides node names.
-KEEP_FLOAT_ALIASES = ("first-conv", "head", "lstm", "depthwise")
+KEEP_FLOAT_ALIASES = ("first-conv", "head", "lstm", "depthwise", "activations")
 
 
 #: Op types never quantized (see module docstring).
@@ -147,8 +147,9 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> dict[str
 
     first-conv: the first Conv in graph (topological) order. head: MatMul/Gemm nodes after the last
     Conv or LSTM. lstm: LSTM nodes. depthwise: grouped Conv nodes (group > 1; Xception's depthwise
-    convolutions, one 3x3 filter per channel, are the layers known to quantize worst). Anything
-    else must be a node name of the FP32 graph.
+    convolutions, one 3x3 filter per channel, are the layers known to quantize worst). activations:
+    every node without a weight (ReLU, pooling, reshapes, LSTM input), so Q/DQ sit only on the
+    inputs of Conv/Gemm/MatMul. Anything else must be a node name of the FP32 graph.
     """
     nodes = list(model.graph.node)
     names = {n.name for n in nodes}
@@ -175,6 +176,10 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> dict[str
             if not grouped:
                 raise BundleError("nodes to keep in float: depthwise, but the model has no grouped (depthwise) Conv node", params=("keep_float",))
             out[item] = grouped
+        elif item == "activations":
+            # Q/DQ only on the inputs of ops with a weight: the placement TensorRT's own quantization
+            # tools use (ReLU and pooling fuse into the conv before them, so they gain nothing from INT8)
+            out[item] = [n.name for n in nodes if n.op_type not in _WEIGHT_OPS and n.op_type not in ALWAYS_FLOAT_OPS]
         elif item in names:
             out[item] = [item]
         else:

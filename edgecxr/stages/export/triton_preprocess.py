@@ -222,7 +222,8 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         model_config = json.loads(args["model_config"])
-        folder = Path(args["model_repository"]) / args["model_version"]
+        here = Path(__file__).resolve().parent  # the version folder: model.py and preprocess.json
+        folder = here if (here / CONFIG_FILE).is_file() else Path(args["model_repository"]) / args["model_version"]
         self.config = load_config(folder)
         self.input_name = model_config["input"][0]["name"]
         self.output_name = model_config["output"][0]["name"]

@@ -349,3 +349,14 @@ def test_cli_a_model_that_fails_to_load_is_one_error_line(tmp_path: Path) -> Non
     assert r.exit_code == 1
     lines = [line for line in r.output.splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable ONNX model")
+
+
+def test_listening_socket_is_tcp_so_answers_are_not_held_by_nagle() -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the socket says IPPROTO_TCP (proto 0
+    does not): without it every small answer waited ~40 ms for the client's delayed ACK."""
+    import socket as socket_module
+
+    from edgecxr.serve.server import bind
+
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket_module.IPPROTO_TCP

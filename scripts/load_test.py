@@ -18,7 +18,9 @@ Phases:
      /v1/classify upload.
 
     .venv/bin/python scripts/load_test.py --out load_test.json
-    .venv/bin/python scripts/load_test.py --quick        (a smaller run, about a minute)
+    .venv/bin/python scripts/load_test.py --model @tiny --phases throughput   (the service's own cost)
+    .venv/bin/python scripts/load_test.py --quick        (a smaller run, a few minutes)
+    .venv/bin/python scripts/load_test.py --report load_test.json   (the BENCHMARKS.md tables)
 """
 
 from __future__ import annotations

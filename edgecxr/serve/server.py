@@ -20,6 +20,8 @@ from edgecxr.core.lazy import available
 from edgecxr.serve.app import ServiceState, create_app
 from edgecxr.serve.config import ServeConfig
 
+#: seconds an idle keep-alive connection stays open (longer than clients' pool expiry: httpx's is 5 s)
+KEEP_ALIVE_S = 30
 #: the packages of the `serve` extra (checked before anything starts)
 REQUIRES = ("starlette", "uvicorn", "prometheus_client", "multipart")
 
@@ -59,7 +61,9 @@ def _server(config: ServeConfig, on_ready: Callable[[ServiceState], None] | None
         server.should_exit = True
 
     app, state = create_app(config, on_ready=on_ready, on_fatal=fatal)
-    uv = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=5,
+    # keep-alive 30 s, not uvicorn's 5 s: the server closing a connection at the moment a (slow, busy)
+    # client reuses it loses that request on the client side (the load test saw "connection reset")
+    uv = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
                         timeout_graceful_shutdown=config.drain_s, server_header=False)
     server = Server(uv)
     return server, state

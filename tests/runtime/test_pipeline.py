@@ -166,3 +166,31 @@ def test_infer_workers_option_gives_the_same_json(tiny_onnx, images, tmp_path):
     assert docs["3"] == docs["0"] and len(docs["0"]) == 2 * len(images) + 3
     result = CliRunner().invoke(main, ["infer", "-m", str(tiny_onnx), str(folder), "--workers", "-1"])
     assert result.exit_code == 2 and "--workers" in result.output
+
+
+def test_ctrl_c_on_a_pipelined_infer_exits_130_and_writes_nothing(tiny_onnx, shared_originals, tmp_path):
+    """A real SIGINT to `edgecxr infer` while worker threads decode: one line, exit 130, no CSV, no hang."""
+    import signal
+    import subprocess
+    import sys
+
+    big = shared_originals / "covid__covid-19-pneumonia-23-day1.jpg"  # 4280x3520: each decode takes a while
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"{i:03d}.jpg").symlink_to(big)
+    csv = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "infer", "-m", str(tiny_onnx), str(folder), "--workers", "2",
+                             "--csv", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "using backend" not in (proc.stderr.readline() or "") and time.monotonic() < deadline:
+            pass  # the model loaded and decoding began
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
+    assert not csv.exists()

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate:evaluate", "Evaluate a bundle's Keras model on a split (metrics, CIs, confusion matrix)."),
     "export": ("export:export", "Export a bundle to ONNX (FP32 and FP16) with a parity check against Keras."),
     "calibrate": ("calibrate:calibrate", "Calibrate an INT8 Q/DQ ONNX model on the held-out calib split."),
+    "confidence": ("confidence:confidence", "Fit calibrated probabilities (temperature) and OOD abstention on train/val."),
     "verify": ("verify:verify", "Accuracy regression gate: every artifact vs the FP32 reference on held-out images."),
     "build": ("build:build", "Build a TensorRT engine (FP16 or INT8) for this GPU, with a metadata sidecar."),
     "infer": ("infer:infer", "Classify X-ray images (PNG/JPEG/DICOM files, folders, globs)."),

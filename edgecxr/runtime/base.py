@@ -117,6 +117,10 @@ class Runner(abc.ABC):
         """
         return None, None
 
+    def output_names(self) -> list[str] | None:
+        """Names of the loaded model's outputs (probabilities first), None where the backend cannot tell."""
+        return None
+
     def embedded_metadata(self) -> dict[str, str]:
         """Metadata the model file carries itself (ONNX metadata_props), {} where it has none."""
         return {}

@@ -52,6 +52,8 @@ from edgecxr.core.metadata import (
 )
 from edgecxr.core.schema import ensure_same
 from edgecxr.core.spec import PreprocessSpec
+from edgecxr.runtime.base import FEATURES
+from edgecxr.runtime.confidence import Confidence
 from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
 from edgecxr.runtime.inputs import file_sha256, prepare
 from edgecxr.runtime.prediction import Prediction
@@ -73,8 +75,10 @@ class Classifier:
     """A loaded model plus its classes and preprocessing spec; use as a context manager or call close()."""
 
     def __init__(self, runner: Any, classes: Sequence[str], spec: PreprocessSpec, info: dict[str, Any],
-                 input_rules: InputRules | None = DEFAULT_RULES, model: str | None = None):
+                 input_rules: InputRules | None = DEFAULT_RULES, model: str | None = None,
+                 confidence: Confidence | None = None):
         self.runner = runner
+        self.confidence = confidence or Confidence.none()
         self.classes = list(classes)
         self.spec = spec
         self.backend_info = info
@@ -94,8 +98,9 @@ class Classifier:
             "precision": info.get("precision"),
             "backend": info.get("backend"),
             "preprocess": self.spec.id,
-            "temperature": None,
-            "ood_threshold": None,
+            "temperature": self.confidence.temperature,
+            "ood_method": None if self.confidence.ood is None else self.confidence.ood.method,
+            "ood_threshold": self._ood_threshold(),
             "input_checks": "on" if self.input_rules.enabled else "off",
             "edgecxr_version": __version__,
         }
@@ -184,13 +189,21 @@ class Classifier:
         if _is_rejected(choice.path):
             info["warning"] = f"{choice.path.name} FAILED the accuracy gate; its answers are not validated"
         info.update({k: v for k, v in runner.describe().items() if k not in ("backend", "path")})
+        confidence = Confidence.from_bundle(bundle) if bundle is not None else Confidence.none()
+        info["confidence"] = _describe_confidence(confidence, runner, choice.precision)
+        if info["confidence"].startswith("OOD not applied"):
+            info.setdefault("warning", info["confidence"])
         name = bundle.meta.get("model") if bundle is not None else None
-        return cls(runner, classes, spec, info, input_rules, model=str(name) if name else None)
+        return cls(runner, classes, spec, info, input_rules, model=str(name) if name else None, confidence=confidence)
 
     def describe(self) -> str:
         """One line for logs: 'onnxruntime, int8 ONNX runs/x/model.int8.onnx (why...)'."""
         i = self.backend_info
         return f"backend {i['backend']} ({i['precision']}): {i['artifact']} - {i['reason']}"
+
+    def _ood_threshold(self) -> float | None:
+        ood = self.confidence.ood
+        return None if ood is None else ood.threshold(str(self.backend_info.get("precision")))
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, inputs: Any, batch_size: int = 8, workers: int | None = None,
@@ -225,7 +238,6 @@ class Classifier:
         finally:
             batches.close()  # now, not at garbage collection: cancels the decodes ahead, joins the pool
 
-
     def _predict_batch(self, items: list[Any], offset: int) -> list[Prediction]:
         prepared = [prepare(item, offset + i, self.spec, self.input_rules) for i, item in enumerate(items)]
         return self._run_model(prepared)
@@ -238,8 +250,9 @@ class Classifier:
         if not good:
             return preds
         t0 = time.perf_counter()
-        probs = self.runner.infer(np.stack(tensors))
+        outputs = self.runner.infer_outputs(np.stack(tensors))
         per_image = (time.perf_counter() - t0) * 1e3 / len(good)
+        probs, scores, threshold = self.confidence.apply(outputs, str(self.backend_info.get("precision")))
         if probs.ndim != 2 or probs.shape != (len(good), len(self.classes)):
             raise BundleError(
                 f"model returned shape {probs.shape}, expected ({len(good)}, {len(self.classes)}) for classes {self.classes}"
@@ -256,6 +269,14 @@ class Classifier:
             p.label = self.classes[k]
             p.top1 = float(row[k])
             p.probabilities = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
+        if scores is not None:
+            for score, i in zip(scores, good, strict=True):
+                p = preds[i]
+                p.ood_score = float(score)
+                if p.error is None and threshold is not None and not score <= threshold:  # NaN abstains too
+                    p.status = "abstained"
+                    p.reason = (f"unlike the X-rays the model was trained on (OOD score {score:.3g} > "
+                                f"threshold {threshold:.3g})")
         return preds
 
     def close(self) -> None:
@@ -266,6 +287,21 @@ class Classifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _describe_confidence(confidence: Confidence, runner: Any, precision: str) -> str:
+    """One line for backend_info: what happens to the model's outputs after it ran."""
+    parts = []
+    if confidence.temperature is not None:
+        parts.append(f"temperature {confidence.temperature:.3f}")
+    ood = confidence.ood
+    if ood is not None:
+        names = runner.output_names()
+        if ood.needs_features and names is not None and FEATURES not in names:
+            return (f"OOD not applied: the {ood.method} score needs the model's '{FEATURES}' output and "
+                    f"{Path(str(runner.path)).name} has none (run `edgecxr confidence` on its bundle)")
+        parts.append(f"OOD {ood.method} <= {ood.threshold(precision):.4g}")
+    return ", ".join(parts) or "no temperature or OOD fit"
 
 
 def _is_rejected(path: Path) -> bool:

@@ -60,22 +60,25 @@ class OnnxRuntimeRunner(Runner):
             raise BundleError(f"{self.path}: expected 1 input and 1 output (plus an optional {FEATURES!r}), got "
                               f"{len(inputs)} inputs and outputs {[o.name for o in outputs]}")
         self.input_name = inputs[0].name
-        self.output_names = [o.name for o in outputs]
+        self._outputs = [o.name for o in outputs]
         self.input_shape = tuple(inputs[0].shape)
         self.output_shape = tuple(outputs[0].shape)
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            values = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+            values = self.session.run(self._outputs, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         except Exception as exc:  # onnxruntime's untyped Fail / InvalidArgument: one line, not a C++ backtrace
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BundleError(f"{self.path}: onnxruntime could not run the model on a batch of {batch.shape}: {why}") from exc
-        return dict(zip(self.output_names, values, strict=True))
+        return dict(zip(self._outputs, values, strict=True))
 
     def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
         if not self.loaded:
             return None, None
         return self.input_shape, self.output_shape
+
+    def output_names(self) -> list[str] | None:
+        return list(self._outputs) if self.loaded else None
 
     def embedded_metadata(self) -> dict[str, str]:
         if not self.loaded:

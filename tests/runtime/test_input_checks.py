@@ -147,8 +147,8 @@ def test_rejected_inputs_never_reach_the_model(tiny_onnx, tmp_path):
     ct = _dicom(tmp_path, "ct.dcm", Modality="CT")
     with Classifier.load(tiny_onnx) as clf:
         calls = []
-        infer = clf.runner.infer
-        clf.runner.infer = lambda batch: (calls.append(len(batch)), infer(batch))[1]
+        infer = clf.runner.infer_outputs
+        clf.runner.infer_outputs = lambda batch: (calls.append(len(batch)), infer(batch))[1]
         preds = clf.predict([_xray(), noise, ct, tmp_path / "missing.png"])
     assert calls == [1]
     assert [p.status for p in preds] == ["ok", "rejected", "rejected", "ok"]

@@ -1,0 +1,129 @@
+"""The statistics behind calibrated probabilities and OOD abstention: fits and their measures.
+
+Pure numpy on arrays of model outputs, so they are tested on synthetic data where the right
+answer is known, and the stage (stages/confidence/run.py) only gathers outputs and records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgecxr.runtime.confidence import OodScore, apply_temperature
+
+#: the share of in-distribution `val` images the OOD threshold lets through
+TARGET_PASS = 0.99
+#: reliability-diagram / ECE bins (equal width on the top-1 probability, Guo et al. 2017)
+ECE_BINS = 15
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    p = np.clip(np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y], 1e-12, None)
+    return float(-np.log(p).mean())
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """T minimising NLL of softmax(log p / T) on (probs, y): golden-section search on log T.
+
+    NLL is convex in 1/T for a fixed set of logits, so one bracketed 1-D search finds the optimum
+    (to about 1e-4 in log T); no optimizer dependency.
+    """
+    if len(y) == 0:
+        raise ValueError("no images to fit the temperature on")
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+
+    def f(t: float) -> float:
+        return nll(apply_temperature(probs, float(np.exp(t))), y)
+
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return float(np.exp((a + b) / 2))
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Expected calibration error and the per-bin table of the reliability diagram."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for k in range(bins):
+        inside = (conf > edges[k]) & (conf <= edges[k + 1]) if k else (conf >= 0) & (conf <= edges[1])
+        n = int(inside.sum())
+        if n:
+            acc, mean_conf = float(correct[inside].mean()), float(conf[inside].mean())
+            ece += n / len(y) * abs(acc - mean_conf)
+            rows.append({"low": float(edges[k]), "high": float(edges[k + 1]), "n": n, "accuracy": acc,
+                         "confidence": mean_conf})
+    return {"ece": float(ece), "bins": rows, "n": int(len(y))}
+
+
+def fit_mahalanobis(features: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.1) -> OodScore:
+    """Class means and one shared covariance of the train features (Lee et al. 2018), shrunk to be invertible.
+
+    Shrinkage towards a scaled identity (Ledoit-Wolf style, fixed weight) keeps 256 to 512
+    dimensions estimable from a thousand or so images. `whiten` is V diag(1/sqrt(lambda)), so the
+    distance is a matrix product at inference time.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    means = np.stack([f[y == c].mean(axis=0) if np.any(y == c) else f.mean(axis=0) for c in range(n_classes)])
+    centered = f - means[y]
+    cov = centered.T @ centered / max(1, len(f) - n_classes)
+    dim = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / dim * np.eye(dim)
+    lam, vec = np.linalg.eigh(cov)
+    whiten = vec / np.sqrt(np.clip(lam, 1e-12, None))
+    return OodScore("mahalanobis", {}, means=means, whiten=whiten)
+
+
+def energy_score(weight: np.ndarray, bias: np.ndarray) -> OodScore:
+    return OodScore("energy", {}, weight=np.asarray(weight, np.float64), bias=np.asarray(bias, np.float64))
+
+
+def msp_score() -> OodScore:
+    return OodScore("msp", {})
+
+
+def threshold_for(scores: np.ndarray, target: float = TARGET_PASS) -> float:
+    """The score below which `target` of the in-distribution scores lie (numpy's linear quantile)."""
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), target))
+
+
+def auroc(inside: Sequence[float], outside: Sequence[float]) -> float:
+    """P(score of an OOD image > score of an in-distribution one), ties counted half (Mann-Whitney)."""
+    a = np.asarray(inside, dtype=np.float64)
+    b = np.asarray(outside, dtype=np.float64)
+    if not len(a) or not len(b):
+        return float("nan")
+    both = np.concatenate([a, b])
+    order = both.argsort(kind="mergesort")
+    ranks = np.empty(len(both))
+    ranks[order] = np.arange(1, len(both) + 1)
+    for value in np.unique(both):  # average ranks of ties
+        same = both == value
+        if same.sum() > 1:
+            ranks[same] = ranks[same].mean()
+    rb = ranks[len(a):].sum()
+    return float((rb - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) over every threshold, for the per-class ROC figure."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    pos = np.asarray(positive, dtype=bool)[order]
+    tps = np.concatenate([[0], np.cumsum(pos)])
+    fps = np.concatenate([[0], np.cumsum(~pos)])
+    return fps / max(1, fps[-1]), tps / max(1, tps[-1])

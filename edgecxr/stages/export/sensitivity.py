@@ -268,7 +268,7 @@ def bisect_fallback(
     if not hi_checked and not run("bisect", order[:hi]).passed:
         raise BundleError(f"the gate does not pass on the analysis images even with {hi} node(s) kept in float")
     chosen = list(order[:hi])
-    lo_res = history[-1] if history and history[-1]["float_nodes"] == lo else None
+    lo_res = next((h for h in reversed(history) if h["float_nodes"] == lo and not h["passed"]), None)
     why = {n: f"in the shortest passing prefix of the ranking ({hi} of {len(order)} nodes; the first {lo} "
               f"fail{'' if lo_res is None else ' at ' + format(lo_res['top1_agreement'], '.2%')})" for n in chosen}
     trimmable = [n for n in trim if n in chosen]

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ships(model: str, precision: str) -> bool:
-    """Whether the reference model ships an ONNX of that precision (the CNN-LSTM has no INT8)."""
+    """Whether the reference model ships an ONNX of that precision (a run on an older checkout may lack one)."""
     from edgecxr.core.artifacts import onnx_key
     from edgecxr.core.bundle import Bundle
     from edgecxr.runtime import store

@@ -24,7 +24,7 @@ def test_gpu_check_refuses_in_one_line_without_tensorrt(tmp_path):
 
 
 def test_gpu_check_plans_the_shipped_precisions():
-    """CoroNet ships FP16 and INT8, the CNN-LSTM FP16 only: the run builds three engines and records one skip."""
+    """Both reference models ship FP16 and INT8: the run plans four engines."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
@@ -32,5 +32,5 @@ def test_gpu_check_plans_the_shipped_precisions():
     spec.loader.exec_module(module)
     shipped = {(m, p): module._ships(m, p) for m, precs in module.MODELS.items() for p in precs}
     assert shipped == {("coronet", "fp16"): True, ("coronet", "int8"): True,
-                       ("cnn-lstm", "fp16"): True, ("cnn-lstm", "int8"): False}
+                       ("cnn-lstm", "fp16"): True, ("cnn-lstm", "int8"): True}
     assert set(module.SHAPES) == set(module.MODELS)

@@ -69,7 +69,7 @@ def test_reference_repository_parses_and_matches_the_onnx_files(reference_repo):
     manifest = json.loads((repo / MANIFEST).read_text())["models"]
     assert manifest["coronet"]["onnx"]["precision"] == "int8"  # gated INT8 for a server CPU
     assert manifest["coronet"]["onnx"]["sha256"] == sha256_file(repo / "coronet" / "1" / "model.onnx")
-    assert manifest["cnn-lstm"]["onnx"]["precision"] == "fp16"  # the only, gated, CNN-LSTM file
+    assert manifest["cnn-lstm"]["onnx"]["precision"] == "int8"  # its INT8 passed the gate too
     assert not list(repo.parent.glob(".*staging*"))
 
 

@@ -136,9 +136,9 @@ def _odd_name(name: str, raw: bytes) -> Case:
         out = folder / "out.csv"
 
         def check(result) -> str | None:
-            lines = result.stdout.splitlines()
-            if len(lines) != 2:
-                return f"table has {len(lines)} lines for one image: {result.stdout!r}"
+            lines = result.stdout.splitlines()  # header, one row, the audit footer (issue "honest answers")
+            if len(lines) != 3 or not lines[2].startswith("audit: model "):
+                return f"table has {len(lines)} lines for one image and its footer: {result.stdout!r}"
             if "\x1b" in result.stdout:
                 return "escape sequence printed raw"
             rows = list(csv.reader(io.StringIO(out.read_bytes().decode("utf-8", "surrogateescape"))))

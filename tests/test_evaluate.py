@@ -237,3 +237,28 @@ def test_evaluate_keras_bundle(tmp_path, tiny_manifest):
     meta = Bundle.load(bundle.dir).meta
     assert meta["evaluations"]["test"]["accuracy"] == pytest.approx(ref["accuracy"])
     assert meta["evaluations"]["test"]["artifact"] == "keras"
+
+
+def test_evaluate_reports_ece_before_and_after_the_bundles_temperature(tmp_path, tiny_manifest):
+    from edgecxr.runtime.confidence import apply_temperature
+    from edgecxr.stages.confidence.fit import reliability
+
+    bundle, weight, bias = _onnx_bundle(tmp_path / "b")
+    first = evaluate_bundle(bundle.dir, tiny_manifest, "test", backend="auto", artifact="onnx_fp32",
+                            bootstrap=0, progress=False)["calibration"]
+    probs, y = _expected(tiny_manifest, bundle, "test", weight, bias)
+    assert first["temperature"] is None and "ece_after" not in first
+    assert first["ece_before"] == pytest.approx(reliability(probs, y)["ece"], abs=1e-5)
+
+    bundle.update(confidence={"temperature": {"value": 2.5}})
+    res = CliRunner().invoke(main, ["evaluate", "-m", str(bundle.dir), "--data", str(tiny_manifest),
+                                    "--artifact", "onnx_fp32", "-q", "--allow-outside", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    cal = read_json(bundle.dir / "evaluation-test-onnx_fp32.json")["calibration"]
+    assert cal["temperature"] == 2.5
+    assert cal["ece_after"] == pytest.approx(reliability(apply_temperature(probs, 2.5), y)["ece"], abs=1e-5)
+    assert cal["ece_after"] != pytest.approx(cal["ece_before"])
+    assert f"{cal['ece_after']:.3f} with temperature 2.5" in res.output
+    for name in ("reliability-test-onnx_fp32.png", "roc-test-onnx_fp32.png"):
+        assert cv2.imread(str(bundle.dir / name)) is not None and name in res.output
+    assert Bundle.load(bundle.dir).meta["evaluations"]["test-onnx_fp32"]["ece_calibrated"] == cal["ece_after"]

@@ -63,8 +63,9 @@ def evaluate(
     """Evaluate the bundle on a manifest split: confusion matrix, per-class metrics, bootstrap CIs.
 
     \b
-    Writes evaluation-<split>.json and confusion-<split>.png into the bundle (with -<artifact>
-    appended for non-Keras artifacts) and a summary under "evaluations" in bundle.json.
+    Writes evaluation-<split>.json, confusion-<split>.png, reliability-<split>.png (ECE before and
+    after the bundle's temperature) and roc-<split>.png into the bundle (with -<artifact> appended
+    for non-Keras artifacts) and a summary under "evaluations" in bundle.json.
     Example:  edgecxr evaluate -m runs/coronet --data ../shared/data/cxr/manifest.csv
     """
     from edgecxr.stages.evaluate import evaluate_bundle
@@ -96,5 +97,12 @@ def evaluate(
     prov = result["provenance"]
     title = f"{prov['model']} [{artifact}, {prov['backend'].get('backend', backend)}] on {split}"
     click.echo(format_report(result, title), nl=False)
+    cal = result["calibration"]
+    if cal.get("temperature") is None:
+        click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} (no temperature fitted: `edgecxr confidence`)")
+    else:
+        click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} raw, {cal['ece_after']:.3f} with temperature "
+                   f"{cal['temperature']:.3g} (fitted on val)")
     files = result.get("files", {})
-    click.echo(f"\nwritten: {files.get('json')}" + (f", {files['figure']}" if files.get("figure") else ""))
+    click.echo(f"\nwritten: {files.get('json')}" + "".join(f", {files[k]}" for k in ("figure", "reliability", "roc")
+                                                          if files.get(k)))

@@ -9,6 +9,8 @@ Writes into the bundle:
   evaluation-<split>.json            (keras artifact) full metrics, per-image probabilities, provenance
   evaluation-<split>-<artifact>.json (any other artifact), so an INT8 run never overwrites the reference
   confusion-<split>[-<artifact>].png confusion matrix figure (skipped with a warning without matplotlib)
+  reliability-<tag>.png, roc-<tag>.png reliability diagram (raw and temperature-scaled probabilities)
+                                     and per-class ROC curves; ECE before/after under "calibration"
   bundle.json: evaluations[<split> or <split>-<artifact>] = short summary
 """
 
@@ -142,6 +144,14 @@ def evaluate_bundle(
         for rec, t, p, row in zip(records, y, pred, probs, strict=True)
     ]
 
+    from edgecxr.runtime.confidence import Confidence
+    from edgecxr.stages.confidence.report import calibration_report
+
+    calibration = calibration_report(probs, y, classes, Confidence.from_bundle(bundle).temperature, bundle.dir, tag,
+                                     f"{bundle.model} {artifact}, {split}")
+    if "figure_error" in calibration:
+        warnings.warn(f"calibration figures skipped: {calibration['figure_error']}", UserWarning, stacklevel=2)
+    result["calibration"] = calibration
     json_path = write_json(bundle.dir / f"evaluation-{tag}.json", result)
     figure = _confusion_figure(result, bundle, tag, split, artifact)
     summary = {
@@ -156,6 +166,8 @@ def evaluate_bundle(
         "manifest_sha256": result["provenance"]["manifest_sha256"],
         "file": json_path.name,
         "figure": figure.name if figure else None,
+        "ece": calibration["ece_before"],
+        "ece_calibrated": calibration.get("ece_after"),
         "created": created,
     }
     if "covid_vs_rest" in result:
@@ -167,7 +179,8 @@ def evaluate_bundle(
     evaluations = dict(bundle.meta.get("evaluations", {}))
     evaluations[tag] = summary
     bundle.update(evaluations=evaluations)
-    result["files"] = {"json": str(json_path), "figure": str(figure) if figure else None}
+    result["files"] = {"json": str(json_path), "figure": str(figure) if figure else None,
+                       **{k: calibration[f"{k}_figure"] for k in ("reliability", "roc") if f"{k}_figure" in calibration}}
     log.info("evaluation written to %s", json_path)
     return result
 

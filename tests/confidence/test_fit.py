@@ -53,8 +53,15 @@ def test_mahalanobis_separates_far_points_and_threshold_passes_99_percent():
     outside = score.score(None, rng.normal(0, 1, (200, 32)) * 4 + 20)
     assert fit.auroc(inside, outside) > 0.99
     thr = fit.threshold_for(inside)
-    assert np.mean(inside <= thr) == pytest.approx(0.99, abs=0.005)
+    assert 0.99 <= np.mean(inside <= thr) <= 0.995  # conformal rank: at least the target, not far above
     assert np.mean(outside > thr) > 0.95
+
+
+def test_threshold_is_the_conformal_rank():
+    scores = np.arange(1, 130, dtype=float)  # 129 val images, as in the shared data
+    assert fit.threshold_for(scores) == 129.0  # ceil(130 * 0.99) = 129: every val image passes
+    assert fit.threshold_for(np.arange(1, 1001, dtype=float)) == 991.0  # ceil(1001 * 0.99) = 991
+    assert fit.threshold_for(scores, target=0.5) == 65.0
 
 
 def test_auroc_known_values():

@@ -98,8 +98,16 @@ def msp_score() -> OodScore:
 
 
 def threshold_for(scores: np.ndarray, target: float = TARGET_PASS) -> float:
-    """The score below which `target` of the in-distribution scores lie (numpy's linear quantile)."""
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), target))
+    """The split-conformal threshold: the k-th smallest `val` score, k = ceil((n + 1) * target).
+
+    An image from the same distribution then passes (score <= threshold) with probability at least
+    `target` (Vovk et al.; Angelopoulos & Bates 2021). numpy's interpolated 99th percentile, used
+    first, falls below the two largest of 129 `val` scores and let only 98.4% of `val` and 97.6%
+    of `test` through: the conformal rank is what "about 99% pass" needs with ~130 images.
+    """
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    k = min(len(ordered), int(np.ceil((len(ordered) + 1) * target)))
+    return float(ordered[k - 1])
 
 
 def auroc(inside: Sequence[float], outside: Sequence[float]) -> float:

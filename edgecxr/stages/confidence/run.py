@@ -152,7 +152,7 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
                         "nll_after": fit.nll(apply_temperature(p_val, temperature), y_val),
                         "ece_before": cal_before["ece"], "ece_after": cal_after["ece"]},
         "ood": {"method": method, "file": FILE if arrays else None, "sha256": sha256_file(npz) if arrays else None,
-                "thresholds": {k: round(v, 6) for k, v in thresholds.items()}, "target_pass_rate": fit.TARGET_PASS,
+                "thresholds": {k: _round_up(v) for k, v in thresholds.items()}, "target_pass_rate": fit.TARGET_PASS,
                 "statistics_from": {"split": "train", "n": len(y_tr), "artifact": ref,
                                     "manifest": Path(train_manifest or manifest).name},
                 "threshold_on": {"split": "val", "n": len(y_val)},
@@ -194,3 +194,8 @@ def _rejected(item: ood_set.OodItem) -> str | None:
         if reason:
             return reason
     return DEFAULT_RULES.check_pixels(item.image)
+
+
+def _round_up(value: float, places: int = 6) -> float:
+    """Rounded for the record without moving below the image that set it (that image must still pass)."""
+    return float(np.ceil(value * 10**places) / 10**places)

@@ -1,6 +1,7 @@
 """Margins of the input checks on real X-rays: the numbers in docs/ARCHITECTURE.md "Input checks".
 
-For every curated image (../shared/data/cxr/manifest.csv, all splits), the full-size originals
+For every curated image (../shared/data/cxr/manifest-extended.csv: all splits and the extra train
+images), the full-size originals
 (../shared/data/cxr-originals) and the committed examples, prints the closest value to each rule's
 threshold and how many images the default rules reject (which must be 0).
 
@@ -22,7 +23,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def images() -> list[Path]:
-    found = [r.path for r in read_manifest(SHARED / "cxr" / "manifest.csv")]
+    found = [r.path for r in read_manifest(SHARED / "cxr" / "manifest-extended.csv")]
     found += sorted(p for p in (SHARED / "cxr-originals").rglob("*") if p.suffix.lower() in INPUT_SUFFIXES)
     return found + sorted((REPO / "examples" / "images").glob("*/*.png"))
 
@@ -34,7 +35,7 @@ def _head(path: Path) -> bytes:
 
 def main() -> int:
     paths = images()
-    spread, mode, auto, chroma, side, aspect, rejected = [], [], [], [0.0], [], [], []
+    spread, mode, auto, detail, chroma, side, aspect, rejected = [], [], [], [], [0.0], [], [], []
     for path in paths:
         try:
             image = load_image(path)
@@ -45,6 +46,7 @@ def main() -> int:
         spread.append(stats["spread"])
         mode.append(stats["mode_fraction"])
         auto.append(stats["autocorrelation"])
+        detail.append(stats["detail"])
         h, w = image.shape
         side.append(min(h, w))
         aspect.append(max(h, w) / min(h, w))
@@ -59,6 +61,7 @@ def main() -> int:
     print(f"spread (p99-p1)      min {min(spread):.3f}   rule < {r.min_spread}")
     print(f"one-bin fraction     max {max(mode):.3f}   rule > {r.max_mode_fraction}")
     print(f"lag-1 autocorrelation min {min(auto):.3f}  rule < {r.min_autocorrelation}")
+    print(f"detail (|Laplacian|) min {min(detail):.4f} rule < {r.min_detail}")
     print(f"chroma               max {max(chroma):.4f}  rule > {r.max_chroma}")
     print(f"short side           min {min(side)} px   rule < {r.min_side}")
     print(f"long/short           max {max(aspect):.2f}   rule > {r.max_aspect}")

@@ -62,8 +62,12 @@ def _dicom(tmp_path: Path, name: str = "x.dcm", **attrs: object) -> Path:
         (_photo(), "color image"),
         (np.tile(np.linspace(0, 255, 1000).astype(np.uint8), (100, 1)), "aspect ratio"),
         (cv2.resize(_xray(), (40, 48)), "too small"),
+        (np.tile(np.linspace(100, 160, 384).astype(np.uint8), (384, 1)), "no fine structure"),
+        (cv2.resize(np.random.default_rng(3).integers(0, 256, (8, 8)).astype(np.float32), (384, 384),
+                    interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8), "no fine structure"),
     ],
-    ids=["uniform", "gauss", "noise16", "black", "white", "const-float", "text", "photo", "strip", "tiny"],
+    ids=["uniform", "gauss", "noise16", "black", "white", "const-float", "text", "photo", "strip", "tiny", "ramp",
+         "blobs"],
 )
 def test_pixel_rules_reject(image, words):
     reason = RULES.check_pixels(image)
@@ -81,7 +85,8 @@ def test_real_xrays_pass_in_every_dtype():
 
 def test_thresholds_are_configurable():
     strip = np.tile(np.linspace(0, 255, 1000).astype(np.uint8), (100, 1))
-    assert InputRules(max_aspect=20).check_pixels(strip) is None
+    assert "no fine structure" in InputRules(max_aspect=20).check_pixels(strip)  # a ramp: the next rule
+    assert InputRules(max_aspect=20, min_detail=0).check_pixels(strip) is None
     assert "too small" in InputRules(min_side=300).check_pixels(_xray(side=256))
 
 

@@ -25,11 +25,16 @@ Pixels (the decoded 2-D gray image before preprocessing, on a copy of at most 25
   * mean |Laplacian| / spread >= `min_detail` (0.01): ribs, borders, lines and film grain give
     every radiograph some fine structure (lowest of the 2,010 images 0.015), a gradient or a
     smooth blur has almost none (0.002-0.006 on the OOD set's ramps and blob noise);
+  * polarity >= `min_polarity` (-0.25): the mean of the central column (mediastinum, spine) minus
+    that of the two lung fields, on a 64 px copy stretched to [0, 1]. Positive on a radiograph
+    (median 0.32, lowest of 1,998 curated images -0.17: an off-centre film with opaque lungs),
+    negative on a negative: 75% of inverted X-rays fall below -0.25. A MONOCHROME1 DICOM is
+    shown the right way round by the decoder before this rule sees it;
   * for color PNG/JPEG (and 3-channel arrays), mean (|R-G| + |G-B|) / 255 <= `max_chroma`
     (0.12): a photo or colored figure, not a radiograph (gray X-rays saved as RGB score ~0).
 
-The thresholds were set on the 1,274 curated images, the originals and the committed examples
-(none is rejected; docs/ARCHITECTURE.md "Input checks" gives the measured margins).
+The thresholds were set on the 1,998 curated images (manifest-extended.csv), the originals and the committed examples
+(none is rejected; docs/SAFETY.md "Input checks" gives the measured margins).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class InputRules:
     max_mode_fraction: float = 0.7
     min_autocorrelation: float = 0.5
     min_detail: float = 0.01
+    min_polarity: float = -0.25
     max_chroma: float = 0.12
 
     @classmethod
@@ -163,6 +169,9 @@ class InputRules:
             return f"noise-like image (autocorrelation {s['autocorrelation']:.2f} < {self.min_autocorrelation})"
         if s["detail"] < self.min_detail:
             return f"no fine structure (detail {s['detail']:.3f} < {self.min_detail}): a gradient or blur, not a radiograph"
+        if s["polarity"] < self.min_polarity:
+            return (f"looks inverted (a negative: mediastinum darker than the lungs, polarity {s['polarity']:.2f} "
+                    f"< {self.min_polarity})")
         return None
 
 
@@ -181,8 +190,8 @@ def full_scale(image: np.ndarray) -> np.ndarray:
 
 
 def pixel_stats(image: np.ndarray) -> dict[str, float]:
-    """spread (p99 - p1), mode_fraction (largest of 64 bins), lag-1 autocorrelation and detail
-    (mean |Laplacian| over the spread), on <= 256 px."""
+    """spread (p99 - p1), mode_fraction (largest of 64 bins), lag-1 autocorrelation, detail
+    (mean |Laplacian| over the spread), on <= 256 px, and polarity (see the module docstring)."""
     import cv2
 
     img = full_scale(image)
@@ -197,7 +206,18 @@ def pixel_stats(image: np.ndarray) -> dict[str, float]:
         "mode_fraction": float(hist.max() / img.size),
         "autocorrelation": min(_lag1(img), _lag1(img.T)),
         "detail": float(np.mean(np.abs(cv2.Laplacian(img, cv2.CV_32F, ksize=1)))) / max(float(hi - lo), 1e-6),
+        "polarity": _polarity(img, float(lo), float(hi)),
     }
+
+
+def _polarity(img: np.ndarray, lo: float, hi: float) -> float:
+    """Central column (rows 1/4..7/8, columns 7/16..9/16) minus both lung fields (rows 1/4..3/4,
+    columns 5/32..11/32 and 21/32..27/32), on a 64 px copy stretched by the 1st-99th percentiles."""
+    import cv2
+
+    small = (cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA) - lo) / max(hi - lo, 1e-6)
+    lungs = np.concatenate([small[16:48, 10:22].ravel(), small[16:48, 42:54].ravel()])
+    return float(small[16:56, 28:36].mean() - lungs.mean())
 
 
 def color_score(image: np.ndarray) -> float:

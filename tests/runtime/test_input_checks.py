@@ -83,6 +83,13 @@ def test_real_xrays_pass_in_every_dtype():
     assert RULES.check_pixels(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)) is None  # gray stored as RGB
 
 
+def test_a_negative_is_rejected_as_inverted():
+    inverted = [RULES.check_pixels(255 - hostile.example(i, 320)) or "" for i in range(4)]
+    assert sum("looks inverted" in r for r in inverted) >= 3, inverted  # ~75% of negatives fall below -0.25
+    assert all(RULES.check_pixels(hostile.example(i, 320)) is None for i in range(4))
+    assert InputRules(min_polarity=-1).check_pixels(255 - hostile.example(0, 320)) is None
+
+
 def test_thresholds_are_configurable():
     strip = np.tile(np.linspace(0, 255, 1000).astype(np.uint8), (100, 1))
     assert "no fine structure" in InputRules(max_aspect=20).check_pixels(strip)  # a ramp: the next rule

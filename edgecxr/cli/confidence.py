@@ -39,7 +39,8 @@ def confidence(model: str | None, manifest: Path, train_manifest: Path | None, p
     2. fits the temperature on val (NLL) and reports ECE before and after;
     3. fits the OOD score on train features, picks Mahalanobis / energy / max-softmax by AUROC of
        val against a built-in OOD set (CT/MR/US/NM DICOMs, noise, blanks, text, photos, inverted
-       and rotated X-rays), and sets its threshold per precision so ~99% of val passes.
+       and rotated X-rays), and sets its threshold per precision at the split-conformal rank of
+       val (at least 99% of val passes).
     Records everything in bundle.json "confidence" and confidence.npz; `infer` then reports
     calibrated probabilities and ABSTAINS on images unlike the training data.
 

@@ -13,8 +13,9 @@ TensorRT engine built from it); this module turns them into the answer:
    shared covariance fitted on `train` (Lee et al. 2018), or the energy score -logsumexp(logits)
    (Liu et al. 2020), or 1 - max softmax, whichever separated the out-of-distribution set best
    (the fit records the comparison). Higher means less like the training X-rays. An input whose
-   score exceeds the threshold (set on `val` so about 99% of in-distribution images pass; one per
-   precision, since INT8 features differ slightly) gets status "abstained".
+   score exceeds the threshold (the split-conformal rank of the `val` scores, so at least 99% of
+   in-distribution images pass; one per precision, since INT8 features differ slightly) gets
+   status "abstained".
 
 The fitted arrays live in the bundle's `confidence.npz`, whose sha256 bundle.json records and
 `load` checks, like every model file.

@@ -117,7 +117,26 @@ def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
               "(`reference_probs.json`), so an engine built from this model is gated against the trained model "
               "(`edgecxr verify --reference stored_fp32`).", "", "## Known failure modes", ""]
     lines += FAILURES[bundle.model]
+    lines += _confidence_lines(m.get("confidence"))
     return "\n".join(lines) + "\n"
+
+
+def _confidence_lines(conf: dict | None) -> list[str]:
+    """Calibration and abstention as fitted by `edgecxr confidence` (docs/SAFETY.md has the rates)."""
+    if not conf:
+        return ["- Probabilities are not calibrated and there is no out-of-distribution abstention "
+                "(`edgecxr confidence` has not been run on this bundle)."]
+    t, ood = conf["temperature"], conf["ood"]
+    thr = ", ".join(f"{k.upper()} {v:.3f}" for k, v in ood["thresholds"].items())
+    return [
+        f"- Probabilities are temperature-scaled (T = {t['value']:.3f}, fitted on `val`: ECE {t['ece_before']:.3f} -> "
+        f"{t['ece_after']:.3f} there; on `test` see docs/SAFETY.md, where one scalar fitted on 129 images does not "
+        "always transfer).",
+        f"- Out-of-distribution abstention: {ood['method']} score on the penultimate features (statistics from "
+        f"{ood['statistics_from']['n']} `train` images), threshold {thr} (conformal rank of `val`). Noise, blanks, "
+        "text, color photos, CT/MR/US DICOMs, lateral DICOMs and most negatives are refused (input checks or "
+        "abstention); rotated films mostly are not (per kind, for this model: docs/SAFETY.md).",
+    ]
 
 
 FAILURES = {
@@ -126,18 +145,13 @@ FAILURES = {
         "the labels come from the Kermany file names, not from microbiology.",
         "- Adult images of any kind are pushed towards `covid`, because every adult image in training was COVID "
         "(source confounding). A healthy adult chest film is outside what this model has seen.",
-        "- Not a chest X-ray, a lateral view, a CT slice, a blank or inverted image: the model has no "
-        "abstention yet and will still answer with a confident label (see the issue on honest answers).",
-        "- Probabilities are not calibrated (label smoothing lowers them; no temperature scaling yet).",
     ],
     "cnn-lstm": [
         "- Trained mostly at 128x128 and fine-tuned briefly at 224x224 (progressive resizing; see REPRODUCTION): "
         "fine detail that only the full resolution shows is under-used.",
         "- `pneumonia` merges bacterial and viral; `normal` vs `pneumonia` errors are children's films from one "
         "centre, so the figures may not transfer to adults or other scanners.",
-        "- Adult images are pushed towards `covid` (source confounding), and non-X-ray inputs get confident "
-        "labels (no abstention yet).",
-        "- Probabilities are not calibrated.",
+        "- Adult images are pushed towards `covid` (source confounding).",
     ],
 }
 

@@ -35,7 +35,7 @@ def _head(path: Path) -> bytes:
 
 def main() -> int:
     paths = images()
-    spread, mode, auto, detail, polarity, chroma, side, aspect, rejected = [], [], [], [], [], [0.0], [], [], []
+    spread, mode, auto, detail, polarity, sideways, chroma, side, aspect, rejected = [], [], [], [], [], [], [0.0], [], [], []
     for path in paths:
         try:
             image = load_image(path)
@@ -48,6 +48,7 @@ def main() -> int:
         auto.append(stats["autocorrelation"])
         detail.append(stats["detail"])
         polarity.append(stats["polarity"])
+        sideways.append(stats["side_polarity"])
         h, w = image.shape
         side.append(min(h, w))
         aspect.append(max(h, w) / min(h, w))
@@ -64,6 +65,7 @@ def main() -> int:
     print(f"lag-1 autocorrelation min {min(auto):.3f}  rule < {r.min_autocorrelation}")
     print(f"detail (|Laplacian|) min {min(detail):.4f} rule < {r.min_detail}")
     print(f"polarity             min {min(polarity):.3f}  rule < {r.min_polarity}")
+    print(f"side polarity        max {max(sideways):.3f}   rule > {r.max_side_polarity}")
     print(f"chroma               max {max(chroma):.4f}  rule > {r.max_chroma}")
     print(f"short side           min {min(side)} px   rule < {r.min_side}")
     print(f"long/short           max {max(aspect):.2f}   rule > {r.max_aspect}")

@@ -90,6 +90,12 @@ def test_a_negative_is_rejected_as_inverted():
     assert InputRules(min_polarity=-1).check_pixels(255 - hostile.example(0, 320)) is None
 
 
+def test_a_film_turned_on_its_side_is_rejected():
+    turned = [RULES.check_pixels(np.rot90(hostile.example(i, 320), 1 + 2 * (i % 2)).copy()) or "" for i in range(6)]
+    assert sum("turned on its side" in r for r in turned) >= 4, turned  # ~80% of turned films exceed 0.22
+    assert InputRules(max_side_polarity=1).check_pixels(np.rot90(hostile.example(0, 320)).copy()) is None
+
+
 def test_thresholds_are_configurable():
     strip = np.tile(np.linspace(0, 255, 1000).astype(np.uint8), (100, 1))
     assert "no fine structure" in InputRules(max_aspect=20).check_pixels(strip)  # a ramp: the next rule

@@ -134,8 +134,8 @@ def _confidence_lines(conf: dict | None) -> list[str]:
         "always transfer).",
         f"- Out-of-distribution abstention: {ood['method']} score on the penultimate features (statistics from "
         f"{ood['statistics_from']['n']} `train` images), threshold {thr} (conformal rank of `val`). Noise, blanks, "
-        "text, color photos, CT/MR/US DICOMs, lateral DICOMs and most negatives are refused (input checks or "
-        "abstention); rotated films mostly are not (per kind, for this model: docs/SAFETY.md).",
+        "text, color photos, CT/MR/US DICOMs, lateral DICOMs, most negatives and most films turned 90 degrees are refused (input checks or "
+        "abstention); upside-down films are not (per kind, for this model: docs/SAFETY.md).",
     ]
 
 

@@ -4,7 +4,7 @@
     .venv/bin/edgecxr infer safety-examples/*
 
 A committed CC BY example X-ray, the same film as a negative, uniform noise, and the Grace Hopper
-portrait matplotlib ships (a U.S. Navy photograph, public domain) in color and in gray.
+portrait matplotlib ships (a U.S. Navy photograph, public domain) in color and a gray crop of it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
     cv2.imwrite(str(out / "3-noise.png"), np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8))
     hopper = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
     cv2.imwrite(str(out / "4-hopper.jpg"), hopper)
-    cv2.imwrite(str(out / "5-hopper-gray.png"), cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY))
+    gray = cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY)
+    h, w = gray.shape
+    cv2.imwrite(str(out / "5-hopper-gray-crop.png"), gray[: h // 2, : w // 2])  # the OOD set's grace_hopper-crop0
     print(f"wrote 5 images to {out}")
     return 0
 

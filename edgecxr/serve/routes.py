@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.serve.app import HTTPError, ServiceState, answer, endpoint, read_body
 from edgecxr.serve.batching import Overloaded
 from edgecxr.serve.models import VERSION, ServedModel
 from edgecxr.serve.protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
+from edgecxr.serve.state import HTTPError, ServiceState, answer, endpoint, read_body
 
 #: bodies larger than this are parsed in a worker thread, not on the event loop
 _PARSE_IN_THREAD = 64 << 10

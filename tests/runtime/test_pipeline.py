@@ -177,11 +177,14 @@ def test_ctrl_c_on_a_pipelined_infer_exits_130_and_writes_nothing(tiny_onnx, sha
     big = shared_originals / "covid__covid-19-pneumonia-23-day1.jpg"  # 4280x3520: each decode takes a while
     folder = tmp_path / "scans"
     folder.mkdir()
-    for i in range(3000):  # a reduced-scale decode can take ~10 ms: enough work that SIGINT lands mid-run
+    for i in range(3000):  # enough work that the SIGINT lands mid-run on a fast machine too
         (folder / f"{i:04d}.jpg").symlink_to(big)
     csv = tmp_path / "out.csv"
     proc = subprocess.Popen([sys.executable, "-m", "edgecxr", "infer", "-m", str(tiny_onnx), str(folder), "--workers", "2",
-                             "--csv", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--csv", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run started in the background of a shell inherits SIGINT ignored
+                            # (POSIX, no job control); the child takes Ctrl-C as a terminal user's would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr.core.bundle import Bundle
+from edgecxr.core.spec import preprocess
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import read_manifest, select
 from edgecxr.runtime import store
@@ -59,7 +60,7 @@ def main() -> None:
                                       "examples": [[Path(p.source).name, p.status, p.reason] for p in preds
                                                    if p.status != "ok"][:10]}
         vals = select(records, "val")
-        items = ood_set.build(_decoded(vals, args.per_kind), per_kind=args.per_kind)
+        items = ood_set.from_records(vals, per_kind=args.per_kind)
         preds = clf.predict([it.path if it.path is not None else it.image for it in items], workers=0)
         kinds: dict = {}
         for it, p in zip(items, preds, strict=True):
@@ -88,7 +89,7 @@ def main() -> None:
     p, _, y = raw["test"]
     plot_roc(apply_temperature(p, conf.temperature), y, bundle.classes, img / f"{name}-roc-test.png",
              f"{name}: per-class ROC on test")
-    x_ood = np.stack([_pre(it.image, bundle) for it in items])
+    x_ood = np.stack([preprocess(it.image, bundle.spec) for it in items])
     p_ood, f_ood = outputs_of(ref, x_ood)
     s_ood = conf.ood.score(p_ood, f_ood)
     s_val = conf.ood.score(raw["val"][0], raw["val"][1])
@@ -104,18 +105,6 @@ def main() -> None:
     dest.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(json.dumps({k: out[k] for k in ("runtime", "val_status", "test_status", "ece_val", "ece_test",
                                           "ood_score_auroc", "ood_set_product")}, indent=1, default=float))
-
-
-def _decoded(records, n):
-    from edgecxr.data.io import load_image
-
-    return [load_image(r.path) for r in records[:n]]
-
-
-def _pre(image, bundle):
-    from edgecxr.core.spec import preprocess
-
-    return preprocess(image, bundle.spec)
 
 
 if __name__ == "__main__":

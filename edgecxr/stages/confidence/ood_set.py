@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,13 @@ def build(radiographs: Sequence[np.ndarray] = (), seed: int = 0, per_kind: int =
         items.append(OodItem("inverted", f"val-{i}-inverted", _invert(img)))
         items.append(OodItem("rotated", f"val-{i}-rot{90 if i % 2 else 180}", np.rot90(img, 1 if i % 2 else 2).copy()))
     return items
+
+
+def from_records(records: Sequence[Any], seed: int = 0, per_kind: int = 8) -> list[OodItem]:
+    """`build` with the first `per_kind` of `records` (manifest rows of `val`) decoded as radiographs."""
+    from edgecxr.data.io import load_image
+
+    return build([load_image(r.path) for r in records[:per_kind]], seed=seed, per_kind=per_kind)
 
 
 def _invert(img: np.ndarray) -> np.ndarray:

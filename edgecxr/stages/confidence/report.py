@@ -10,7 +10,7 @@ import numpy as np
 
 from edgecxr.core.errors import MissingDependencyError
 from edgecxr.runtime.confidence import apply_temperature
-from edgecxr.stages.confidence.fit import nll, reliability, roc_curve
+from edgecxr.stages.confidence.fit import auroc, nll, reliability, roc_curve
 from edgecxr.stages.plots import _figure, _save
 
 
@@ -60,8 +60,6 @@ def plot_reliability(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
 
 def plot_roc(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """One-vs-rest ROC curve per class, with its AUC in the legend."""
-    from edgecxr.stages.confidence.fit import auroc
-
     fig = _figure(4.6, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)

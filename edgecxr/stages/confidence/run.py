@@ -111,7 +111,7 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
     _, f_tr = outputs_of(bundle.artifact(ref), x_tr, batch_size)
     del x_tr
     val_out = {k: outputs_of(bundle.artifact(k), x_val, batch_size) for k in keys}
-    items = ood_set.build(_decoded(val_recs, per_kind), per_kind=per_kind)
+    items = ood_set.from_records(val_recs, per_kind=per_kind)
     x_ood = np.stack([preprocess(it.image, spec) for it in items])
     ood_out = {k: outputs_of(bundle.artifact(k), x_ood, batch_size) for k in keys}
 
@@ -165,12 +165,6 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
     val_pass = {PRECISION[k]: float(np.mean(chosen.score(*val_out[k]) <= thresholds[PRECISION[k]])) for k in keys}
     return {"bundle": str(bundle.dir), "section": section, "val_pass_rate": val_pass, "per_kind": kinds,
             "reliability_val": {"before": cal_before, "after": cal_after}}
-
-
-def _decoded(records: list[Any], n: int) -> list[np.ndarray]:
-    from edgecxr.data.io import load_image
-
-    return [load_image(r.path) for r in records[:n]]
 
 
 def _per_kind(items: list[ood_set.OodItem], score: OodScore, outputs: tuple[np.ndarray, np.ndarray],

@@ -3,7 +3,8 @@
 For every curated image (../shared/data/cxr/manifest-extended.csv: all splits and the extra train
 images), the full-size originals
 (../shared/data/cxr-originals) and the committed examples, prints the closest value to each rule's
-threshold and how many images the default rules reject (which must be 0).
+threshold and how many images the default rules reject (which must be 0); and how many of the same
+images, as negatives or turned 90 degrees, the polarity rules catch.
 
     .venv/bin/python scripts/input_check_margins.py
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.data.io import INPUT_SUFFIXES, load_image
@@ -36,7 +39,8 @@ def _head(path: Path) -> bytes:
 def main() -> int:
     paths = images()
     spread, mode, auto, detail, polarity, sideways, chroma, side, aspect, rejected = [], [], [], [], [], [], [0.0], [], [], []
-    for path in paths:
+    negatives, turned = [], []  # polarity of 8-bit images as negatives, side polarity turned 90 degrees
+    for i, path in enumerate(paths):
         try:
             image = load_image(path)
         except ImageLoadError as exc:
@@ -49,6 +53,9 @@ def main() -> int:
         detail.append(stats["detail"])
         polarity.append(stats["polarity"])
         sideways.append(stats["side_polarity"])
+        if image.dtype == np.uint8:
+            negatives.append(pixel_stats(255 - image)["polarity"])
+        turned.append(pixel_stats(np.rot90(image, 1 if i % 2 else 3).copy())["side_polarity"])
         h, w = image.shape
         side.append(min(h, w))
         aspect.append(max(h, w) / min(h, w))
@@ -64,8 +71,12 @@ def main() -> int:
     print(f"one-bin fraction     max {max(mode):.3f}   rule > {r.max_mode_fraction}")
     print(f"lag-1 autocorrelation min {min(auto):.3f}  rule < {r.min_autocorrelation}")
     print(f"detail (|Laplacian|) min {min(detail):.4f} rule < {r.min_detail}")
-    print(f"polarity             min {min(polarity):.3f}  rule < {r.min_polarity}")
+    print(f"polarity             min {min(polarity):.3f}  rule < {r.min_polarity} (median {np.median(polarity):.2f})")
     print(f"side polarity        max {max(sideways):.3f}   rule > {r.max_side_polarity}")
+    print(f"negatives of them    {np.mean(np.array(negatives) < r.min_polarity):.0%} of {len(negatives)} below the "
+          f"polarity rule (median {np.median(negatives):.2f})")
+    print(f"turned 90 degrees    {np.mean(np.array(turned) > r.max_side_polarity):.0%} of {len(turned)} above the "
+          f"side-polarity rule (median {np.median(turned):.2f})")
     print(f"chroma               max {max(chroma):.4f}  rule > {r.max_chroma}")
     print(f"short side           min {min(side)} px   rule < {r.min_side}")
     print(f"long/short           max {max(aspect):.2f}   rule > {r.max_aspect}")

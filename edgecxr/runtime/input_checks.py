@@ -24,14 +24,14 @@ Pixels (the decoded 2-D gray image before preprocessing, on a copy of at most 25
     uniform or Gaussian noise has none;
   * mean |Laplacian| / spread >= `min_detail` (0.01): ribs, borders, lines and film grain give
     every radiograph some fine structure (lowest of the 2,023 real images 0.015), a gradient or a
-    smooth blur has almost none (0.002-0.006 on the OOD set's ramps and blob noise);
+    smooth blur has almost none (every ramp and blob-noise image of the OOD set is rejected: docs/SAFETY.md);
   * polarity >= `min_polarity` (-0.25): the mean of the central column (mediastinum, spine) minus
     that of the two lung fields, on a 64 px copy stretched to [0, 1]. Positive on a radiograph
-    (median 0.32, lowest of 1,998 curated images -0.17: an off-centre film with opaque lungs),
-    negative on a negative: 75% of inverted X-rays fall below -0.25. A MONOCHROME1 DICOM is
+    (median 0.31, lowest of the 2,023 real images -0.17: an off-centre film with opaque lungs),
+    negative on a negative: 77% of their negatives fall below -0.25. A MONOCHROME1 DICOM is
     shown the right way round by the decoder before this rule sees it;
   * side polarity <= `max_side_polarity` (0.22): the same measure on the transposed image. A film
-    turned 90 degrees has its bright mediastinum across, not down (median 0.30; 80% of turned
+    turned 90 degrees has its bright mediastinum across, not down (median 0.30; 82% of turned
     films exceed 0.22); on the 2,023 real X-rays it is at most 0.14. Upside-down films pass;
   * for color PNG/JPEG (and 3-channel arrays), mean (|R-G| + |G-B|) / 255 <= `max_chroma`
     (0.12): a photo or colored figure, not a radiograph (gray X-rays saved as RGB score ~0).

@@ -29,6 +29,7 @@ from edgecxr.data.manifest import read_manifest, select
 from edgecxr.runtime.base import FEATURES, PROBABILITIES
 from edgecxr.runtime.confidence import FILE, SECTION, OodScore, save_arrays
 from edgecxr.runtime.input_checks import DEFAULT_RULES
+from edgecxr.runtime.onnxrt import session_options
 from edgecxr.stages.confidence import fit, ood_set
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def ensure_features(bundle: Bundle, check: np.ndarray) -> dict[str, Any]:
 def _probs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"])
     return session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x})[0]
 
 

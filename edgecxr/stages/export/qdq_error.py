@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.runtime.onnxrt import session_options
 from edgecxr.stages.export.sensitivity import quantized_nodes
 
 #: images the ranking reads (evenly spaced over the split): a ranking needs a statistic, not every image
@@ -127,10 +128,7 @@ def _session(model: Any, outputs: Sequence[str]) -> Any:
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs if n not in have)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(m.SerializeToString(), sess_options=session_options(optimize=False), providers=["CPUExecutionProvider"])
 
 
 def _channel_power(a: np.ndarray) -> np.ndarray:

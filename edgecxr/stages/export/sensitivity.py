@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import BundleError
+from edgecxr.runtime.onnxrt import session_options
 from edgecxr.stages.gate.config import Gates
 from edgecxr.stages.gate.result import ArtifactResult
 from edgecxr.stages.gate.run import gate_checks
@@ -124,12 +125,9 @@ def _prune(model: Any) -> None:
 def _predict(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     # Full optimisation: ONNX Runtime then fuses Q/DQ pairs into integer kernels (2x faster here than
     # running them as float ops), which is also how a deployed INT8 model runs.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 

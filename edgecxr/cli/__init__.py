@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate:evaluate", "Evaluate a bundle's Keras model on a split (metrics, CIs, confusion matrix)."),
     "export": ("export:export", "Export a bundle to ONNX (FP32 and FP16) with a parity check against Keras."),
     "calibrate": ("calibrate:calibrate", "Calibrate an INT8 Q/DQ ONNX model on the held-out calib split."),
+    "qat": ("qat:qat", "Quantization-aware fine-tuning for INT8, chosen on val, published through the gate."),
     "confidence": ("confidence:confidence", "Fit calibrated probabilities (temperature) and OOD abstention on train/val."),
     "verify": ("verify:verify", "Accuracy regression gate: every artifact vs the FP32 reference on held-out images."),
     "build": ("build:build", "Build a TensorRT engine (FP16 or INT8) for this GPU, with a metadata sidecar."),
@@ -162,7 +163,7 @@ def main() -> None:
     """edgecxr: chest X-ray classifiers from training to verified engines beside the scanner.
 
     \b
-    Pipeline:  data check -> train -> evaluate -> export -> calibrate -> verify -> build -> infer / bench
+    Pipeline:  data check -> train -> evaluate -> export -> calibrate [-> qat] -> verify -> build -> infer / bench
     Example:   edgecxr infer image.png            (the shipped reference CoroNet)
     """
 

@@ -220,6 +220,8 @@ def calibrate_bundle(
     rank: str = "error",
     scope: str = "all",
     log: Callable[[str], None] | None = None,
+    source: str | Path | None = None,
+    qat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the bundle's FP32 ONNX into model.int8.onnx, gated before it is published.
 
@@ -248,6 +250,9 @@ def calibrate_bundle(
         scope: "all" quantized nodes, or only "weighted" ones, are candidates for float.
         views: augmented views of each calibration image added to the calibration set.
         log: where progress lines of fallback/explain go (default: discarded).
+        source: quantize this FP32 ONNX instead of the bundle's own: the fine-tuned model of
+            `edgecxr qat` (stages/export/qat.py). The gate still compares with the bundle's reference,
+            and `fp32_sha256` stays the bundle's FP32 model; `qat` (its record) goes into the section.
 
     Returns:
         The "calibration" section written into bundle.json.
@@ -263,9 +268,13 @@ def calibrate_bundle(
 
     check_splits(split, verify, verify_split, fallback, explain, select_split)
     analysing = fallback == "auto" or explain
+    if source is not None and analysing:
+        raise BundleError("--fallback auto/--explain rank nodes against the model they quantize; with a fine-tuned "
+                          "source, name the float nodes with --keep-float (e.g. those an earlier --fallback auto chose)")
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
-    fp32_path = ensure_fp32(bundle)  # widened from the FP16 model where the bundle ships no FP32
+    base_path = ensure_fp32(bundle)  # widened from the FP16 model where the bundle ships no FP32
+    fp32_path = Path(source) if source is not None else base_path
     fp32_model = onnx.load(str(fp32_path))
     keep = resolve_keep_float(fp32_model, keep_float)
     excluded = list(dict.fromkeys(name for names in keep.values() for name in names))
@@ -274,7 +283,7 @@ def calibrate_bundle(
     x = with_views(x, views, bundle.spec.scale, bundle.spec.offset)
     split_size = len(select(read_manifest(manifest), split))
     counts = per_class_counts(records, bundle.classes)
-    fp32_sha = sha256_file(fp32_path)
+    fp32_sha = sha256_file(base_path)
     csv_path, json_path, calib_sha = write_calibration_manifest(
         records,
         bundle.classes,
@@ -342,6 +351,8 @@ def calibrate_bundle(
             "weights": weight_quantization(model),
             "float_weights": float_weights,
         }
+        if qat is not None:
+            section["qat"] = {**qat, "source_sha256": sha256_file(fp32_path)}
         if analysis is not None:
             section["fallback"] = fallback_record(analysis, fallback, select_split, csv_path, bundle)
         violations = check_tensorrt_qdq(model)

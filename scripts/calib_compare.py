@@ -29,6 +29,7 @@ from edgecxr.data.dataset import load_split
 from edgecxr.stages.export.calib_set import with_views
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.int8 import quantize_qdq
+from edgecxr.stages.export.qdq_check import resolve_keep_float
 from edgecxr.stages.export.sensitivity import Scorer, hybrid, quantized_nodes
 from edgecxr.stages.gate.config import Gates
 
@@ -43,9 +44,11 @@ def _row(res) -> dict:
 
 def markdown(record: dict) -> str:
     """The table of docs/QUANTIZATION.md from a finished (or stopped) run's JSON."""
+    extra = record.get("keep_float")
     lines = ["| method | calibration inputs | fully quantized: agreement / accuracy / COVID sens. | "
-             "activation-only nodes in float: agreement / accuracy / COVID sens. | gate (2nd column) |",
-             "|---|---:|---|---|---|"]
+             "activation-only nodes in float: agreement / accuracy / COVID sens. | gate (2nd column) |"
+             + (f" `{extra}` in float: agreement / accuracy / COVID sens. | gate |" if extra else ""),
+             "|---|---:|---|---|---|" + ("---|---|" if extra else "")]
     for r in record["rows"]:
         f, a = r["fully_quantized"], r["activation_only_in_float"]
 
@@ -55,7 +58,8 @@ def markdown(record: dict) -> str:
 
         lines.append(f"| {r['method']} | {r['calibration_inputs']} ({record['calib_images']} calib"
                      f"{' + ' + str(r['views']) + ' view(s)' if r['views'] else ''}) | "
-                     f"{cell(f)} | {cell(a)} | {'pass' if a['passed'] else 'fail'} |")
+                     f"{cell(f)} | {cell(a)} | {'pass' if a['passed'] else 'fail'} |"
+                     + (f" {cell(r['keep_float'])} | {'pass' if r['keep_float']['passed'] else 'fail'} |" if extra else ""))
     return "\n".join(lines)
 
 
@@ -69,6 +73,8 @@ def main() -> int:
     ap.add_argument("--methods", default="minmax,percentile,entropy")
     ap.add_argument("--views", default="0,1")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--keep-float", default="", help="also score each calibration with these nodes in float "
+                    "(edgecxr calibrate --keep-float aliases, e.g. first-conv: CoroNet's shipped placement)")
     args = ap.parse_args()
     bundle = Bundle.load(args.bundle)
     fp32_path = ensure_fp32(bundle)
@@ -80,7 +86,9 @@ def main() -> int:
     record = {"bundle": str(args.bundle), "model": bundle.model, "selection_split": "val", "val_images": len(y),
               "calib_images": len(calib), "date": _dt.date.today().isoformat(),
               "command": "python scripts/calib_compare.py " + " ".join(sys.argv[1:]),
-              "reference_accuracy": scorer.ref_result.metrics["accuracy"], "rows": []}
+              "reference_accuracy": scorer.ref_result.metrics["accuracy"], "rows": [],
+              **({"keep_float": args.keep_float} if args.keep_float else {})}
+    also = [n for names in resolve_keep_float(fp32, [k for k in args.keep_float.split(",") if k]).values() for n in names]
     for views in (int(v) for v in args.views.split(",")):
         images = with_views(calib, views, bundle.spec.scale, bundle.spec.offset)
         for method in args.methods.split(","):
@@ -96,6 +104,8 @@ def main() -> int:
                    "fully_quantized": _row(scorer.score(qdq)),
                    "activation_only_in_float": {"nodes": len(activation_only),
                                                 **_row(scorer.score(hybrid(qdq, fp32, activation_only)))}}
+            if also:
+                row["keep_float"] = {"nodes": len(also), **_row(scorer.score(hybrid(qdq, fp32, also)))}
             record["rows"].append(row)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=2) + "\n")

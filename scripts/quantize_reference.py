@@ -45,7 +45,7 @@ def main() -> int:
     args = ap.parse_args()
     dest = Path(args.out) / args.name
     if args.ship_only:
-        ship(dest, REFERENCE_DIR / args.name)
+        ship(dest, REFERENCE_DIR / args.name, args.data)
         return 0
     if dest.exists():
         shutil.rmtree(dest)
@@ -65,12 +65,13 @@ def main() -> int:
     section["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(section, indent=2, sort_keys=True, default=str))
     if args.ship:
-        ship(dest, REFERENCE_DIR / args.name)
+        ship(dest, REFERENCE_DIR / args.name, args.data)
     return 0
 
 
-def ship(work: Path, reference: Path) -> None:
-    """Copy a gated INT8 model into the shipped reference bundle with its calibration record, verdict and hash."""
+def ship(work: Path, reference: Path, manifest: str) -> None:
+    """Copy a gated INT8 model into the shipped reference bundle with its calibration record, verdict and hash,
+    and refit the confidence (its INT8 OOD threshold belongs to the INT8 file) in place, on the same data."""
     from edgecxr.runtime import store
 
     src = Bundle.load(work)
@@ -89,6 +90,13 @@ def ship(work: Path, reference: Path) -> None:
     run = {k: verdict[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates") if k in verdict}
     row = {k: v for k, v in verdict.items() if k not in run and k not in ("by", "path")}
     dst.record_gate({"onnx_int8": row}, run, by="calibrate")
+    stats = ((dst.meta.get("confidence") or {}).get("ood") or {}).get("statistics_from") or {}
+    if stats:  # `edgecxr confidence -m NAME` would fit a writable copy in the models folder; the shipped one is refitted here
+        from edgecxr.stages.confidence.run import fit_confidence
+
+        train = Path(manifest).with_name(stats.get("manifest") or Path(manifest).name)
+        fit_confidence(reference, manifest, train_manifest=train, progress=False)
+        print(f"refitted the confidence of {reference.name} (OOD statistics from {train.name}, threshold on val)")
     store.record_hashes(Bundle.load(reference))
     size = sum(p.stat().st_size for p in reference.iterdir())
     print(f"shipped {int8.name} into {reference} ({size / 1e6:.1f} MB in the folder)")

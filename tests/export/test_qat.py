@@ -113,8 +113,10 @@ def qat_manifest(tmp_path_factory):
 LOOSE = "[gates]\nmin_agreement = 0.5\nmax_acc_drop = 100.0\ncovid_sensitivity_not_lower = false\n"
 
 
-def test_qat_command_fine_tunes_chooses_on_val_and_publishes_a_gated_int8(exported_cnn, copy_bundle, qat_manifest, tmp_path):
-    bundle = copy_bundle(exported_cnn)
+@pytest.mark.parametrize("fixture, ranges", [("exported_cnn", 6), ("exported_lstm", 5)])
+def test_qat_command_fine_tunes_chooses_on_val_and_publishes_a_gated_int8(fixture, ranges, request, copy_bundle,
+                                                                          qat_manifest, tmp_path):
+    bundle = copy_bundle(request.getfixturevalue(fixture))
     gates = tmp_path / "gates.toml"
     gates.write_text(LOOSE)
     result = CliRunner().invoke(main, ["qat", "-m", str(bundle.dir), "--data", str(qat_manifest), "--epochs", "2",
@@ -123,7 +125,8 @@ def test_qat_command_fine_tunes_chooses_on_val_and_publishes_a_gated_int8(export
     section = json.loads(result.output)
     q = section["qat"]
     assert [row["epoch"] for row in q["history"]] == [0, 1, 2] and q["selected_on"] == "val" and q["target"] == "teacher"
-    assert q["history"][1]["activation_ranges"] == 6 and "train_loss" in q["history"][1]
+    assert q["history"][1]["activation_ranges"] == ranges and "train_loss" in q["history"][1]
+    assert section["ops"].get("LSTM", 0) == (fixture == "exported_lstm")  # still one ONNX LSTM op after QAT
     best = max((r for r in q["history"] if r["passed"]), key=lambda r: (r["top1_agreement"], r["accuracy"]))
     assert q["chosen_epoch"] == best["epoch"]
     assert section["gate"]["split"] == "test" and section["gate"]["passed"]

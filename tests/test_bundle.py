@@ -144,3 +144,23 @@ def test_verdicts_of_bundles_written_before_the_gate_section_are_read_and_then_m
     assert "verify" not in meta and "gate" not in meta["calibration"] and "verified" not in meta["engines"]["engines/x.engine"]
     assert {k: v["passed"] for k, v in meta["gate"].items()} == {
         "onnx_int8": False, "onnx_fp16": True, "engine:x.engine": False, "onnx_fp32": True}
+
+
+def test_a_verdict_holds_only_for_the_bytes_it_gated(tmp_path):
+    """A gated file replaced afterwards (and registered again) is not verified: the verdict records
+    the sha256 it was about; verdicts written before they carried one still count."""
+    from edgecxr.core.fileutil import sha256_file
+
+    bundle = Bundle.create(tmp_path / "b", "coronet", list(CLASSES_4), CORONET_V1)
+    model = bundle.dir / "model.int8.onnx"
+    model.write_bytes(b"gated bytes")
+    bundle.set_artifact("onnx_int8", model)
+    bundle.record_gate({"onnx_int8": {"passed": True, "sha256": sha256_file(model)}}, {"time": "t1"}, by="calibrate")
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_int8") is True
+    model.write_bytes(b"other bytes")
+    bundle.set_artifact("onnx_int8", model)  # bundle.json now lists the new file's sha256
+    bundle.save()
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_int8") is None
+    bundle.record_gate({"onnx_int8": {"passed": True}}, {"time": "t2"}, by="verify")  # an old-style verdict
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_int8") is True
+

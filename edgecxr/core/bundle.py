@@ -196,9 +196,17 @@ class Bundle:
         return dict(gate) if isinstance(gate, dict) else _legacy_verdicts(self.meta)
 
     def gate_verdict(self, key: str) -> bool | None:
-        """Whether `key` passed the accuracy gate; None when it was never gated."""
-        passed = (self.gate_verdicts().get(key) or {}).get("passed")
-        return passed if isinstance(passed, bool) else None
+        """Whether `key` passed the accuracy gate; None when it was never gated, or when the verdict
+        names other bytes (its sha256) than the file bundle.json now lists for `key`: a file replaced
+        after its gate run (by hand, or by a stage that did not gate it) is not verified."""
+        entry = self.gate_verdicts().get(key) or {}
+        passed = entry.get("passed")
+        if not isinstance(passed, bool):
+            return None
+        gated, current = entry.get("sha256"), self.recorded_sha256(key)
+        if gated and current and gated != current:
+            return None
+        return passed
 
     def record_gate(self, rows: dict[str, dict[str, Any]], run: dict[str, Any], by: str) -> None:
         """Record gate rows (artifact key -> verdict and metrics) from one run of stage `by`, and save.

@@ -57,6 +57,13 @@ def test_gate_passes_good_artifacts_and_writes_reports(exported_cnn, copy_bundle
     fp16_entry = verdicts["onnx_fp16"]
     assert fp16_entry["passed"] is True and fp16_entry["split"] == "test" and fp16_entry["reference"] == "keras"
     assert fp16_entry["by"] == "verify" and fp16_entry["report"] == "verify.json"
+    reloaded = Bundle.load(bundle.dir)
+    assert fp16_entry["sha256"] == reloaded.recorded_sha256("onnx_fp16")  # the verdict names the bytes it gated
+    fp16_file = reloaded.artifact("onnx_fp16")
+    fp16_file.write_bytes(fp16_file.read_bytes() + b"\0")  # replaced after the gate, and registered again
+    reloaded.set_artifact("onnx_fp16", fp16_file)
+    reloaded.save()
+    assert Bundle.load(bundle.dir).gate_verdict("onnx_fp16") is None and Bundle.load(bundle.dir).gate_verdict("onnx_fp32")
 
 
 def test_gate_fails_on_perturbed_weights(exported_cnn, copy_bundle, synthetic_manifest):

@@ -33,14 +33,19 @@ def record_verdicts(bundle: Bundle, result: VerifyResult, by: str, report: Path 
     """Record the verdicts of one gate run in bundle.json["gate"] (Bundle.record_gate).
 
     `rename` maps result keys to the keys the artifacts are published under (a candidate file's
-    key to its final one), `paths` the files they were published as. The reference artifact is not
-    recorded: it is not gated.
+    key to its final one), `paths` the files they were published as. Each row records the sha256 of
+    its file, so a verdict cannot pass on to other bytes. The reference artifact is not recorded:
+    it is not gated.
     """
     summary = result.summary()
     rows = {(rename or {}).get(k, k): v for k, v in summary.pop("artifacts").items() if k != result.reference}
     for key, path in (paths or {}).items():  # where a checked candidate was published
         if key in rows:
             rows[key]["path"] = str(path)
+    for row in rows.values():  # the verdict names the bytes it is about (Bundle.gate_verdict compares)
+        path = Path(row["path"]) if row.get("path") else None
+        if path is not None and path.is_file():
+            row["sha256"] = sha256_file(path)
     run = {k: summary[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates")}
     if report is not None:
         run.update(report=report.name, report_sha256=sha256_file(report))

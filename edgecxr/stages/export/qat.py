@@ -20,6 +20,7 @@ quantized, sha256 in bundle.json["calibration"]["qat"]) so the INT8 file stays t
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -138,6 +139,7 @@ def qat_bundle(
     from edgecxr.stages.train import fake_quant
     from edgecxr.stages.train.augment import batch_sequence, get_policy
     from edgecxr.stages.train.config import balanced_class_weights
+    from edgecxr.stages.train.progress import progress_callback
 
     if target not in TARGETS:
         raise BundleError(f"unknown QAT target {target!r}; choose from {list(TARGETS)}")
@@ -184,7 +186,8 @@ def qat_bundle(
                 ranges = fake_quant.observe(qat_model, x_cal)  # the ranges ONNX Runtime's calibrator will measure
                 batches.set_epoch(epoch - 1)
                 qat_model.train_function = None  # retrace: the ranges are constants of the traced step
-                fit = qat_model.fit(batches, epochs=1, verbose=0)
+                fit = qat_model.fit(batches, initial_epoch=epoch - 1, epochs=epoch, verbose=0,
+                                    callbacks=[progress_callback(sys.stderr, epochs)] if progress else [])
                 loss = float(fit.history["loss"][-1])
                 if not math.isfinite(loss):
                     say(f"  epoch {epoch}: loss is not finite; stopping")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 
 def send(paths: Sequence[Path], port: int, calling: str = "SCANNER", called: str = "EDGECXR",
          acked: dict[str, int] | None = None, lock: threading.Lock | None = None,
-         timeout_s: float = 30) -> dict[str, int | str]:
-    """C-STORE `paths` in one association; {path: status or 'error: ...'}; acked[uid] = status as answers come."""
+         timeout_s: float = 30, pause_s: float = 0.0) -> dict[str, int | str]:
+    """C-STORE `paths` in one association; {path: status or 'error: ...'}; acked[uid] = status as answers come.
+
+    `pause_s` between C-STOREs paces the scanner, so a test can act between two answers on any machine."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
@@ -31,7 +34,9 @@ def send(paths: Sequence[Path], port: int, calling: str = "SCANNER", called: str
     if not assoc.is_established:
         return {str(p): "error: association rejected" for p in paths}
     try:
-        for path in paths:
+        for i, path in enumerate(paths):
+            if i and pause_s:
+                time.sleep(pause_s)
             try:
                 status = assoc.send_c_store(Path(path))
             except Exception as exc:  # noqa: BLE001 - the node went away mid-send

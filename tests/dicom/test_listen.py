@@ -84,9 +84,10 @@ def test_sigkill_mid_batch_loses_no_acknowledged_image(tmp_path, tiny_model):
         port = node.port()
         import threading
 
-        # short timeouts: after the kill, a C-STORE in flight waits for an answer that never comes
+        # short timeouts: after the kill, a C-STORE in flight waits for an answer that never comes;
+        # a paced scanner (0.5 s between C-STOREs), so the kill lands mid-batch on a fast machine too
         sender = threading.Thread(target=send_parallel, args=([files[:4], files[4:]], port, acked),
-                                  kwargs={"timeout_s": 3})
+                                  kwargs={"timeout_s": 3, "pause_s": 0.5})
         sender.start()
         wait_until(lambda: len(acked) >= 2, what="the first acknowledgements")
         node.kill()  # SIGKILL: no shutdown code runs

@@ -30,16 +30,10 @@ from edgecxr.stages.export.calib_set import with_views
 from edgecxr.stages.export.fp32 import ensure_fp32
 from edgecxr.stages.export.int8 import quantize_qdq
 from edgecxr.stages.export.qdq_check import resolve_keep_float
-from edgecxr.stages.export.sensitivity import Scorer, hybrid, quantized_nodes
+from edgecxr.stages.export.sensitivity import Scorer, hybrid, quantized_nodes, score_row
 from edgecxr.stages.gate.config import Gates
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _row(res) -> dict:
-    return {"top1_agreement": res.agreement["top1_agreement"], "accuracy": res.metrics["accuracy"],
-            "covid_sensitivity": (res.metrics.get("covid_vs_rest") or {}).get("sensitivity"),
-            "passed": bool(res.passed), "failures": res.failures}
 
 
 def markdown(record: dict) -> str:
@@ -101,11 +95,11 @@ def main() -> int:
             weighted = {n.name for n in quantized_nodes(qdq)}
             activation_only = [n.name for n in quantized_nodes(qdq, weighted_only=False) if n.name not in weighted]
             row = {"method": method, "views": views, "calibration_inputs": len(images), "calibration_s": seconds,
-                   "fully_quantized": _row(scorer.score(qdq)),
+                   "fully_quantized": score_row(scorer.score(qdq)),
                    "activation_only_in_float": {"nodes": len(activation_only),
-                                                **_row(scorer.score(hybrid(qdq, fp32, activation_only)))}}
+                                                **score_row(scorer.score(hybrid(qdq, fp32, activation_only)))}}
             if also:
-                row["keep_float"] = {"nodes": len(also), **_row(scorer.score(hybrid(qdq, fp32, also)))}
+                row["keep_float"] = {"nodes": len(also), **score_row(scorer.score(hybrid(qdq, fp32, also)))}
             record["rows"].append(row)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=2) + "\n")

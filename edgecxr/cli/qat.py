@@ -50,7 +50,6 @@ def qat(model: str | None, manifest: Path, epochs: int, learning_rate: float, ta
     from edgecxr.stages.export.qat import needs_keras, qat_bundle, summary_lines
 
     path = bundle_for(model, writes=True, before_copy=lambda ref: needs_keras(_load_bundle(ref)))
-    needs_keras(_load_bundle(path))
     with bundle_lock(path, log=_err):
         section = qat_bundle(_load_bundle(path), manifest, epochs=epochs, learning_rate=learning_rate, target=target,
                              augment=augment, batch_size=batch_size, method=method, keep_float=_split_list(keep_float),

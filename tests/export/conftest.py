@@ -133,21 +133,19 @@ def copy_bundle(tmp_path) -> Callable[[Path], Bundle]:
     return _copy
 
 
-@pytest.fixture(scope="session")
-def synthetic_manifest(tmp_path_factory) -> Path:
-    """A small manifest of random-texture PNGs: 4 classes x (calib 4, val 4, test 6), 2 sizes and bit depths.
+def write_synthetic_manifest(root: Path, splits: tuple[tuple[str, int], ...], seed: int = 0) -> Path:
+    """Random-texture PNGs for each class and (split, count), 2 sizes and bit depths, and their manifest.csv.
 
     Labels are arbitrary (the images carry no signal); the gate compares artifacts with each other,
     which only needs identical inputs. Real X-rays are used where the `shared_cxr` fixture is.
     """
     import cv2
 
-    root = tmp_path_factory.mktemp("synthetic-cxr")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     rows = []
     k = 0
     for label in CLASSES_4:
-        for split, n in (("calib", 4), ("val", 4), ("test", 6)):
+        for split, n in splits:
             for _ in range(n):
                 rel = f"images/{label}/{split}_{k:03d}.png"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -164,3 +162,9 @@ def synthetic_manifest(tmp_path_factory) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(tmp_path_factory) -> Path:
+    """A small manifest of random-texture PNGs: 4 classes x (calib 4, val 4, test 6) (write_synthetic_manifest)."""
+    return write_synthetic_manifest(tmp_path_factory.mktemp("synthetic-cxr"), (("calib", 4), ("val", 4), ("test", 6)))

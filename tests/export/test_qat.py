@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -14,12 +13,11 @@ from click.testing import CliRunner
 from edgecxr.cli import main
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError
-from edgecxr.data.manifest import CLASSES_4
 from edgecxr.stages.export.int8 import quantize_qdq
-from edgecxr.stages.export.keras_io import load_keras
+from edgecxr.stages.export.keras_io import load_keras, walk_layers
 from edgecxr.stages.export.qdq_check import resolve_keep_float
 from edgecxr.stages.export.sensitivity import _predict
-from tests.export.conftest import SIZE, build_tiny_cnn, build_tiny_lstm
+from tests.export.conftest import SIZE, build_tiny_cnn, build_tiny_lstm, write_synthetic_manifest
 
 pytest.importorskip("tensorflow")
 fake_quant = pytest.importorskip("edgecxr.stages.train.fake_quant")
@@ -49,7 +47,7 @@ def test_wrap_fake_quantizes_every_weighted_layer_and_strip_restores_the_float_m
     plain = fake_quant.strip(qat, model)
     assert type(plain) is type(model) and not fake_quant.quantized_layers(plain)
     np.testing.assert_array_equal(plain(x, training=False).numpy(), float_probs)
-    bn = [layer for layer in fake_quant._walk(qat) if "batch_normalization" in layer.name]
+    bn = [layer for layer in walk_layers(qat) if "batch_normalization" in layer.name]
     assert all(not layer.trainable for layer in bn)
 
 
@@ -89,25 +87,8 @@ def test_fake_quantization_rounds_like_the_onnx_int8_model(exported_cnn):
 @pytest.fixture(scope="module")
 def qat_manifest(tmp_path_factory):
     """Random-texture PNGs in train / calib / val / test (labels carry no signal; the gate compares models)."""
-    import cv2
-
-    root = tmp_path_factory.mktemp("qat-cxr")
-    rng = np.random.default_rng(3)
-    rows, k = [], 0
-    for label in CLASSES_4:
-        for split, n in (("train", 6), ("calib", 3), ("val", 3), ("test", 3)):
-            for _ in range(n):
-                rel = f"images/{label}/{split}_{k:03d}.png"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(root / rel), (cv2.GaussianBlur(rng.uniform(0, 255, (40, 40)), (0, 0), 2)).astype(np.uint8))
-                rows.append({"relative_path": rel, "label": label, "split": split, "patient_id": f"p{k}"})
-                k += 1
-    path = root / "manifest.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_synthetic_manifest(tmp_path_factory.mktemp("qat-cxr"),
+                                    (("train", 6), ("calib", 3), ("val", 3), ("test", 3)), seed=3)
 
 
 LOOSE = "[gates]\nmin_agreement = 0.5\nmax_acc_drop = 100.0\ncovid_sensitivity_not_lower = false\n"

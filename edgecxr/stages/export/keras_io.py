@@ -29,11 +29,12 @@ def load_keras(path: str | Path) -> Any:
         raise BundleError(f"{path}: Keras cannot load this model: {exc}") from exc
 
 
-def _walk_layers(layer: Any) -> list[Any]:
+def walk_layers(layer: Any) -> list[Any]:
+    """Every layer inside `layer`, depth first in model order (nested models and RNN wrappers included)."""
     out = []
     for sub in getattr(layer, "layers", []) or []:
         out.append(sub)
-        out.extend(_walk_layers(sub))
+        out.extend(walk_layers(sub))
     for attr in ("layer", "forward_layer", "backward_layer"):  # Bidirectional / TimeDistributed wrappers
         sub = getattr(layer, attr, None)
         if sub is not None and sub is not layer and hasattr(sub, "get_config"):
@@ -45,7 +46,7 @@ def keras_lstm_count(model: Any) -> int:
     """Number of LSTM layers in a Keras model (a Bidirectional LSTM counts once: one ONNX op)."""
     keras = require("keras", "exporting the Keras model")
     count = 0
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if isinstance(layer, keras.layers.Bidirectional):
             count += 1
         elif isinstance(layer, keras.layers.LSTM) and not _inside_bidirectional(model, layer, keras):
@@ -54,7 +55,7 @@ def keras_lstm_count(model: Any) -> int:
 
 
 def _inside_bidirectional(model: Any, layer: Any, keras: Any) -> bool:
-    for outer in _walk_layers(model):
+    for outer in walk_layers(model):
         if isinstance(outer, keras.layers.Bidirectional) and layer in (
             getattr(outer, "forward_layer", None),
             getattr(outer, "backward_layer", None),

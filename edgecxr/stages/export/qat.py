@@ -20,6 +20,7 @@ quantized, sha256 in bundle.json["calibration"]["qat"]) so the INT8 file stays t
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -40,20 +41,13 @@ from edgecxr.stages.export.int8 import calibrate_bundle, quantize_qdq
 from edgecxr.stages.export.keras_io import keras_to_onnx, load_keras
 from edgecxr.stages.export.onnx_tools import optimize_onnx, write_model
 from edgecxr.stages.export.qdq_check import resolve_keep_float
-from edgecxr.stages.export.sensitivity import Scorer
+from edgecxr.stages.export.sensitivity import Scorer, score_row
 from edgecxr.stages.gate.config import Gates
 
 #: what the fake-quantized model learns to output: the trained model's probabilities (distillation) or the labels
 TARGETS = ("teacher", "labels")
 #: where the fine-tuned weights and the FP32 ONNX that was quantized are kept, inside the bundle
 QAT_DIR = "qat"
-
-
-def _row(epoch: int, res: Any, seconds: float) -> dict[str, Any]:
-    m = res.metrics
-    return {"epoch": epoch, "top1_agreement": res.agreement["top1_agreement"], "accuracy": m["accuracy"],
-            "covid_sensitivity": (m.get("covid_vs_rest") or {}).get("sensitivity"), "passed": bool(res.passed),
-            "failures": res.failures, "seconds": round(seconds, 1)}
 
 
 def _distilled(batches: Any, teacher: Any) -> Any:
@@ -177,7 +171,7 @@ def qat_bundle(
         batches = _distilled(batches, trained)
 
     history: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float], int, Any] | None = None
+    best: tuple[tuple[float, float], int, Any, Path] | None = None  # (key, epoch, Keras model, its FP32 ONNX)
     with tempfile.TemporaryDirectory(prefix="edgecxr-qat-") as tmp:
         for epoch in range(epochs + 1):
             e0 = time.perf_counter()
@@ -200,7 +194,8 @@ def qat_bundle(
             candidate = Path(tmp) / f"epoch{epoch}.int8.onnx"
             quantize_qdq(source, candidate, x_cal, method=method, nodes_to_exclude=exclude, progress=False)
             res = scorer.score(onnx.load(str(candidate)))
-            row = {**_row(epoch, res, time.perf_counter() - e0), **({"train_loss": round(loss, 5)} if loss is not None else {}),
+            row = {"epoch": epoch, **score_row(res), "seconds": round(time.perf_counter() - e0, 1),
+                   **({"train_loss": round(loss, 5)} if loss is not None else {}),
                    **({"activation_ranges": len(ranges)} if ranges else {})}
             history.append(row)
             say(f"  epoch {epoch}{' (post-training calibration)' if not epoch else ''}: {select_split} agreement "
@@ -208,7 +203,7 @@ def qat_bundle(
                 + (f", train loss {loss:.4f}" if loss is not None else "") + f" ({row['seconds']:.0f} s)")
             key = (row["top1_agreement"], row["accuracy"])
             if row["passed"] and (best is None or key > best[0]):
-                best = (key, epoch, plain)
+                best = (key, epoch, plain, source)
         record = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "augment": augment, "target": target,
                   "train_split": train_split, "train_images": len(y_train), "selected_on": select_split,
                   "selection_images": len(y_val), "history": history,
@@ -220,16 +215,16 @@ def qat_bundle(
             raise GateFailedError(f"no epoch of quantization-aware fine-tuning passes the gate on {select_split} "
                                   f"(best agreement {max(r['top1_agreement'] for r in history):.2%}); nothing published, "
                                   f"{verify_split} not read")
-        if best[1] == 0:
+        chosen: Path | None = None  # epoch 0: the bundle's own FP32 model
+        if best[1]:
+            out = bundle.dir / QAT_DIR
+            out.mkdir(exist_ok=True)
+            best[2].save(str(out / "model.keras"))
+            chosen = Path(shutil.copyfile(best[3], out / "model.onnx"))  # the very file that epoch was scored from
+        else:
             say("  post-training calibration is already the best on the selection split; publishing it")
-            return calibrate_bundle(bundle, manifest, split=split, method=method, keep_float=keep_float, verify=verify,
-                                    verify_split=verify_split, gates=gates, progress=progress, qat=record)
-        out = bundle.dir / QAT_DIR
-        out.mkdir(exist_ok=True)
-        best[2].save(str(out / "model.keras"))
-        source = write_model(_float_onnx(best[2], bundle, with_features), out / "model.onnx")
         return calibrate_bundle(bundle, manifest, split=split, method=method, keep_float=keep_float, verify=verify,
-                                verify_split=verify_split, gates=gates, progress=progress, source=source, qat=record)
+                                verify_split=verify_split, gates=gates, progress=progress, source=chosen, qat=record)
 
 
 def summary_lines(section: dict[str, Any]) -> list[str]:

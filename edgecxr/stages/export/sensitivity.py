@@ -153,6 +153,13 @@ class Scorer:
         return res
 
 
+def score_row(res: ArtifactResult) -> dict[str, Any]:
+    """One scored variant as a JSON-able row: agreement, accuracy, COVID sensitivity and the verdict."""
+    return {"top1_agreement": res.agreement["top1_agreement"], "accuracy": res.metrics["accuracy"],
+            "covid_sensitivity": (res.metrics.get("covid_vs_rest") or {}).get("sensitivity"),
+            "passed": bool(res.passed), "failures": res.failures}
+
+
 def _weight_counts(fp32: Any) -> dict[str, int]:
     """Node name -> parameters of its weight input (input 1) in the FP32 model, for every node."""
     dims = {t.name: t.dims for t in fp32.graph.initializer}

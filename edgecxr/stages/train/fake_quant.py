@@ -25,13 +25,13 @@ quantizer leaves the LSTM in float); BatchNorm is frozen (inference statistics) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from edgecxr.core.errors import BundleError
 from edgecxr.core.lazy import require
+from edgecxr.stages.export.keras_io import walk_layers
 
 #: smallest range a fake quantizer uses (an all-zero channel or input would give scale 0)
 EPS = 1e-8
@@ -136,15 +136,9 @@ def _classes() -> dict[type, type]:
             L.Dense: QatDense, L.LSTM: QatLSTM}
 
 
-def _walk(model: Any) -> Iterable[Any]:
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _walk(layer)
-
-
 def quantized_layers(model: Any) -> list[Any]:
     """The fake-quantized layers of a model made by `wrap`."""
-    return [layer for layer in _walk(model) if isinstance(layer, _Observed)]
+    return [layer for layer in walk_layers(model) if isinstance(layer, _Observed)]
 
 
 def wrap(model: Any) -> Any:
@@ -164,7 +158,7 @@ def wrap(model: Any) -> Any:
     _copy_weights(model, qat)
     if not quantized_layers(qat):
         raise BundleError("the model has no Conv2D, DepthwiseConv2D, SeparableConv2D, Dense or LSTM layer to fine-tune for INT8")
-    for layer in _walk(qat):
+    for layer in walk_layers(qat):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # Keras 3 runs a frozen BatchNorm with its moving statistics
     return qat

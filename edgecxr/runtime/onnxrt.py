@@ -13,8 +13,9 @@ from edgecxr.runtime.base import FEATURES, Runner
 #: (AVX2, AVX-512 without VNNI). Its default u8s8 kernels add pairs of products in saturating 16-bit
 #: sums there: on the CNN-LSTM's fully quantized model that changed 23% of the `val` decisions (76.74%
 #: agreement with FP32 without VNNI, 98.45% on a VNNI CPU). It is set only where the CPU lacks such an
-#: instruction: on a VNNI CPU (exact 32-bit sums already) it made the CoroNet INT8 model 1.55x slower
-#: (11.2 vs 7.1 ms at batch 1, 2026-12-04), so a gated INT8 model gives its gated answers on every x86 CPU.
+#: instruction: on a VNNI CPU (exact 32-bit sums already) it made the INT8 models 1.61x (CoroNet) and
+#: 2.41x (CNN-LSTM) slower at batch 1 (scripts/int8_exact_sums_cost.py, 2026-12-04). So a gated INT8
+#: model gives its gated answers on every x86 CPU, at full speed where the CPU has VNNI.
 EXACT_INT8 = ("session.x64quantprecision", "1")
 
 

@@ -81,7 +81,7 @@ def test_fake_quantization_rounds_like_the_onnx_int8_model(exported_cnn):
     ort_probs = _predict(onnx.load(str(out)), x)
     to_float = np.abs(ort_probs - float_probs).mean()
     assert to_float > 1e-3  # INT8 did change something
-    assert np.abs(fq_probs - ort_probs).mean() < to_float / 5  # 16x closer when written (a rounding tie can differ)
+    assert np.abs(fq_probs - ort_probs).mean() < to_float / 5  # not equal: a rounding tie can fall either way
 
 
 @pytest.fixture(scope="module")

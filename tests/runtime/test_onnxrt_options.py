@@ -17,7 +17,7 @@ def _exact(so) -> bool:
 @pytest.mark.parametrize("vnni", [True, False])
 def test_exact_int8_products_only_on_cpus_without_an_integer_dot_product(monkeypatch, vnni):
     """Without VNNI, ONNX Runtime's u8s8 kernels saturate 16-bit sums (76.74% instead of 98.45% agreement
-    for the CNN-LSTM's fully quantized model); with VNNI the switch only slows INT8 down (1.55x)."""
+    for the CNN-LSTM's fully quantized model); with VNNI the switch only slows INT8 down (1.6-2.4x)."""
     monkeypatch.setattr("edgecxr.runtime.sysinfo.cpu_int8_fast", lambda: vnni)
     import onnxruntime as ort
 

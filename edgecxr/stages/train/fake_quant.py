@@ -14,8 +14,8 @@ function, exactly where `edgecxr calibrate` puts Q/DQ pairs in the ONNX graph:
   * activations: symmetric int8 per tensor on the input of every weighted op (and the LSTM's
     input, and the logits the float softmax reads), range max|x| over the calibration images,
     measured on the float model (`observe`: float weights too) as ONNX Runtime's MinMax calibrator
-    does, then held fixed for the epoch. Measured with quantized weights instead, the ranges moved
-    by 0.5% and the fake-quantized model's probabilities missed the Q/DQ file's by 16x more.
+    does, then held fixed for the epoch. Measured with quantized weights instead, the ranges are not
+    the calibrator's and the rounding grids part: tests/export/test_qat.py's fidelity test then fails.
 
 The subclasses add no weights, so `get_weights()` lists the same arrays in the same order as the
 float model's: fine-tuned weights go back into a plain copy of the original architecture

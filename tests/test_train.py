@@ -100,10 +100,12 @@ def test_resume_continues_from_saved_epoch(manifest, tmp_path):
     train(_cfg(manifest, out, epochs=1))
     first = json.loads((out / "history.json").read_text())
     with pytest.raises(EdgeCXRError, match="already holds a training run; resume it"):
-        train(_cfg(manifest, out, epochs=2))
+        train(_cfg(manifest, out, epochs=2, resume=False))
     with pytest.raises(EdgeCXRError, match="different options"):
-        train(_cfg(manifest, out, epochs=2, batch_size=2, resume=True))
-    train(_cfg(manifest, out, epochs=2, resume=True))
+        train(_cfg(manifest, out, epochs=2, batch_size=2))
+    log = io.StringIO()
+    train(_cfg(manifest, out, epochs=2), log=log)  # the same command line resumes by itself, and says so
+    assert f"resuming {out} after epoch 1/2" in log.getvalue()
     meta = Bundle.load(out).meta
     assert meta["training"]["epochs_run"] == 2
     assert meta["training"]["resumed_at_epoch"] == [1]
@@ -174,7 +176,9 @@ def test_cli_train_json_and_errors(manifest, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs_run"] == 1 and Path(summary["bundle"]) == out
     assert "epoch 1/1" in result.stderr  # one log line per epoch when not a TTY
-    again = runner.invoke(main, args)
+    again = runner.invoke(main, args)  # the same command again: the run is complete, so it resumes nothing
+    assert again.exit_code == 0 and f"resuming {out} after epoch 1/1" in again.stderr
+    again = runner.invoke(main, [*args, "--no-resume"])
     assert again.exit_code == 1 and "resume it" in again.stderr
     assert again.stderr.rstrip().endswith("(options: --resume/--no-resume, --out)")  # the CLI names its flags
     folds = runner.invoke(main, ["train", "cnn-lstm", "--data", str(manifest), "--out", str(tmp_path / "f"), "--folds", "1"])
@@ -311,3 +315,86 @@ def test_progress_inside_an_epoch_is_a_line_per_tenth_off_a_terminal_and_one_liv
     quiet = io.StringIO()
     train(_cfg(manifest, tmp_path / "quiet", epochs=1, batch_size=1), log=quiet, verbose=0)
     assert "  epoch 1/1  batch" not in quiet.getvalue()
+
+
+def test_ema_selects_and_saves_the_averaged_weights_and_scores_the_raw_ones(manifest, tmp_path):
+    from edgecxr.stages.train.loop import ema_pairs
+
+    out = tmp_path / "ema"
+    train(_cfg(manifest, out, epochs=3, ema=0.5, augment="none"))
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["raw_val_loss"]) == len(history["val_loss"]) == 3
+    assert history["raw_val_loss"] != history["val_loss"]  # two sets of weights were scored each epoch
+    last = keras.saving.load_model(out / "checkpoints" / "last.keras")
+    pairs = ema_pairs(last)  # the averages travel with the optimizer state, so a resumed run continues them
+    assert pairs and any(not np.allclose(np.asarray(w), np.asarray(a)) for w, a in pairs)
+    # last.keras holds the raw weights (training continues from them), not the averages
+    raw = {w.path: np.asarray(w) for w in last.trainable_weights}
+    assert all(np.array_equal(raw[w.path], np.asarray(w)) for w, _ in pairs)
+    meta = Bundle.load(out).meta
+    best = meta["training"]["best_epoch"]
+    model = keras.saving.load_model(out / "model.keras")
+    x_val, y_val = load_arrays(select(read_manifest(manifest), "val"), Bundle.load(out).spec, CLASSES_4)
+    probs = model.predict(x_val, verbose=0)
+    smoothed = keras.ops.convert_to_numpy(keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        np.eye(4)[y_val], probs))
+    assert float(smoothed) == pytest.approx(history["val_loss"][best - 1], rel=1e-4)  # the averaged weights
+    with pytest.raises(EdgeCXRError, match="ema must be in"):
+        train(_cfg(manifest, tmp_path / "bad", ema=1.5))
+
+
+def test_a_run_killed_mid_epoch_resumes_with_the_same_next_batch_and_schedule_value(manifest, tmp_path):
+    """SIGKILL during epoch 2, the same command again: epochs 2-3 start with the batch and learning rate
+    an uninterrupted run starts them with (train.jsonl records both)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out):
+        return [sys.executable, "-m", "edgecxr", "train", "coronet", "--data", str(manifest), "--out", str(out),
+                "--tiny", "--epochs", "3", "--batch-size", "1", "--seed", "3"]
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    whole = tmp_path / "whole"
+    subprocess.run(command(whole), check=True, capture_output=True, env=env, timeout=600)
+    killed = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=fh, env=env)
+        deadline = time.monotonic() + 600
+        while "epoch 2/3  batch " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert "epoch 2/3  batch " in log.read_text() and "epoch 2/3  loss" not in log.read_text()  # killed mid-epoch 2
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {killed} after epoch 1/3" in resumed.stderr
+
+    def records(out):
+        return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+
+    a, b = records(whole), records(killed)
+    assert [r["epoch"] for r in b] == [1, 2, 3]  # the killed epoch left no record; nothing was run twice
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["first_batch"] == ra["first_batch"]
+        assert rb["lr_at_start"] == ra["lr_at_start"]
+    assert len({r["first_batch"] for r in a}) == 3  # each epoch has its own order: the check can fail
+    assert Bundle.load(killed).meta["training"]["resumed_at_epoch"] == [1]
+
+
+def test_runs_go_outside_the_checkout_by_default(manifest, tmp_path, monkeypatch):
+    from edgecxr.stages.train.config import RUNS_ENV, default_run_dir
+
+    monkeypatch.setenv(RUNS_ENV, str(tmp_path / "runs"))
+    assert default_run_dir("coronet") == tmp_path / "runs" / "coronet"
+    result = CliRunner().invoke(main, ["train", "cnn-lstm", "--data", str(manifest), "--tiny", "--epochs", "1",
+                                       "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "cnn-lstm" / "bundle.json").is_file()
+    record = json.loads((tmp_path / "runs" / "cnn-lstm" / "train.jsonl").read_text().splitlines()[0])
+    assert record["epoch"] == 1 and record["images_per_second"] > 0
+    monkeypatch.delenv(RUNS_ENV)
+    assert default_run_dir("x") == Path.home() / ".cache" / "edgecxr" / "runs" / "x"

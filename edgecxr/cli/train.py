@@ -25,7 +25,9 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.argument("model", type=click.Choice(MODEL_NAMES))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle directory, e.g. runs/coronet.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, train.jsonl, then the bundle [$EDGECXR_RUNS/MODEL, "
+                   "default ~/.cache/edgecxr/runs/MODEL]. The same command again resumes the run there.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES, reverse=True)), default=None,
               help="Hyper-parameter set [scratch when --weights is none, else paper]. Options below override it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -65,22 +67,35 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for the backend's kernels [all cores]; e.g. 1 each for two runs on 2 cores.")
 @click.option("--tiny", is_flag=True, help="Test-only miniature of the architecture (32x32, seconds per epoch).")
-@click.option("--resume/--no-resume", default=False, show_default=True,
-              help="Continue an interrupted run in --out from its last saved epoch.")
+@click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Keep an exponential moving average of the weights with this momentum (e.g. 0.998; 0 = off); "
+                   "validation, model selection and the saved model use it, the raw weights are scored beside it.")
+@click.option("--resume/--no-resume", default=None,
+              help="[default: resume by itself] --resume: continue the run in --out from its last saved epoch; "
+                   "--no-resume: refuse a folder that already holds a run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON on stdout.")
 @allow_outside_option
-def train(model: str, data: str, out: str, as_json: bool, **options: object) -> None:
+def train(model: str, data: str, out: str | None, as_json: bool, **options: object) -> None:
     """Train MODEL on a manifest and write a model bundle (model.keras, bundle.json, history, figures).
 
     \b
+    Runs are resumable: after every epoch the model, optimizer, schedule position and best-so-far are
+    checkpointed in the run folder, and the same command line started again continues after the last
+    saved epoch (it says so). Only the last and the best checkpoints are kept.
+
+    \b
     Examples:
+      edgecxr train coronet  --data data/manifest.csv --weights none      # -> ~/.cache/edgecxr/runs/coronet
       edgecxr train coronet  --data data/manifest.csv --out runs/coronet --weights none
       edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm
       edgecxr train coronet  --data data/manifest.csv --out runs/coronet-paper --recipe paper --weights none
       edgecxr train cnn-lstm --data data/manifest.csv --out runs/cnn-lstm-cv --folds 5
     """
-    from edgecxr.stages.train.config import TrainConfig
+    from edgecxr.stages.train.config import TrainConfig, default_run_dir
     from edgecxr.stages.train.run import train as run_training
+
+    if out is None:
+        out = str(default_run_dir(model))
 
     weights = options.get("weights")
     if options.get("tiny") and weights is not None and str(weights).lower() != "none":

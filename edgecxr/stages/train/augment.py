@@ -121,8 +121,13 @@ def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: i
             return math.ceil(len(x) / batch_size)
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
-            idx = self._order[i * batch_size : (i + 1) * batch_size]
-            rng = np.random.default_rng([seed, self.epoch, i])
+            return self.batch(self.epoch, i, self._order)
+
+        def batch(self, epoch: int, i: int, order: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+            """Batch `i` of `epoch`: a pure function of (seed, epoch, i), whatever ran before."""
+            order = self._shuffle(epoch) if order is None else order
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            rng = np.random.default_rng([seed, epoch, i])
             xb = x[idx]
             if policy.geometric or policy.photometric:
                 xb = np.stack([augment_image(im, rng, policy, scale, offset) for im in xb])

@@ -5,9 +5,11 @@ class weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,15 @@ CV_SELECT_FRACTION = 0.15
 
 
 CKPT_DIR = "checkpoints"
+#: environment variable naming the folder that holds training runs (default ~/.cache/edgecxr/runs)
+RUNS_ENV = "EDGECXR_RUNS"
+
+
+def default_run_dir(name: str) -> Path:
+    """Where `edgecxr train` keeps a run when --out is not given: outside any checkout, so a fresh
+    clone (or `git clean`) never loses days of training, and the same command line finds it again."""
+    root = os.environ.get(RUNS_ENV) or str(Path.home() / ".cache" / "edgecxr" / "runs")
+    return Path(root).expanduser() / name
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ class TrainConfig:
     folds: int = 0
     limit_per_class: int | None = None
     tiny: bool = False
-    resume: bool = False
+    #: None: continue the run saved in `out` if there is one (same options), else start; True: the same,
+    #: saying so when there is nothing to resume; False: refuse a folder that holds a run
+    resume: bool | None = None
     #: training images used to re-estimate BatchNorm statistics before each validation (0: off)
     bn_recalibration: int = 200
     #: "paper" or "scratch"; None: "scratch" when the initial weights are random, else "paper"
@@ -67,6 +80,9 @@ class TrainConfig:
     precision: str | None = None
     #: CPU threads for the backend's kernels (None: the backend's default, all cores)
     threads: int | None = None
+    #: momentum of an exponential moving average of the weights (0: off); validation, model selection
+    #: and the saved model then use the averaged weights, and the raw weights are scored beside them
+    ema: float = 0.0
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -96,6 +112,8 @@ class TrainConfig:
             raise EdgeCXRError(f"optimizer must be one of {OPTIMIZERS}, schedule one of {SCHEDULES}, "
                                f"precision one of {PRECISIONS}")
         get_policy(cfg.augment)
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ArgumentError(f"ema must be in [0, 1), got {cfg.ema}", params=("ema",))
         if not 0.0 <= cfg.label_smoothing < 1.0 or cfg.weight_decay < 0 or cfg.warmup_epochs < 0:
             raise EdgeCXRError("label smoothing must be in [0, 1), weight decay and warm-up epochs >= 0")
         return cfg
@@ -166,7 +184,10 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """Options a resumed run must share with the saved one (epochs/patience may change)."""
     keys = ("model", "input_size", "tiny", "batch_size", "augment", "class_weights", "limit_per_class", "seed",
             "recipe", "optimizer", "schedule", "label_smoothing", "precision")
-    return {k: getattr(cfg, k) for k in keys}
+    identity = {k: getattr(cfg, k) for k in keys}
+    if cfg.ema:  # only when set, so runs saved before the option existed still resume
+        identity["ema"] = cfg.ema
+    return identity
 
 
 def _arch_options(cfg: TrainConfig, classes: Sequence[str]) -> dict[str, Any]:

@@ -31,24 +31,6 @@ _SCRATCH_COMMON: dict[str, Any] = {
 #: Only the peak rate differs per model (models.ModelDef.scratch_lr): the CNN-LSTM's plain VGG stack
 #: has no BatchNorm, so it gets 3e-4 against CoroNet's 1e-3.
 SCRATCH_RECIPES: dict[str, dict[str, Any]] = {name: {**_SCRATCH_COMMON, "lr": m.scratch_lr} for name, m in MODELS.items()}
-RECIPES: dict[str, dict[str, Any]] = {name: dict(m.paper_recipe) for name, m in MODELS.items()}
-#: The from-scratch recipe (`--recipe scratch`, the default when the initial weights are random),
-#: chosen on `val` by the ablation in docs/REPRODUCTION.md. The papers' Adam 1e-4 with no
-#: augmentation assumes ImageNet features: from random weights it memorises the ~900 training
-#: films within a few epochs. What helps from scratch: a 10x higher peak rate with linear warm-up
-#: and cosine decay, decoupled weight decay (AdamW), chest-film augmentation (augment.POLICIES),
-#: label smoothing, class-balanced sample weights (the extended manifest is 2:1 bacterial), and
-#: bfloat16 mixed precision where the CPU has bf16 instructions (1.7-2x faster here, scripts/bench_train.py).
-_SCRATCH_COMMON: dict[str, Any] = {
-    "epochs": 40, "batch_size": 32, "weights": "none", "patience": 12, "augment": "cxr", "class_weights": True,
-    "optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2, "label_smoothing": 0.1,
-    "precision": "auto",
-}
-#: Only the peak rate differs: the CNN-LSTM's plain VGG stack has no BatchNorm, so it gets 3e-4.
-SCRATCH_RECIPES: dict[str, dict[str, Any]] = {
-    "coronet": {**_SCRATCH_COMMON, "lr": 1e-3},
-    "cnn-lstm": {**_SCRATCH_COMMON, "lr": 3e-4},
-}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER_RECIPES, "scratch": SCRATCH_RECIPES}
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -104,7 +86,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def make_optimizer(cfg: Any, steps_per_epoch: int) -> Any:
-    """Adam or AdamW at cfg.lr, constant or linear warm-up + cosine decay over cfg.epochs."""
+    """Adam or AdamW at cfg.lr, constant or linear warm-up + cosine decay over cfg.epochs, with EMA if cfg.ema."""
     keras = require("keras", "training")
     lr: Any = cfg.lr
     if cfg.schedule == "cosine":
@@ -113,9 +95,13 @@ def make_optimizer(cfg: Any, steps_per_epoch: int) -> Any:
         lr = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr, decay_steps=total - warmup, alpha=0.01,
             warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
+    # EMA of the weights (Polyak averaging) lives in the optimizer, so its averages are saved with the
+    # optimizer state in last.keras and a resumed run continues them; the loop evaluates and keeps them.
+    ema = float(getattr(cfg, "ema", 0.0) or 0.0)
+    extra = {"use_ema": True, "ema_momentum": ema} if ema else {}
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, **extra)
+    return keras.optimizers.Adam(learning_rate=lr, **extra)
 
 
 class dtype_scope:

@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     dataset = {"manifest": str(Path(cfg.data).resolve()), "sha256": manifest_sha256(cfg.data),
                "limit_per_class": cfg.limit_per_class}
     existing = [p for p in (out / CKPT_DIR / "state.json", out / "bundle.json", out / "cv.json") if p.is_file()]
-    if existing and not cfg.resume:  # checked before minutes of image decoding, not after
+    if existing and cfg.resume is False:  # checked before minutes of image decoding, not after
         raise EdgeCXRError(f"{out} already holds a training run; resume it, or choose another output folder",
                            params=("resume", "out"))
     if cfg.folds:
@@ -236,7 +236,7 @@ def _cross_validate(
                           cfg.seed + 1000 + k)
         sel, trn = rest[sub == 0], rest[sub != 0]
         done = fold_dir / "fold.json"
-        if cfg.resume and done.is_file():
+        if cfg.resume is not False and done.is_file():
             results.append(read_json(done))
             print(f"fold {k + 1}/{cfg.folds}: already done", file=log, flush=True)
             continue

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The long from-scratch training runs behind docs/REPRODUCTION.md (issue: reproduce the papers), as two
+# lanes that share a 2-core CPU with one thread each: CoroNet, and the CNN-LSTM's 128 -> 224 phases.
+#
+# Resumable by design: every step is `edgecxr train` with its checkpoints in $EDGECXR_RUNS (default
+# ~/.cache/edgecxr/runs, outside the checkout); running this script again continues each lane after its
+# last saved epoch, and skips steps whose bundle.json is already written. Logs: <run>/train.log
+# (human) and <run>/train.jsonl (one JSON record per epoch).
+#
+#   bash scripts/long_runs.sh            # start (or resume) both lanes in the background, print the PIDs
+#   bash scripts/long_runs.sh status     # last line of each run's log
+#   bash scripts/long_runs.sh stop       # SIGTERM both lanes (the current epoch is lost, nothing else)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+edgecxr="$repo/.venv/bin/edgecxr"
+runs="${EDGECXR_RUNS:-$HOME/.cache/edgecxr/runs}"
+data="${EDGECXR_DATA:-$repo/../shared/data/cxr}"
+export EDGECXR_RUNS="$runs" TF_CPP_MIN_LOG_LEVEL=2
+mkdir -p "$runs"
+
+step() {  # step NAME ARGS...: one resumable training run, skipped once its bundle exists
+    local name="$1"; shift
+    local dir="$runs/$name"
+    if [[ -f "$dir/bundle.json" ]]; then
+        echo "$(date -Is) $name: done ($dir/bundle.json)" >> "$runs/lanes.log"
+        return 0
+    fi
+    mkdir -p "$dir"
+    echo "$(date -Is) $name: start/resume" >> "$runs/lanes.log"
+    nice -n 10 "$edgecxr" train "$@" --out "$dir" --threads 1 >> "$dir/train.log" 2>&1
+}
+
+coronet_lane() {
+    step coronet-e80-ema coronet --weights none --data "$data/manifest-extended.csv" \
+        --epochs 80 --patience 0 --ema 0.998
+}
+
+cnn_lstm_lane() {
+    step cnn-lstm-128-e40-ema cnn-lstm --data "$data/manifest-extended.csv" --input-size 128 \
+        --epochs 40 --patience 0 --ema 0.998
+    step cnn-lstm-224-e12-ema cnn-lstm --recipe scratch --data "$data/manifest-extended.csv" \
+        --weights "$runs/cnn-lstm-128-e40-ema/model.keras" --batch-size 16 --epochs 12 --lr 1e-4 \
+        --warmup-epochs 1 --patience 0 --ema 0.998
+}
+
+case "${1:-start}" in
+    start)
+        [[ -x "$edgecxr" ]] || { echo "no $edgecxr: run make setup first" >&2; exit 2; }
+        for lane in coronet_lane cnn_lstm_lane; do
+            if [[ -f "$runs/$lane.pid" ]] && kill -0 "$(cat "$runs/$lane.pid")" 2>/dev/null; then
+                echo "$lane already running (pid $(cat "$runs/$lane.pid"))"; continue
+            fi
+            nohup setsid bash -c "$(declare -f step coronet_lane cnn_lstm_lane); runs='$runs' data='$data' \
+                edgecxr='$edgecxr' $lane" > "$runs/$lane.out" 2>&1 &
+            echo $! > "$runs/$lane.pid"
+            echo "$lane: pid $! (logs under $runs)"
+        done ;;
+    status)
+        for log in "$runs"/*/train.log; do
+            [[ -f "$log" ]] && echo "$(basename "$(dirname "$log")"): $(tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 1)"
+        done ;;
+    stop)
+        for lane in coronet_lane cnn_lstm_lane; do
+            [[ -f "$runs/$lane.pid" ]] && kill -TERM -- "-$(cat "$runs/$lane.pid")" 2>/dev/null && echo "stopped $lane"
+        done; true ;;
+    *) echo "usage: $0 [start|status|stop]" >&2; exit 2 ;;
+esac

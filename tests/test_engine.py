@@ -41,7 +41,7 @@ from edgecxr.stages.engine.profile import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = sorted((REPO / "edgecxr" / "profiles").glob("*.toml"))
+PROFILES = sorted((REPO / "build_engines").glob("*.toml"))
 
 GTX = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA GeForce GTX 1660 SUPER", "compute_capability": "7.5"}}
 A4000 = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA RTX A4000", "compute_capability": "8.6"}}

@@ -21,7 +21,7 @@ from edgecxr.stages.engine.dryrun import check_operators, dry_run, operator_list
 from edgecxr.stages.engine.profile import load_profile, resolve_profile
 
 REPO = Path(__file__).resolve().parents[2]
-PROFILES = sorted(p.stem for p in (REPO / "edgecxr" / "profiles").glob("*.toml"))
+PROFILES = sorted(p.stem for p in (REPO / "build_engines").glob("*.toml"))
 #: reference model -> precisions it ships (cnn-lstm has no INT8 that passed the gate)
 REFERENCES = {"coronet": ("fp16", "int8"), "cnn-lstm": ("fp16",)}
 CASES = [(m, p, prec) for m, precs in REFERENCES.items() for p in PROFILES for prec in precs]

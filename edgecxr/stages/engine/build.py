@@ -11,7 +11,7 @@ NetworkFromOnnxPath (parser errors listed) -> CreateConfig (optimization profile
 timing cache, DLA) -> EngineFromNetwork -> SaveEngine. What differs by TensorRT line (strongly typed
 10/11 with precision from the FP16 or Q/DQ ONNX; FP16/INT8 builder flags on 8.6 only) is data in
 trt_lines.py, which `build --dry-run` prints and the contract tests check against each version's
-real bindings. Profiles (edgecxr/profiles/*.toml) are parsed in profile.py. Everything that
+real bindings. Profiles (build_engines/*.toml) are parsed in profile.py. Everything that
 decides something (profiles, names, sidecar content, compatibility) is a pure function tested on CPU.
 """
 
@@ -107,7 +107,7 @@ def build_engine(
     check_precision_support(precision, gpu["compute_capability"], gpu["name"])
     problems = check_profile_target(profile, platform["tensorrt"], gpu["compute_capability"])
     if problems:
-        raise BuildError("; ".join(problems) + " (pick a matching profile (edgecxr/profiles/) or pass none)")
+        raise BuildError("; ".join(problems) + " (pick a matching profile (build_engines/) or pass none)")
 
     spec = bundle.spec
     engine_path = Path(out) if out else bundle.dir / "engines" / engine_filename(

@@ -1,4 +1,4 @@
-"""Engine build profiles (edgecxr/profiles/*.toml, shipped in the package) and the GPU facts that decide what a build may do.
+"""Engine build profiles (build_engines/*.toml, shipped in the package as edgecxr/profiles/) and the GPU facts that decide what a build may do.
 
 A profile says how to build for one class of target machine: default precision, the optimization
 profile's batch range, workspace, DLA core, timing cache, and which GPUs / TensorRT versions it
@@ -25,8 +25,18 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = None  # type: ignore[assignment]
 
 PRECISIONS = ("fp16", "int8")
+_PACKAGE = Path(__file__).resolve().parents[2]
+
+
+def _shipped_profiles() -> Path:
+    """The device build profiles' one home is build_engines/ at the top of the checkout; the wheel
+    ships that folder as edgecxr/profiles/ (setup.py maps it), so an installed package looks there."""
+    installed = _PACKAGE / "profiles"
+    return installed if installed.is_dir() else _PACKAGE.parent / "build_engines"
+
+
 #: where `--profile NAME` is looked up when NAME is not a path
-PROFILE_DIRS = (Path(__file__).resolve().parents[2] / "profiles",)  #: shipped inside the package
+PROFILE_DIRS = (_shipped_profiles(),)
 
 
 class BuildError(BundleError):
@@ -38,7 +48,7 @@ class BuildError(BundleError):
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BuildProfile:
-    """How to build an engine for one class of target machine (see edgecxr/profiles/*.toml).
+    """How to build an engine for one class of target machine (see build_engines/*.toml).
 
     Attributes:
         name: profile name (the TOML file stem unless given).
@@ -139,7 +149,7 @@ def parse_profile(text: str, name: str = "profile") -> BuildProfile:
 
 
 def load_profile(ref: str | Path) -> BuildProfile:
-    """Load a profile from a path, or by name from the profiles shipped in the package (edgecxr/profiles/)."""
+    """Load a profile from a path, or by name from the profiles shipped with the package (build_engines/)."""
     path = Path(ref)
     candidates = [path] if path.suffix == ".toml" or path.exists() else []
     candidates += [d / f"{ref}.toml" for d in PROFILE_DIRS]

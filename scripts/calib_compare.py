@@ -1,7 +1,7 @@
 """Calibration methods x calibration-set sizes, scored on `val` (never `test`): the table of docs/QUANTIZATION.md.
 
     python scripts/calib_compare.py runs/int8/cnn-lstm --methods minmax,percentile,entropy --views 0,1 \
-        --out docs/results/calib-compare-cnn-lstm.json
+        --out runs/calib-compare-cnn-lstm.json
     python scripts/calib_compare.py --markdown docs/results/calib-compare-cnn-lstm.json   # the table
 
 For each method and number of augmented views (`--views 1` = the 127 `calib` images plus one
@@ -25,6 +25,7 @@ from pathlib import Path
 import onnx
 
 from edgecxr.core.bundle import Bundle
+from edgecxr.core.fileutil import recorded_path
 from edgecxr.data.dataset import load_split
 from edgecxr.stages.export.calib_set import with_views
 from edgecxr.stages.export.fp32 import ensure_fp32
@@ -77,7 +78,7 @@ def main() -> int:
     _, x, y = load_split(bundle, args.data, "val", progress=False)
     scorer = Scorer(fp32, x, y, bundle.classes, Gates())
     out = Path(args.out)
-    record = {"bundle": str(args.bundle), "model": bundle.model, "selection_split": "val", "val_images": len(y),
+    record = {"bundle": recorded_path(args.bundle), "model": bundle.model, "selection_split": "val", "val_images": len(y),
               "calib_images": len(calib), "date": _dt.date.today().isoformat(),
               "command": "python scripts/calib_compare.py " + " ".join(sys.argv[1:]),
               "reference_accuracy": scorer.ref_result.metrics["accuracy"], "rows": [],

@@ -17,7 +17,7 @@ Phases:
      (tests/runtime/tinymodels.py: the server's own overhead, not the model's), every 10th a
      /v1/classify upload.
 
-    .venv/bin/python scripts/load_test.py --out load_test.json
+    .venv/bin/python scripts/load_test.py --out runs/load_test.json
     .venv/bin/python scripts/load_test.py --model @tiny --phases throughput   (the service's own cost)
     .venv/bin/python scripts/load_test.py --quick        (a smaller run, a few minutes)
     .venv/bin/python scripts/load_test.py --report load_test.json   (the BENCHMARKS.md tables)

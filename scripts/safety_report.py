@@ -8,7 +8,9 @@ bundle. `test` is read for the report only: the share of test images rejected or
 whole product: input checks, then the model's OOD score, as `edgecxr infer` runs it), ECE before
 and after temperature scaling, per-class ROC. The built-in OOD set goes through the same
 `Classifier.predict` (arrays; DICOM files by path, so the header rules apply too).
-Writes docs/results/safety-MODEL.json and docs/img/MODEL-{reliability,roc-test,ood-scores}.png.
+Writes safety-MODEL.json and MODEL-{reliability,roc-test,ood-scores}.png into --out (default
+runs/safety/, git-ignored); --update-docs writes them where SAFETY.md reads them instead
+(docs/results/ and docs/img/), the one way this script changes the checkout.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr.core.bundle import Bundle
+from edgecxr.core.fileutil import recorded_path
 from edgecxr.core.spec import preprocess
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import read_manifest, select
@@ -39,6 +42,9 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--per-kind", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=Path("runs/safety"), help="folder for the JSON and figures")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write into docs/results/ and docs/img/ (the committed copies) instead of --out")
     args = ap.parse_args()
 
     bundle = Bundle.load(store.resolve(args.model))
@@ -46,11 +52,12 @@ def main() -> None:
     if conf.ood is None or conf.temperature is None:
         raise SystemExit(f"error: {bundle.dir} has no confidence fit; run `edgecxr confidence` first")
     records = read_manifest(args.data)
-    out: dict = {"model": args.model, "bundle": str(bundle.dir), "confidence": bundle.meta["confidence"]}
+    out: dict = {"model": args.model, "bundle": recorded_path(bundle.dir), "confidence": bundle.meta["confidence"]}
 
     # the product on test and val: what `edgecxr infer` answers
     with Classifier.load(bundle.dir) as clf:
         out["runtime"] = {k: clf.backend_info[k] for k in ("backend", "precision", "artifact", "confidence")}
+        out["runtime"]["artifact"] = recorded_path(out["runtime"]["artifact"])
         for split in ("val", "test"):
             recs = select(records, split)
             preds = clf.predict([r.path for r in recs], workers=0)
@@ -83,7 +90,8 @@ def main() -> None:
                                "nll_before": fit.nll(p, y), "nll_after": fit.nll(cal, y), "n": len(y)}
         curves[f"{split}, raw"] = (p, y)
         curves[f"{split}, T={conf.temperature:.2f}"] = (cal, y)
-    img = REPO / "docs" / "img"
+    img = REPO / "docs" / "img" if args.update_docs else args.out
+    img.mkdir(parents=True, exist_ok=True)
     name = args.model
     plot_reliability(curves, img / f"{name}-reliability.png", f"{name}: reliability (val fits T; test reported)")
     p, _, y = raw["test"]
@@ -101,7 +109,7 @@ def main() -> None:
     out["ood_score_auroc"] = {"val_vs_all_ood": fit.auroc(s_val, s_ood), "test_vs_all_ood": fit.auroc(s_test, s_ood),
                               **{f"test_vs_{k}": fit.auroc(s_test, v) for k, v in by_kind.items()}}
     out["runtime_precision"] = precision
-    dest = REPO / "docs" / "results" / f"safety-{name}.json"
+    dest = (REPO / "docs" / "results" if args.update_docs else args.out) / f"safety-{name}.json"
     dest.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(json.dumps({k: out[k] for k in ("runtime", "val_status", "test_status", "ece_val", "ece_test",
                                           "ood_score_auroc", "ood_set_product")}, indent=1, default=float))

@@ -97,3 +97,21 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def recorded_path(path: str | Path, base: str | Path | None = None) -> str:
+    """How a path is written into a record that may be committed or shared (calibration sidecars,
+    results JSON): relative to `base` (default: the working folder) when it is below it or below its
+    parent (`../shared/data/cxr/manifest.csv` in a checkout), else `~/...` under the home
+    folder, else the file name alone. Never this machine's absolute path: the sha256 beside a
+    recorded path is what identifies the file; the path only says where it was found."""
+    p = Path(path).expanduser().absolute()
+    root = Path(base).absolute() if base is not None else Path.cwd()
+    rel = Path(os.path.relpath(p, root))
+    ups = len(rel.parts) - len(tuple(part for part in rel.parts if part != ".."))
+    if ups <= 1:
+        return rel.as_posix()
+    try:
+        return "~/" + p.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return p.name

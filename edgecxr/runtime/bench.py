@@ -30,6 +30,7 @@ import numpy as np
 
 from edgecxr.core.artifacts import BY_KEY, MAX_BATCH
 from edgecxr.core.errors import ArgumentError, BundleError, EdgeCXRError
+from edgecxr.core.fileutil import recorded_path
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.core.version import __version__
 from edgecxr.runtime.store import DEFAULT_MODEL
@@ -207,7 +208,10 @@ def _bench_classifier(
         batch = np.repeat(base, b, axis=0) if base is not None else synthetic_batch(clf.spec, b)
         log(f"  batch {b}: warm-up {warmup_s:g} s, {iterations} iterations")
         results.append(bench_runner(clf.runner, batch, iterations, warmup_s))
-    out: dict[str, Any] = {"backend": dict(clf.backend_info), "results": results}
+    backend = dict(clf.backend_info)
+    if backend.get("artifact"):  # the report may be committed: no absolute path of this machine
+        backend["artifact"] = recorded_path(backend["artifact"])
+    out: dict[str, Any] = {"backend": backend, "results": results}
     if image:
         e2e_iters = max(1, min(iterations, 50))
         log(f"  end to end on {image}: {e2e_iters} iterations")
@@ -318,7 +322,7 @@ def run_bench(
                                 params=("compare", "backend", "precision"))
     options = options or {}
     report: dict[str, Any] = {
-        "model": str(model or DEFAULT_MODEL),
+        "model": recorded_path(model) if model and Path(str(model)).exists() else str(model or DEFAULT_MODEL),
         "edgecxr_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpu": cpu_info()},

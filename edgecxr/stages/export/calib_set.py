@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecxr.core.fileutil import atomic_write_bytes, write_json
+from edgecxr.core.fileutil import atomic_write_bytes, recorded_path, write_json
 from edgecxr.data.manifest import Record, checked_sha256, manifest_sha256, map_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,9 +136,9 @@ def write_calibration_manifest(
         "format": CALIBRATION_FORMAT,
         "csv": csv_path.name,
         "csv_sha256": sha,
-        "source_manifest": str(source_manifest),
+        "source_manifest": recorded_path(source_manifest),
         "source_manifest_sha256": manifest_sha256(source_manifest),
-        "data_root": str(Path(source_manifest).resolve().parent),
+        "data_root": recorded_path(Path(source_manifest).resolve().parent),
         "split": split,
         "images": len(records),
         **header,

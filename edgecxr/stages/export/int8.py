@@ -47,7 +47,7 @@ import numpy as np
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import BundleError, DataError, EdgeCXRError, GateFailedError
-from edgecxr.core.fileutil import atomic_write_bytes, sha256_file
+from edgecxr.core.fileutil import atomic_write_bytes, recorded_path, sha256_file
 from edgecxr.core.metadata import META_CALIBRATION, bundle_metadata, set_metadata
 from edgecxr.core.publish import Candidate
 from edgecxr.core.version import __version__
@@ -292,7 +292,7 @@ def calibrate_bundle(
         out=calib_manifest_out if calib_manifest_out is not None else bundle.dir / CALIBRATION_DIR,
         stem=record_stem(bundle.model, fp32_sha, method),
         header={
-            "bundle": str(bundle.dir),
+            "bundle": recorded_path(bundle.dir),
             "model": bundle.model,
             "classes": bundle.classes,
             "per_class": counts,
@@ -403,9 +403,9 @@ def calibrate_bundle(
 
 def _display_path(path: Path, bundle: Bundle) -> str:
     """Path of a calibration record as bundle.json keeps it: relative to the bundle when inside it
-    (the default, BUNDLE/calibration/: the record travels with the bundle), else absolute. Records
+    (the default, BUNDLE/calibration/: the record travels with the bundle), else as `recorded_path`. Records
     written before they moved into the bundle say e.g. "calibration/coronet-calib-50ae70b2.csv",
     relative to the folder calibrate ran in (the repo's calibration/ for the reference models)."""
     resolved = path.resolve()
     home = bundle.dir.resolve()
-    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else str(resolved)
+    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else recorded_path(resolved)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgecxr.runtime.fetch import DEFAULT_DEADLINE_S, MAX_BYTES
+
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -64,11 +66,22 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.argument("bundle")
 @click.option("--name", required=True, help="Name to use with --model (a-z, 0-9, '.', '_', '-').")
 @click.option("--sha256", help="For a URL: the archive's sha256 (required; the download is checked against it).")
-@click.option("--replace", is_flag=True, help="Replace a registered model of the same name.")
-def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
-    """Register BUNDLE under NAME: its ONNX models and bundle.json are copied into the models folder
-    with their sha256. BUNDLE is a bundle folder, or an http(s) URL of a zip holding one (downloaded
-    once into ~/.cache/edgecxr, checked against --sha256).
+@click.option("--replace", is_flag=True, help="Replace a registered model of the same name (atomically).")
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help=f"For a URL: seconds the whole download may take [default: {DEFAULT_DEADLINE_S:g}].")
+@click.option("--max-mb", "max_bytes", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MIB",
+              help=f"For a URL: largest archive accepted, in MiB (its files may unpack to twice that) "
+                   f"[default: {MAX_BYTES // 1024**2}].")
+def add(bundle: str, name: str, sha256: str | None, replace: bool, deadline: float | None,
+        max_bytes: float | None) -> None:
+    """Register BUNDLE under NAME: the files its bundle.json lists (ONNX models, the confidence fit)
+    are copied into the models folder with bundle.json. BUNDLE is a bundle folder, or an http(s) URL
+    of a zip holding one (downloaded once into ~/.cache/edgecxr, checked against --sha256, within
+    --deadline and --max-mb).
+
+    Each listed file must match the sha256 bundle.json records for it, or nothing is registered
+    (exit 1). The copy is built aside and renamed into place, so a failure (a full disk included)
+    or a second `models add` at the same time never leaves a partial model.
 
     \b
     Examples:
@@ -79,18 +92,25 @@ def add(bundle: str, name: str, sha256: str | None, replace: bool) -> None:
 
     from edgecxr.runtime import fetch, store
 
+    def warn(msg: str) -> None:
+        click.echo(msg, err=True)
+
     if bundle.startswith(("http://", "https://")):
         if not sha256:
             raise click.UsageError("a URL needs --sha256 (the archive is checked against it)")
-        tmp, folder = fetch.fetch_bundle(bundle, sha256)
+        tmp, folder = fetch.fetch_bundle(
+            bundle, sha256,
+            deadline=DEFAULT_DEADLINE_S if deadline is None else deadline,
+            max_bytes=MAX_BYTES if max_bytes is None else int(max_bytes * 1024**2))
         try:
-            entry = store.add(folder, name, replace=replace)
+            entry = store.add(folder, name, replace=replace, warn=warn)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
-        if sha256:
-            raise click.UsageError("--sha256 is for URLs; a local bundle's files are hashed when registered")
+        if sha256 or deadline is not None or max_bytes is not None:
+            raise click.UsageError("--sha256, --deadline and --max-mb are for URLs; a local bundle's files are "
+                                   "checked against the sha256 its bundle.json records")
         if not Path(bundle).is_dir():
             raise click.BadParameter(f"{bundle}: not a folder or an http(s) URL", param_hint="BUNDLE")
-        entry = store.add(bundle, name, replace=replace)
+        entry = store.add(bundle, name, replace=replace, warn=warn)
     click.echo(str(entry.path))

@@ -11,27 +11,39 @@ Where models are found, in order:
   2. the user's models folder: `$EDGECXR_MODELS` if set, else `$XDG_DATA_HOME/edgecxr/models`
      (`~/.local/share/edgecxr/models`); `edgecxr models add BUNDLE --name NAME` copies a bundle's
      deployable files there. A user model may not take a reference model's name.
+
+Registering is all or nothing: every file the bundle lists is checked against the sha256 it
+records before anything is written (a file changed after it was recorded is refused, not hashed
+anew into a trusted copy); the copy is built in a hidden folder inside the models folder and
+renamed into place, under the models folder's lock, so a full disk, a kill or a second `models add`
+at the same time never leaves a half-written model under a name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
+import secrets
 import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecxr.core.artifacts import BUNDLE_FILES, DEPLOYABLE, is_engine, kind
-from edgecxr.core.bundle import BUNDLE_FILE, Bundle
+from edgecxr.core.bundle import BUNDLE_FILE, HASHES, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
+from edgecxr.core.lock import bundle_lock
 from edgecxr.core.metadata import read_sidecar, verify_engine
 
 DEFAULT_MODEL = "coronet"
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 ENV_MODELS = "EDGECXR_MODELS"
-#: Artifacts a registered copy keeps (the Keras file and training checkpoints stay behind).
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -89,16 +101,23 @@ def writable(path: Path) -> Path:
     if not is_reference(path):
         return path
     dest = user_models_dir() / path.name
-    if dest.is_dir() and _overlay_of(ModelEntry(path.name, dest, "user")) == path.name:
+
+    def is_copy() -> bool:
+        return dest.is_dir() and _overlay_of(ModelEntry(path.name, dest, "user")) == path.name
+
+    if is_copy():
         return dest
-    if dest.exists():
-        raise BundleError(f"{dest} exists and is not a copy of the reference model {path.name}; move it away")
-    tmp = dest.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(path, tmp)
-    copy = Bundle.load(tmp)
-    copy.update(overlay_of=path.name)
-    os.replace(tmp, dest)
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(path, tmp, dirs_exist_ok=True)
+        Bundle.load(tmp).update(overlay_of=path.name)
+
+    with _publishing(dest):
+        if is_copy():  # made by another process while this one waited for the lock
+            return dest
+        if dest.exists():
+            raise BundleError(f"{dest} exists and is not a copy of the reference model {path.name}; move it away")
+        _publish(dest, build)
     return dest
 
 
@@ -155,48 +174,230 @@ def record_hashes(bundle: Bundle, keys: tuple[str, ...] = DEPLOYABLE) -> dict[st
     return hashes
 
 
-def add(bundle_dir: str | Path, name: str, replace: bool = False) -> ModelEntry:
-    """Copy a bundle's deployable artifacts into the user models folder under `name`."""
+@dataclass(frozen=True)
+class ListedFile:
+    """A file bundle.json lists, with the sha256 it records for it (None: it records none)."""
+
+    field: str  #: where bundle.json lists it: "artifacts.onnx_fp16", "confidence.ood"
+    rel: str  #: its path inside the bundle, as bundle.json writes it
+    path: Path
+    sha256: str | None
+    key: str | None = None  #: the artifact key, for files of the artifact table
+
+
+def listed_files(bundle: Bundle, keys: tuple[str, ...] = DEPLOYABLE) -> list[ListedFile]:
+    """The files a deployed copy of `bundle` needs, from bundle.json's own listing.
+
+    Two places list files: the artifact table ("artifacts", one row per kind in core.artifacts;
+    only the kinds `keys` are taken: a registered model keeps its ONNX models, not the Keras file)
+    and any section entry naming a file with its sha256 (`{"file": ..., "sha256": ...}`, e.g. the
+    confidence fit's confidence.npz, which `infer` refuses to run without). Engines are left out:
+    they belong to the GPU they were built on. A listed file that is missing is a BundleError: a
+    copy without it would not load, or would load differently from the bundle.
+    """
+    found: list[ListedFile] = []
+    for key, rel in (bundle.meta.get("artifacts") or {}).items():
+        if key not in keys:
+            continue
+        path = bundle.inside(rel, f"artifacts.{key}")
+        found.append(ListedFile(f"artifacts.{key}", rel, path, bundle.recorded_sha256(key), key))
+
+    def walk(node: Any, field: str) -> None:
+        if not isinstance(node, dict):
+            return
+        rel, digest = node.get("file"), node.get("sha256")
+        if isinstance(rel, str) and rel and isinstance(digest, str) and digest:
+            found.append(ListedFile(field, rel, bundle.inside(rel, f"{field}.file"), digest))
+        for name, child in node.items():
+            walk(child, f"{field}.{name}" if field else str(name))
+
+    walk({k: v for k, v in bundle.meta.items() if k not in ("artifacts", HASHES, "engines")}, "")
+    for item in found:
+        try:
+            mode = item.path.stat().st_mode
+        except OSError:
+            raise BundleError(f"{bundle.path}: {item.field} lists {item.rel}, which is missing") from None
+        if not stat.S_ISREG(mode):  # a FIFO or device would block the hash below
+            raise BundleError(f"{item.path}: not a regular file (listed in {bundle.path} as {item.field})")
+    return found
+
+
+def verify_listed(bundle: Bundle, files: list[ListedFile]) -> dict[str, str]:
+    """Check each listed file against the sha256 bundle.json records for it, as loading does.
+
+    Artifacts go through `verify_artifact` (the check `infer -m DIR` makes); a section's file is
+    compared with its recorded sha256. Returns rel path -> verified sha256 (files with a recorded
+    hash only). Raises BundleError naming the first file that differs.
+    """
+    verified: dict[str, str] = {}
+    for item in files:
+        if item.key is not None:
+            digest = verify_artifact(bundle, item.path)
+        else:
+            digest = sha256_file(item.path)
+            if digest != item.sha256:
+                raise BundleError(f"{item.path}: sha256 does not match {bundle.path} ({item.field}; "
+                                  "file changed after it was recorded)")
+        if digest is not None:
+            verified[item.rel] = digest
+    return verified
+
+
+def add(bundle_dir: str | Path, name: str, replace: bool = False,
+        warn: Callable[[str], None] | None = None) -> ModelEntry:
+    """Register a bundle under `name`: a verified copy of its deployable files in the user models folder.
+
+    Nothing is registered unless every listed file matches the sha256 bundle.json records for it
+    (a file without a recorded hash is hashed as found, and `warn` is told). An existing model of
+    that name is kept unless `replace`; it is replaced atomically.
+    """
+    from edgecxr.stages.gate.reference import STORED_REFERENCE
+
     if not _NAME.match(name):
         raise BundleError(f"model name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-' (starting with a letter or digit)")
     if (REFERENCE_DIR / name / BUNDLE_FILE).is_file():
         raise BundleError(f"{name} is a reference model's name; choose another")
     dest = user_models_dir() / name
-    copy_deployable(bundle_dir, dest, DEPLOYABLE, replace=replace)
+    try:
+        copy = copy_deployable(bundle_dir, dest, DEPLOYABLE, replace=replace, extra_files=(STORED_REFERENCE,))
+    except BundleError as exc:
+        raise BundleError(f"{exc}; {name} not registered", params=exc.params) from None
+    except OSError as exc:
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        raise BundleError(f"cannot register {name} in {dest.parent}: {reason}; {name} not registered") from None
+    unrecorded = (copy.meta.get("copied_from") or {}).get("hashed_when_copied") or []
+    if unrecorded and warn is not None:
+        warn(f"warning: {Path(bundle_dir) / BUNDLE_FILE} records no sha256 for {', '.join(unrecorded)}; "
+             "registered the files as found")
     return ModelEntry(name, dest, "user")
 
 
 def copy_deployable(bundle_dir: str | Path, dest: Path, keys: tuple[str, ...], replace: bool = False,
                     extra_files: tuple[str, ...] = ()) -> Bundle:
-    """Copy bundle.json and the artifacts `keys` (those present) into `dest`, atomically, with their sha256.
+    """Copy bundle.json and the files it lists for the artifacts `keys` into `dest`, verified, atomically.
 
-    Engines are not copied (they belong to the GPU they were built on); `extra_files` (e.g. the
-    stored reference probabilities) are copied when present.
+    Every file `listed_files` names is checked against its recorded sha256 before the models folder
+    is touched, and the bytes copied are hashed again as they are written (a file changed during
+    the copy is refused too). `extra_files` (e.g. the stored reference probabilities, which
+    bundle.json does not list) are copied when present. The copy is built in a hidden folder beside
+    `dest` and renamed into place under the folder's lock (`_publish`); any failure removes it.
     """
     src = Bundle.load(bundle_dir)
-    keep = {k: src.artifact(k, must_exist=False) for k in keys}
-    keep = {k: p for k, p in keep.items() if p is not None}
-    if not keep:
+    files = listed_files(src, keys)
+    if not any(f.key for f in files):
         raise BundleError(f"{src.dir}: none of {list(keys)} to copy; run `edgecxr export` first")
     if dest.exists() and not replace:
-        raise BundleError(f"{dest} exists; choose another name or replace it")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in keep.values():
-        shutil.copy2(path, tmp / path.name)
-    for name in extra_files:
-        if (src.dir / name).is_file():
-            shutil.copy2(src.dir / name, tmp / name)
-    meta = dict(src.meta, artifacts={k: p.name for k, p in keep.items()})
-    meta.pop("engines", None)
-    meta["copied_from"] = {"bundle": src.dir.name, "git_commit": src.meta.get("git_commit")}
-    copy = Bundle(tmp, meta)
-    record_hashes(copy)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+        raise BundleError(f"{dest} exists; choose another name or replace it", params=("name", "replace"))
+    verified = verify_listed(src, files)
+    extras = [src.dir / n for n in extra_files if (src.dir / n).is_file() and n not in {f.rel for f in files}]
+
+    def build(tmp: Path) -> None:
+        written: dict[str, str] = {}
+        for item in files:
+            if item.rel in written:
+                continue
+            digest = _copy_file(item.path, tmp / item.rel)
+            want = verified.get(item.rel)
+            if want is not None and digest != want:
+                raise BundleError(f"{item.path}: changed while it was being copied (sha256 differs from {src.path})")
+            written[item.rel] = digest
+        for path in extras:
+            _copy_file(path, tmp / path.name)
+        kept = {f.key: f.rel for f in files if f.key}
+        meta = dict(src.meta, artifacts=kept)
+        meta[HASHES] = {k: written[rel] for k, rel in kept.items()}
+        meta.pop("engines", None)
+        meta["copied_from"] = {"bundle": src.dir.name, "git_commit": src.meta.get("git_commit")}
+        unrecorded = sorted(f.key for f in files if f.key and f.rel not in verified)
+        if unrecorded:
+            meta["copied_from"]["hashed_when_copied"] = unrecorded
+        Bundle(tmp, meta).save()
+
+    with _publishing(dest):
+        if dest.exists() and not replace:  # registered by another process while this one waited
+            raise BundleError(f"{dest} exists; choose another name or replace it", params=("name", "replace"))
+        _publish(dest, build)
     return Bundle.load(dest)
+
+
+# -- publishing a model folder: build aside, rename into place, one writer at a time ------------------------
+#: `bundle_lock` is re-entrant per process; this keeps two threads of one process apart too
+_PUBLISH_THREADS = threading.Lock()
+_TMP, _OLD = ".tmp-", ".old-"
+
+
+@contextlib.contextmanager
+def _publishing(dest: Path) -> Iterator[None]:
+    """Hold the models folder's lock (and this process's) while `dest` is checked and published."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _PUBLISH_THREADS, bundle_lock(dest.parent):
+        _sweep(dest)
+        yield
+
+
+def _sweep(dest: Path) -> None:
+    """Remove what a process killed while publishing `dest` left behind (only ever under the lock)."""
+    for leftover in dest.parent.glob(f".{dest.name}.*"):
+        tail = leftover.name[len(dest.name) + 1:]
+        if tail == ".tmp" or tail.startswith((_TMP, _OLD)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _publish(dest: Path, build: Callable[[Path], None]) -> None:
+    """Build a model folder with `build(tmp)` in a hidden folder beside `dest`, then rename it to `dest`.
+
+    Called under `_publishing(dest)`. An existing `dest` is renamed aside first and removed after
+    the new folder is in place (put back if that rename fails), so `dest` never holds a mix of the
+    two. The temporary folder is inside the models folder (the same file system, so the rename is
+    atomic) and is removed on any failure, a full disk included.
+    """
+    tmp = dest.with_name(f".{dest.name}{_TMP}{secrets.token_hex(4)}")
+    tmp.mkdir()  # (not mkdtemp: the model folder gets the usual mode, not 0700)
+    try:
+        build(tmp)
+        _fsync(tmp)
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".{dest.name}{_OLD}{secrets.token_hex(4)}")
+            os.rename(dest, old)
+            try:
+                os.rename(tmp, dest)
+            except BaseException:
+                os.rename(old, dest)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+        _fsync(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_file(src: Path, dst: Path) -> str:
+    """Copy `src` to the new file `dst` (fsynced); returns the sha256 of the bytes written."""
+    digest = hashlib.sha256()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _fsync(folder: Path) -> None:
+    """Make a folder's entries durable before it is renamed (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def describe(entry: ModelEntry) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 A bundle or model file that is not what bundle.json recorded, or that would mislabel, must be
 refused before anything is classified: one `error:` line and exit 1 on the CLI, an EdgeCXRError
-from `Classifier.load` (or a per-file error for non-finite outputs) in the API.
+from `Classifier.load` (or a per-file error for non-finite outputs) in the API. Registering such a
+bundle (`edgecxr models add`, `store.add`) is refused the same way, and leaves nothing in the
+models folder: a file changed after its sha256 was recorded is never hashed anew into a trusted copy.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -310,6 +313,85 @@ SIDECARS = {
     "empty-object": "{}",
 }
 
+# -- `models add` of a tampered bundle: refused, nothing registered ------------------------------------------
+def _with_confidence(apply_file: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """Give the bundle a confidence fit (confidence.npz, listed with its sha256), then tamper with it."""
+
+    def apply(bundle: Path) -> None:
+        from edgecxr.core.fileutil import sha256_file
+        from edgecxr.runtime.confidence import FILE, SECTION, save_arrays
+
+        dim = int(np.prod(tinymodels.SPEC.input_shape))
+        (bundle / FILE).write_bytes(save_arrays({"means": np.zeros((len(CLASSES), dim)), "whiten": np.eye(dim)}))
+        meta = json.loads((bundle / "bundle.json").read_text())
+        meta[SECTION] = {"ood": {"method": "mahalanobis", "file": FILE, "sha256": sha256_file(bundle / FILE),
+                                 "thresholds": {"fp32": 10.0}}}
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+        if apply_file is not None:
+            apply_file(bundle / FILE)
+
+    return apply
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)  # a read would block for ever: refused by its kind, never opened
+
+
+ADD_EDITS: dict[str, Callable[[Path], None]] = {
+    **FILE_EDITS,
+    "fp16-one-byte-flipped": _replace("model.fp16.onnx", lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\0")),
+    "fp16-and-int8-swapped": lambda b: (os.rename(b / "model.fp16.onnx", b / "x"),
+                                        os.rename(b / "model.int8.onnx", b / "model.fp16.onnx"),
+                                        os.rename(b / "x", b / "model.int8.onnx")),
+    "fp32-fifo": _replace("model.onnx", _fifo),
+    "fp32-is-a-folder": _replace("model.onnx", lambda p: (p.unlink(), p.mkdir())),
+    "confidence-replaced": _with_confidence(lambda p: p.write_bytes(p.read_bytes()[:-8] + b"\0" * 8)),
+    "confidence-deleted": _with_confidence(lambda p: p.unlink()),
+    "confidence-fifo": _with_confidence(_fifo),
+    "confidence-outside": _with_confidence(lambda p: (shutil.move(p, p.parent.parent / p.name),
+                                                      p.symlink_to(p.parent.parent / p.name))),
+    "artifact-etc-passwd": BUNDLE_EDITS["artifact-etc-passwd"],
+    "bundle-not-json": BUNDLE_EDITS["not-json"],
+}
+
+
+def _nothing_registered(models: Path) -> str | None:
+    left = sorted(p.name for p in models.iterdir()) if models.is_dir() else []
+    return None if set(left) <= {".bundle.lock"} else f"models folder holds {left}"
+
+
+def _add_case(name: str, edit: Callable[[Path], None], api: bool) -> Case:
+    def build(folder: Path) -> Plan:
+        bundle = folder / "bundle"
+        shutil.copyfile(bundle / "model.onnx", folder / "outside.onnx")
+        edit(bundle)
+        models = Path(os.environ["EDGECXR_MODELS"])
+        if not api:
+            return Plan(args=["models", "add", str(bundle), "--name", "mine"], exit_code=1,
+                        error_has="mine not registered", check=lambda _: _nothing_registered(models))
+
+        from edgecxr.core.errors import EdgeCXRError
+
+        def call() -> str | None:
+            from edgecxr.runtime import store
+
+            try:
+                store.add(bundle, "mine")
+            except EdgeCXRError:
+                if _nothing_registered(models):
+                    return _nothing_registered(models)
+                raise
+            return f"registered: {sorted(p.name for p in (models / 'mine').iterdir())}"
+
+        return Plan(call=call, raises=EdgeCXRError, error_has="mine not registered")
+
+    return Case("models", f"{'api' if api else 'cli'}-add-{name}", build)
+
+
+ADD_CASES = [_add_case(n, e, api) for n, e in ADD_EDITS.items() for api in (False, True)]
+
+
 CASES = (
     [_bundle_case(n, e, api) for n, e in BUNDLE_EDITS.items() for api in (False, True)]
     + [_bundle_case(n, e, api) for n, e in FILE_EDITS.items() for api in (False, True)]
@@ -339,3 +421,31 @@ def test_untouched_bundle_is_clean(case_dir: Path) -> None:
         (f / GOOD).write_bytes(hostile.good_png(11)),
         Plan(args=["infer", "-m", str(f / "bundle"), str(f / GOOD)], exit_code=0))[1])
     assert run_case(case, case_dir) == ("clean", "")
+
+
+@pytest.fixture()
+def models_folder(case_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = case_dir / "models"
+    monkeypatch.setenv("EDGECXR_MODELS", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("case", ADD_CASES, ids=str)
+def test_models_add_case(case: Case, case_dir: Path, models_folder: Path) -> None:
+    outcome, detail = run_case(case, case_dir)
+    assert outcome == "clean", f"{case}: {outcome}: {detail}"
+
+
+def test_models_add_untouched_bundle_is_clean(case_dir: Path, models_folder: Path) -> None:
+    """The control: the untouched bundle, with a confidence fit, registers (exit 0) and its copy classifies."""
+    _with_confidence()(case_dir / "bundle")
+
+    def build(f: Path) -> Plan:
+        (f / GOOD).write_bytes(hostile.good_png(11))
+        return Plan(args=["models", "add", str(f / "bundle"), "--name", "mine"], exit_code=0)
+
+    assert run_case(Case("models", "add-control", build), case_dir) == ("clean", "")
+    assert sorted(p.name for p in (models_folder / "mine").iterdir()) == [
+        "bundle.json", "confidence.npz", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+    infer = Case("models", "add-control-infer", lambda f: Plan(args=["infer", "-m", "mine", str(f / GOOD)], exit_code=0))
+    assert run_case(infer, case_dir) == ("clean", "")

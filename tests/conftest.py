@@ -45,3 +45,10 @@ def int8_capable_cpu(monkeypatch):
     """Tests of the artifact choice assume a CPU with an integer dot-product instruction (where `auto`
     prefers a gated INT8 model), whatever CPU runs them; tests of the other order patch it back."""
     monkeypatch.setattr("edgecxr.runtime.select.cpu_int8_fast", lambda: True)
+
+
+@pytest.fixture(autouse=True)
+def cpu_runtime_pinned(monkeypatch):
+    """`auto` runs ONNX files on ONNX Runtime in tests, as they assert, instead of timing it against
+    OpenVINO where that is installed (tests/runtime/test_openvino_pick.py tests the measured choice)."""
+    monkeypatch.setenv("EDGECXR_CPU_RUNTIME", "onnxruntime")

@@ -29,7 +29,7 @@ from edgecxr.runtime.select import BACKENDS
               help="Compare these artifacts of the bundle (keras, onnx_fp32, onnx_fp16, onnx_int8, engine), each on its "
                    "own backend; the first is the reference of the ratios. Not with --backend/--precision.")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay CUDA graphs.")
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op / OpenVINO inference threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report to this file.")
 def bench(
@@ -63,10 +63,10 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--batch-size") from None
     items = _split_list(compare) if compare is not None else None  # run_bench refuses unknown names
-    if cuda_graph and backend in ("onnxruntime", "keras"):
+    if cuda_graph and backend in ("onnxruntime", "openvino", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
     if threads and backend in ("tensorrt", "keras"):
-        raise click.UsageError(f"--threads sets ONNX Runtime threads; it does nothing on the {backend} backend")
+        raise click.UsageError(f"--threads sets ONNX Runtime / OpenVINO threads; it does nothing on the {backend} backend")
     check_output(out, "--out", inputs=[image] if image else [])
     options: dict[str, Any] = {}
     if cuda_graph:

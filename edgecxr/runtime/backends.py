@@ -16,9 +16,10 @@ from edgecxr.core.version import __version__
 from edgecxr.runtime.base import Runner
 from edgecxr.runtime.keras_runner import KerasRunner
 from edgecxr.runtime.onnxrt import OnnxRuntimeRunner
+from edgecxr.runtime.openvino import OpenVINORunner
 from edgecxr.runtime.tensorrt import TensorRTRunner
 
-RUNNERS: dict[str, type[Runner]] = {cls.name: cls for cls in (KerasRunner, OnnxRuntimeRunner, TensorRTRunner)}
+RUNNERS: dict[str, type[Runner]] = {cls.name: cls for cls in (KerasRunner, OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner)}
 
 
 def backends() -> dict[str, type[Runner]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ from edgecxr.runtime.load_checks import (
     verify_before_load,
 )
 from edgecxr.runtime.prediction import Prediction
-from edgecxr.runtime.select import BACKENDS, _ort_has_cuda, choose_artifact
+from edgecxr.runtime.select import BACKENDS, _ort_has_cuda, choose_artifact, runs_file
 
 __all__ = ["Classifier", "Prediction"]
 
@@ -117,7 +118,7 @@ class Classifier:
             path: a model name ("coronet", "cnn-lstm" or a registered one; see `edgecxr models`),
                 bundle directory, engine file or ONNX file (or a .keras file inside a bundle);
                 None: the default reference model (coronet).
-            backend: "auto", "tensorrt", "onnxruntime" or "keras".
+            backend: "auto", "tensorrt", "onnxruntime", "openvino" or "keras".
             precision: restrict to "fp32" / "fp16" / "int8" artifacts (bundles only).
             allow_rejected: run a file the accuracy gate rejected (`*.rejected.*`, kept for
                 inspection); without it such a file is refused. `backend_info["warning"]` says so.
@@ -144,13 +145,15 @@ class Classifier:
             except BundleError:
                 known = ", ".join(s for k in KINDS for s in k.suffixes)
                 raise BundleError(f"{path}: expected a bundle directory or a model file ({known})") from None
-            if backend not in ("auto", runs_on):
+            if not runs_file(backend, runs_on):
                 raise BackendUnavailableError(f"{path}: this file runs only on the {runs_on} backend, not {backend}")
             if is_rejected(path) and not allow_rejected:
                 raise BundleError(f"{path}: this file failed the accuracy gate and is kept only for inspection "
                                   f"(why: {path.with_suffix('.json').name}); refusing to run it unless allowed",
                                   params=("allow_rejected",))
             classes, spec, choice = FILE_MODELS[runs_on](path)
+            if backend != "auto":  # an ONNX file asked on openvino
+                choice = replace(choice, backend=backend)
             bundle = owning_bundle(path)
         if precision is not None and not path.is_dir() and precision != choice.precision:
             # never run another precision than the one asked for without saying so

@@ -7,6 +7,9 @@ With `backend="auto"` the choice is, in order:
 2. ONNX Runtime: on CPU the INT8 ONNX if it passed the accuracy gate, else the FP32 ONNX. FP16 is
    never chosen on CPU (ONNX Runtime's CPU kernels run it through casts, slower than FP32); with
    the CUDA execution provider (onnxruntime-gpu) the FP16 ONNX is chosen if it passed the gate.
+   On CPU, where OpenVINO is installed, that same file runs on whichever of ONNX Runtime and
+   OpenVINO measured faster for it on this CPU (`edgecxr.runtime.openvino_pick`: timed once, cached
+   per file sha256, CPU model and runtime versions); $EDGECXR_CPU_RUNTIME=onnxruntime|openvino pins it.
 3. Keras is never chosen automatically (it needs TensorFlow; it is the reference, not a runtime).
 """
 
@@ -27,8 +30,19 @@ from edgecxr.core.errors import (
 from edgecxr.core.metadata import check_compatibility, read_sidecar
 from edgecxr.runtime.sysinfo import cpu_int8_fast
 
-#: what `backend=` accepts: auto, then the fastest first (tensorrt, onnxruntime, keras)
-BACKENDS = ("auto", *reversed(dict.fromkeys(k.backend for k in KINDS)))
+#: runtimes that run the bundle's ONNX files besides the one the artifact table names (onnxruntime)
+ONNX_ALSO = ("openvino",)
+#: what `backend=` accepts: auto, then the artifact table's backends fastest first (tensorrt, onnxruntime,
+#: keras), OpenVINO beside ONNX Runtime
+BACKENDS = ("auto", *(b for kb in reversed(dict.fromkeys(k.backend for k in KINDS))
+                      for b in ((kb, *ONNX_ALSO) if kb == "onnxruntime" else (kb,))))
+#: why OpenVINO never runs an INT8 file on a CPU without an integer dot-product instruction: there its
+#: INT8 answers failed the gate (CoroNet 98.41% top-1 agreement with the gated ONNX Runtime answers on
+#: `test`, scripts/openvino_gate.py, docs/BENCHMARKS.md), as ONNX Runtime's own fast u8s8 kernels do
+OPENVINO_INT8_NO_DOT = ("OpenVINO's INT8 kernels failed the accuracy gate on a CPU without an integer dot-product "
+                        "instruction (VNNI)")
+#: pins `auto`'s CPU runtime for ONNX files instead of measuring (deployments that must not vary; tests)
+CPU_RUNTIME_ENV = "EDGECXR_CPU_RUNTIME"
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,11 @@ def _refuse_missing(bundle: Any) -> None:
                               f"restore it, re-run `edgecxr {stage}`, or remove it from {bundle.path}")
 
 
+def runs_file(backend: str, runs_on: str) -> bool:
+    """Whether `backend` may run a model file the artifact table gives to `runs_on` (OpenVINO runs ONNX files)."""
+    return backend in ("auto", runs_on) or (runs_on == "onnxruntime" and backend in ONNX_ALSO)
+
+
 def _why(choice: str, passed_over: list[str]) -> str:
     return f"{choice} ({'; '.join(passed_over)})" if passed_over else choice
 
@@ -190,12 +209,49 @@ def choose_artifact(bundle: Any, backend: str = "auto", precision: str | None = 
             raise BackendUnavailableError(f"TensorRT backend not available here: {reason}")
         else:
             notes.append(f"TensorRT unavailable: {reason}")
-    if precision in PRECISIONS or precision is None:
-        cuda = _ort_has_cuda()
-        choice = choose_onnx(bundle, precision, cuda=cuda)
-        reason = "; ".join([*notes, choice.reason])
-        return ArtifactChoice(choice.backend, choice.path, choice.precision, reason)
-    raise BundleError(f"unknown precision {precision!r}")
+    if precision not in PRECISIONS and precision is not None:
+        raise BundleError(f"unknown precision {precision!r}")
+    if backend in ONNX_ALSO:
+        reason = backends()[backend].availability()
+        if reason:
+            raise BackendUnavailableError(f"{backend} backend not available here: {reason}")
+        choice = choose_onnx(bundle, precision, cuda=False)
+        if choice.precision == "int8" and not cpu_int8_fast():
+            raise BundleError(f"{choice.path}: {OPENVINO_INT8_NO_DOT}; run it on onnxruntime, or another precision "
+                              "on openvino", params=("precision", "backend"))
+        return ArtifactChoice(backend, choice.path, choice.precision, choice.reason)
+    cuda = _ort_has_cuda()
+    choice = choose_onnx(bundle, precision, cuda=cuda)
+    runtime, why = (choice.backend, None) if cuda or backend != "auto" else _cpu_runtime(bundle, choice)
+    reason = "; ".join([*notes, choice.reason, *([why] if why else [])])
+    return ArtifactChoice(runtime, choice.path, choice.precision, reason)
+
+
+def _cpu_runtime(bundle: Any, choice: ArtifactChoice) -> tuple[str, str | None]:
+    """Which CPU runtime runs `choice`'s ONNX file under `auto`: pinned by $EDGECXR_CPU_RUNTIME, else
+    ONNX Runtime where OpenVINO is absent, else the one measured faster (openvino_pick)."""
+    import os
+
+    from edgecxr.runtime.backends import backends
+
+    pinned = os.environ.get(CPU_RUNTIME_ENV, "").strip().lower()
+    if pinned and pinned != "measure":
+        if pinned not in (choice.backend, *ONNX_ALSO):
+            raise BackendUnavailableError(f"${CPU_RUNTIME_ENV}={pinned!r}: expected one of "
+                                          f"{', '.join((choice.backend, *ONNX_ALSO, 'measure'))}")
+        reason = backends()[pinned].availability()
+        if reason:
+            raise BackendUnavailableError(f"${CPU_RUNTIME_ENV}={pinned}: {reason}")
+        return pinned, f"{pinned} (${CPU_RUNTIME_ENV})"
+    if any(backends()[name].availability() for name in ONNX_ALSO):
+        return choice.backend, None
+    if choice.precision == "int8" and not cpu_int8_fast():
+        return choice.backend, f"onnxruntime (openvino not timed: {OPENVINO_INT8_NO_DOT})"
+    from edgecxr.runtime import store
+    from edgecxr.runtime.openvino_pick import pick_runtime
+
+    sha = store.verify_artifact(bundle, choice.path)  # nothing runs a file before its sha256 is checked
+    return pick_runtime(choice.path, tuple(bundle.spec.input_shape), sha256=sha)
 
 
 def _ort_has_cuda() -> bool:

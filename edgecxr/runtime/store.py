@@ -324,6 +324,8 @@ def copy_deployable(bundle_dir: str | Path, dest: Path, keys: tuple[str, ...], r
 #: `bundle_lock` is re-entrant per process; this keeps two threads of one process apart too
 _PUBLISH_THREADS = threading.Lock()
 _TMP, _OLD = ".tmp-", ".old-"
+#: `.NAME.tmp-HEX` (being built), `.NAME.old-HEX` (set aside while replaced), `.NAME.tmp` (older versions)
+_LEFTOVER = re.compile(r"^\.(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?P<kind>\.tmp|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+)$")
 
 
 @contextlib.contextmanager
@@ -331,15 +333,25 @@ def _publishing(dest: Path) -> Iterator[None]:
     """Hold the models folder's lock (and this process's) while `dest` is checked and published."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _PUBLISH_THREADS, bundle_lock(dest.parent):
-        _sweep(dest)
+        _sweep(dest.parent)
         yield
 
 
-def _sweep(dest: Path) -> None:
-    """Remove what a process killed while publishing `dest` left behind (only ever under the lock)."""
-    for leftover in dest.parent.glob(f".{dest.name}.*"):
-        tail = leftover.name[len(dest.name) + 1:]
-        if tail == ".tmp" or tail.startswith((_TMP, _OLD)):
+def _sweep(folder: Path) -> None:
+    """Clear what processes killed while publishing left in the models folder (only ever under its lock,
+    which every publisher holds: so no one is building now, and every leftover is stale).
+
+    A kill between the two renames of a replacement leaves no model and the old one aside: it is put
+    back. Every other leftover (a half-built folder, an old model already replaced) is removed.
+    """
+    for leftover in sorted(folder.iterdir()):
+        found = _LEFTOVER.match(leftover.name)
+        if not found:
+            continue
+        dest = folder / found["name"]
+        if found["kind"].startswith(_OLD) and not os.path.lexists(dest) and (leftover / BUNDLE_FILE).is_file():
+            os.rename(leftover, dest)
+        else:
             shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -163,13 +163,23 @@ def test_a_full_disk_leaves_nothing_behind_and_keeps_the_model_it_would_replace(
 
 def test_what_a_killed_registration_left_is_swept_on_the_next_one(models_dir, tmp_path):
     src = tinymodels.make_bundle(tmp_path / "src", int8=False)
-    models_dir.mkdir()
-    for stale in (".mine.tmp", ".mine.tmp-dead1234", ".mine.old-dead1234"):
+    store.add(src.dir, "mine")
+    for stale in (".mine.tmp", ".mine.tmp-dead1234", ".mine.old-dead1234", ".other.tmp-0badf00d"):
         (models_dir / stale).mkdir()
         (models_dir / stale / "bundle.json").write_text("{}")
-    (models_dir / ".other.tmp-dead1234").mkdir()  # not the name being registered: another name's business
-    store.add(src.dir, "mine")
-    assert _left_over(models_dir) == [".other.tmp-dead1234"]
+    (models_dir / ".notes").mkdir()  # not a leftover of publishing: kept
+    store.add(src.dir, "mine", replace=True)
+    assert _left_over(models_dir) == [".notes"]
+
+
+def test_a_registration_killed_between_its_renames_gets_its_old_model_back(models_dir, tmp_path):
+    old = tinymodels.make_bundle(tmp_path / "old", int8=False)
+    store.add(old.dir, "mine")
+    before = _contents(models_dir / "mine")
+    os.rename(models_dir / "mine", models_dir / ".mine.old-dead1234")  # killed here: set aside, new not in
+    (models_dir / ".mine.tmp-dead1234").mkdir()
+    store.add(old.dir, "other")  # any later registration sweeps (under the lock)
+    assert _contents(models_dir / "mine") == before and _left_over(models_dir) == []
 
 
 #: one `edgecxr models add --replace` in its own process: waits for GO, then registers; each file copy

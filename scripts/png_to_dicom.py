@@ -6,6 +6,22 @@ BodyPartExamined CHEST, ViewPosition PA and a test patient. Only for trying `edg
 --dicom-sr`, `edgecxr listen` and `edgecxr watch` (docs/DICOM.md) on the committed examples.
 
     python scripts/png_to_dicom.py examples/images/*/*.png --out scans/
+
+The objects are valid DX images (dicom3tools' `dciodvfy` finds no error; tests/dicom/test_conformance.py
+runs it), so a strict archive takes them. What a PNG does not say is written as the DX IOD
+allows for an unknown value (Type 2 empty: detector type, positioner type, manufacturer's model) or
+as the display convention the PNG was exported with:
+
+* Image Type DERIVED\PRIMARY (converted from an export, not acquired here); no lossy step here
+  (Lossy Image Compression 00), no burned-in identifying text (public de-identified images);
+* the PNG's pixels are display-ready (bone bright): MONOCHROME2, Presentation LUT IDENTITY,
+  Pixel Intensity Relationship LIN with sign -1 (higher value, less X-ray intensity), rescale
+  identity, and a window (center 128, width 256) that maps every 8-bit value to itself, so the
+  DICOM displays, and is classified, as the PNG is;
+* a PA chest: Image Laterality U, Patient Orientation L\F, Anatomic Region SCT Chest, View Code
+  SCT postero-anterior;
+* Imager Pixel Spacing (Type 1, unknown for a PNG): nominal, the longer side taken as 430 mm (a
+  35 x 43 cm detector), so a viewer's ruler is roughly right; nothing in edgecxr reads it.
 """
 
 from __future__ import annotations
@@ -37,11 +53,32 @@ def to_dicom(image: Path, out: Path, study: str, series: str, number: int) -> Pa
     ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "EDGECXR-DEMO", "Demo^Patient", "", "O"
     ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
     ds.StudyDate, ds.StudyTime = "20261203", "090000"
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
     ds.SeriesNumber, ds.InstanceNumber = 1, number
+    ds.Manufacturer, ds.ManufacturerModelName = "edgecxr", "png_to_dicom.py"
     ds.set_pixel_data(np.ascontiguousarray(pixels), "MONOCHROME2", 8)
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.BurnedInAnnotation, ds.LossyImageCompression = "NO", "00"
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LIN", -1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.WindowCenter, ds.WindowWidth = 128, 256  # LINEAR: every 8-bit value maps to itself
+    ds.ImageLaterality, ds.PatientOrientation = "U", ["L", "F"]
+    ds.AnatomicRegionSequence = [_code("816094009", "SCT", "Chest")]
+    ds.ViewCodeSequence = [_code("272479007", "SCT", "postero-anterior")]
+    ds.DetectorType, ds.PositionerType = "", ""
+    spacing = f"{430.0 / max(pixels.shape):.6f}"[:16]
+    ds.ImagerPixelSpacing = [spacing, spacing]
+    ds.AcquisitionContextSequence = []
     target = out / f"{image.stem}.dcm"
     ds.save_as(target, enforce_file_format=True)
     return target
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,8 @@ def write_heatmaps(
 
     Returns ({source: {"path": PNG, "sc": capture, **HeatMap.to_dict()}} for what was written,
     number of failures). `items[i]` is the input of `preds[i]`, so the map is computed on the same
-    input. The captures of one run share one new series.
+    input. A capture's UIDs are derived from its source and the model (`edgecxr.dicom.sc`): the
+    captures of one source series share one heat map series, and a rerun replaces them.
     """
     from tqdm import tqdm
 
@@ -102,7 +103,6 @@ def write_heatmaps(
     failed = 0
     taken: set[str] = set()
     todo = [(p, item) for p, item in zip(preds, items, strict=True) if p.ok]
-    series = _new_uid() if sc_folder is not None else None
     for pred, item in tqdm(todo, file=sys.stderr, disable=not show_progress, unit="map", desc="heat maps"):
         path = None if folder is None else folder / overlay_name(pred.source, taken)
         label = printable(pred.source)
@@ -118,7 +118,7 @@ def write_heatmaps(
                 raise EdgeCXRError(again.error or again.reason or "the input no longer reaches the model")
             entry: dict[str, Any] = {"path": None if path is None else str(write_overlay(path, item, heat))}
             if sc_folder is not None:
-                entry["sc"] = _write_sc(sc_folder, item, heat, classifier, series)
+                entry["sc"] = _write_sc(sc_folder, item, heat, classifier)
         except (EdgeCXRError, OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             _err(f"error: heat map for {label}: {reason}")
@@ -128,13 +128,7 @@ def write_heatmaps(
     return written, failed
 
 
-def _new_uid() -> str:
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid())
-
-
-def _write_sc(folder: Path, item: Any, heat: Any, classifier: Any, series: str | None) -> str | None:
+def _write_sc(folder: Path, item: Any, heat: Any, classifier: Any) -> str | None:
     """The Secondary Capture of a DICOM input's map (its path), None for a PNG/JPEG input (nothing to reference)."""
     from edgecxr.dicom.outputs import read_header
     from edgecxr.dicom.sc import heatmap_secondary_capture, sc_path, write_secondary_capture
@@ -145,7 +139,7 @@ def _write_sc(folder: Path, item: Any, heat: Any, classifier: Any, series: str |
     audit = classifier.audit
     model = (f"{audit.get('model')} {audit.get('precision')} sha256 {str(audit.get('artifact_sha256') or '')[:12]}, "
              f"edgecxr {audit.get('edgecxr_version')}")
-    sc = heatmap_secondary_capture(item, heat, model=model, series_uid=series)
+    sc = heatmap_secondary_capture(item, heat, model=model, audit=audit)
     return str(write_secondary_capture(sc_path(folder, str(header.SOPInstanceUID)), sc))
 
 

@@ -4,10 +4,16 @@ A radiologist reads results where the images are: in the PACS. So a heat map of 
 go back as a DICOM object of its own: a Secondary Capture Image (highdicom `SCImage`, RGB 8-bit)
 showing the overlay of `edgecxr.runtime.overlay` at the source's size (capped like the PNG), with
 
-  * the source's patient and study (highdicom copies them from the source dataset), so the
+  * the source's patient and study, copied by their DICOM Type as for the SR
+    (`edgecxr.dicom.attributes`: an anonymised source gives empty Type 2 attributes), so the
     viewer files it in the same Study (same Study Instance UID);
-  * a new Series (new Series Instance UID, Series Description "edgecxr heat map ...") so it
-    never mixes with the modality's own images;
+  * a Series of its own (Series Description "edgecxr heat map ...") so it never mixes with the
+    modality's own images; Body Part Examined is the source's; Laterality (General Series, Type 2C,
+    required for a paired body part) is the source's Laterality or Image Laterality when that is R
+    or L, else absent for an unpaired body part (a chest), else present and empty (unknown);
+  * UIDs derived, as the SR's are, from the source (its SOP Instance UID for the capture, its
+    Series Instance UID for the series), the model artifact and the map's class and settings: a
+    retry gives the same UIDs and replaces the capture in the PACS instead of doubling it;
   * a Source Image Sequence naming the source's SOP Class and SOP Instance UID, and a
     Derivation Description stating method, class, model and the model's probability;
   * Burned In Annotation "NO": the pixels carry no text; Image Comments say it is not for
@@ -23,6 +29,7 @@ naming it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,10 @@ from edgecxr.runtime.overlay import MAX_SIDE, display_image, render
 SERIES_NUMBER = 9901
 #: the orientation assumed for a frontal chest radiograph that does not state one
 FRONTAL_ORIENTATION = ("L", "F")
+#: Body Part Examined values of unpaired body parts (PS3.16 Annex L), which take no Laterality
+UNPAIRED = frozenset({"CHEST", "THORAX", "HEART", "MEDIASTINUM", "ABDOMEN", "CHESTABDOMEN", "CHESTABDPELVIS",
+                      "ABDOMENPELVIS", "PELVIS", "HEAD", "SKULL", "HEADNECK", "NECK", "SPINE", "CSPINE", "TSPINE",
+                      "LSPINE", "SSPINE", "COCCYX", "WHOLEBODY", "ESOPHAGUS", "TRACHEA", "STOMACH", "BLADDER"})
 #: the file suffix of a heat map Secondary Capture, beside the SR's `.sr.dcm` (`edgecxr.dicom.outputs`)
 SUFFIX = ".sc.dcm"
 
@@ -46,6 +57,7 @@ def heatmap_secondary_capture(
     model: str = "edgecxr",
     series_uid: str | None = None,
     max_side: int = MAX_SIDE,
+    audit: Mapping[str, Any] | None = None,
 ) -> Any:
     """The Secondary Capture dataset (pydicom Dataset) of `heat` overlaid on the DICOM file `source`.
 
@@ -53,13 +65,16 @@ def heatmap_secondary_capture(
         source: the DICOM input the map was computed on: a file, or a pydicom Dataset (as received).
         heat: its occlusion map (`edgecxr.runtime.heatmap.explain`).
         model: model name and version for the Derivation Description.
-        series_uid: the heat map series to add to (one series per run); None: a new one.
+        series_uid: the heat map series to add to; None: the one derived from the source's series and the model.
         max_side: longest side of the image, as for the PNG overlay.
+        audit: `Classifier.audit`: its artifact sha256 identifies the model in the derived UIDs (else `model`).
 
     Raises:
-        DataError: `source` is not a DICOM file with Study/SOP Instance UIDs.
+        DataError: `source` is not a DICOM file with valid Study/Series/SOP Instance and SOP Class UIDs.
     """
     from edgecxr.dicom import require
+    from edgecxr.dicom.attributes import reference
+    from edgecxr.dicom.sr import result_uid
 
     hd = require("highdicom", "DICOM Secondary Capture heat maps")
     import pydicom
@@ -72,23 +87,31 @@ def heatmap_secondary_capture(
             ref = pydicom.dcmread(str(source), stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a bad file
             raise DataError(f"{source}: not a readable DICOM file ({exc})") from None
-    missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID") if not getattr(ref, k, None)]
-    if missing:
-        raise DataError(f"{name}: the DICOM has no {', '.join(missing)}; a Secondary Capture cannot reference it")
+    try:
+        clean = reference(ref)  # Type 1 checked, Type 2 present (empty when unknown), invalid values dropped
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    identity = dict(audit) if audit else {"model": model}
+    target = f"sc:{heat.target}:{heat.config.patch}:{heat.config.stride}"
     rgb = render(display_image(source, max_side), heat)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ref,
+        ref_dataset=clean,
         pixel_array=np.ascontiguousarray(rgb),
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=series_uid or hd.UID(),
+        series_instance_uid=series_uid or result_uid(str(clean.SeriesInstanceUID), identity, "sc-series"),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=result_uid(str(clean.SOPInstanceUID), identity, target),
         instance_number=1,
         manufacturer="edgecxr",
-        patient_orientation=_orientation(ref),
+        patient_orientation=_orientation(clean),
     )
+    laterality = _laterality(clean)
+    if laterality is not None:
+        sc.Laterality = laterality
+    if clean.get("BodyPartExamined"):
+        sc.BodyPartExamined = clean.BodyPartExamined
     sc.SeriesDescription = f"edgecxr heat map ({heat.target})"[:64]
     sc.BurnedInAnnotation = "NO"
     sc.DerivationDescription = (
@@ -97,8 +120,8 @@ def heatmap_secondary_capture(
     )[:1024]
     sc.ImageComments = "Heat map: regions whose masking lowered the model's probability; not for diagnosis alone"
     item = pydicom.Dataset()
-    item.ReferencedSOPClassUID = ref.SOPClassUID
-    item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    item.ReferencedSOPClassUID = clean.SOPClassUID
+    item.ReferencedSOPInstanceUID = clean.SOPInstanceUID
     sc.SourceImageSequence = [item]
     return sc
 
@@ -128,6 +151,20 @@ def write_secondary_capture(path: str | Path, dataset: Any) -> Path:
     if problem:
         raise ValueError(f"{path}: {problem}")
     return durable_write(path, encode(dataset))
+
+
+def _laterality(ref: Any) -> str | None:
+    """General Series Laterality (Type 2C: required for a paired body part): R or L, "" unknown, None absent.
+
+    The source's Laterality, else its Image Laterality, when R or L; else absent for a body part
+    that is not paired (a chest), and present but empty when the body part is paired or not stated.
+    """
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(ref.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    part = str(ref.get("BodyPartExamined", "") or "").strip().upper()
+    return None if part in UNPAIRED else ""
 
 
 def _orientation(ref: Any) -> tuple[str, str]:

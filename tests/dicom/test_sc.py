@@ -24,7 +24,7 @@ def source_dicom(path, **extra):
     uids = {"StudyInstanceUID": pydicom.uid.generate_uid(), "SeriesInstanceUID": pydicom.uid.generate_uid()}
     attrs = {"PatientName": "Test^Patient", "PatientID": "P-1", "StudyDate": "20261203", "StudyTime": "083000",
              "AccessionNumber": "A-1", "StudyID": "1", "ReferringPhysicianName": "", "PatientBirthDate": "",
-             "PatientSex": "O", "ViewPosition": "PA", **uids, **extra}
+             "PatientSex": "O", "ViewPosition": "PA", "BodyPartExamined": "CHEST", **uids, **extra}
     path.write_bytes(hostile.dicom_bytes(hostile.example(0, 512), **attrs))
     return path
 
@@ -56,9 +56,12 @@ def test_secondary_capture_is_in_the_source_study_in_a_new_series(clf, tmp_path)
     pixels = back.pixel_array
     assert pixels.shape == (ref.Rows, ref.Columns, 3) and pixels.dtype == np.uint8
     assert tuple(back.PatientOrientation) == FRONTAL_ORIENTATION
-    # one series per run: a second map goes into the series given
-    again = heatmap_secondary_capture(src, heat, series_uid=back.SeriesInstanceUID)
-    assert again.SeriesInstanceUID == back.SeriesInstanceUID and again.SOPInstanceUID != back.SOPInstanceUID
+    assert back.BodyPartExamined == "CHEST" and back.Laterality == ""  # Type 2C: present, empty for a chest
+    # a retry gives the same UIDs (the PACS replaces the capture, never doubles it); another model other ones
+    again = heatmap_secondary_capture(src, heat, model="tiny 1.0")
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (back.SOPInstanceUID, back.SeriesInstanceUID)
+    other = heatmap_secondary_capture(src, heat, audit={"artifact_sha256": "0" * 64})
+    assert other.SOPInstanceUID != back.SOPInstanceUID and other.SeriesInstanceUID != back.SeriesInstanceUID
 
 
 def test_the_source_orientation_is_kept_and_a_file_without_uids_is_refused(clf, tmp_path):
@@ -91,8 +94,8 @@ def test_a_capture_replaces_only_an_earlier_capture(clf, tmp_path):
     sc = heatmap_secondary_capture(src, heat)
     path = sc_path(tmp_path / "out", pydicom.dcmread(src).SOPInstanceUID)
     write_secondary_capture(path, sc)
-    write_secondary_capture(path, heatmap_secondary_capture(src, heat))  # a retry replaces it
-    assert pydicom.dcmread(path).SOPInstanceUID != sc.SOPInstanceUID
+    write_secondary_capture(path, heatmap_secondary_capture(src, heat))  # a retry replaces it, same UID
+    assert pydicom.dcmread(path).SOPInstanceUID == sc.SOPInstanceUID and len(list(path.parent.iterdir())) == 1
     path.unlink()
     path.write_bytes(src.read_bytes())  # someone's image under that name
     with pytest.raises(ValueError, match="refusing to replace"):
@@ -121,7 +124,11 @@ def test_infer_dicom_sc_writes_one_capture_per_classified_dicom_input(tiny_model
         assert back.StudyInstanceUID == ref.StudyInstanceUID and "tiny" not in back.DerivationDescription
         assert "coronet" in back.DerivationDescription  # the model named by the audit trail
         series.add(back.SeriesInstanceUID)
-    assert len(series) == 1  # one run, one heat map series
+    assert len(series) == 2  # one heat map series per source series (these two come from two studies)
+    again = CliRunner().invoke(main, ["infer", "-m", str(tiny_model), str(src), "--dicom-sc", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert {pydicom.dcmread(f).SOPInstanceUID for f in out.iterdir()} == {pydicom.dcmread(f).SOPInstanceUID
+                                                                          for f in files}  # a rerun replaces
     heatmaps = json.loads(result.stdout)["heatmaps"]
     assert heatmaps[str(png)]["sc"] is None and heatmaps[str(png)]["path"] is None
     assert "none for 1 non-DICOM input(s)" in result.stderr

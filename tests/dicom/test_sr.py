@@ -43,11 +43,34 @@ def test_sr_reads_back_with_the_source_uids_and_probabilities(clf, tmp_path):
     assert got.model == clf.audit["model"] and got.edgecxr_version == clf.audit["edgecxr_version"]
     assert got.parameters["artifact_sha256"] == clf.audit["artifact_sha256"]
     assert got.input_sha256 == pred.input_sha256
-    # the standard codes are in the file, not only in our reader
+    # the standard codes are in the file, not only in our reader: the answer is the one finding,
+    # every class probability a numeric measurement (method DCM Probability) named by the class's code
+    findings, probabilities = content_items(sr)
+    assert findings == [CLASS_CODES[pred.label][0]]
+    assert probabilities == {CLASS_CODES[c][0]: pytest.approx(pred.probabilities[c], abs=1e-9) for c in clf.classes}
     groups = hd.sr.MeasurementReport.from_sequence([sr]).get_image_measurement_groups()
-    finding_codes = {g.finding_type.value for g in groups if g.finding_type is not None}
-    assert finding_codes == {CLASS_CODES[c][0] for c in clf.classes}
+    assert [g.finding_type.value for g in groups] == [CLASS_CODES[pred.label][0]]  # highdicom's reading: the answer
     assert all(g.source_images[0].referenced_sop_instance_uid == header.SOPInstanceUID for g in groups)
+
+
+def content_items(sr) -> tuple[list[str], dict[str, float]]:
+    """(code values of every "Finding" item, {concept code: value} of every NUM item whose method is Probability)."""
+    findings, probabilities = [], {}
+
+    def walk(items):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0]
+            if item.ValueType == "CODE" and (name.CodeValue, name.CodingSchemeDesignator) == ("121071", "DCM"):
+                findings.append(str(item.ConceptCodeSequence[0].CodeValue))
+            if item.ValueType == "NUM":
+                methods = [str(m.ConceptCodeSequence[0].CodeValue) for m in item.get("ContentSequence", [])
+                           if m.ConceptNameCodeSequence[0].CodeValue == "370129005"]
+                if methods == ["122157"]:
+                    probabilities[str(name.CodeValue)] = float(item.MeasuredValueSequence[0].NumericValue)
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return findings, probabilities
 
 
 def test_rejected_failed_and_abstained_are_reported(clf, tmp_path):
@@ -61,9 +84,14 @@ def test_rejected_failed_and_abstained_are_reported(clf, tmp_path):
     assert got.status == "failed" and got.reason == "truncated DICOM pixel data"
     abstained = Prediction(0, label="normal", top1=0.6, probabilities={c: 0.1 for c in clf.classes},
                            status="abstained", reason="unlike the training X-rays", ood_score=9.5)
-    got = read_sr(build_sr(abstained, clf.audit, ct, clf.classes))
+    sr = build_sr(abstained, clf.audit, ct, clf.classes)
+    got = read_sr(sr)
     assert got.status == "abstained" and got.label == "normal" and got.reason == "unlike the training X-rays"
     assert set(got.probabilities) == set(clf.classes)
+    findings, probabilities = content_items(sr)
+    assert findings == [] and len(probabilities) == len(clf.classes)  # an abstention lists no finding
+    for rejected_or_failed in (pred, failed):
+        assert content_items(build_sr(rejected_or_failed, clf.audit, ct, clf.classes)) == ([], {})
 
 
 def test_same_instance_same_model_same_report_uid(clf, tmp_path):

@@ -176,8 +176,16 @@ def test_cli_train_json_and_errors(manifest, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs_run"] == 1 and Path(summary["bundle"]) == out
     assert "epoch 1/1" in result.stderr  # one log line per epoch when not a TTY
-    again = runner.invoke(main, args)  # the same command again: the run is complete, so it resumes nothing
+    ckpt = out / "checkpoints"
+    assert summary["checkpoints"]["files"] == ["best.weights.h5", "last.keras", "state.json"]  # --keep all
+    assert f"{ckpt} keeps " in result.stderr and "--keep last or --keep best" in result.stderr
+    # the same command again: the run is complete, so it resumes nothing; --keep best then drops last.keras
+    again = runner.invoke(main, [*args, "--keep", "best"])
     assert again.exit_code == 0 and f"resuming {out} after epoch 1/1" in again.stderr
+    assert not (ckpt / "last.keras").exists() and (ckpt / "best.weights.h5").is_file()
+    assert json.loads(again.stdout)["checkpoints"]["keep"] == "best"
+    gone = runner.invoke(main, args)  # nothing left to resume from: one line, not a traceback
+    assert gone.exit_code == 1 and "--keep best drops it" in gone.stderr and "Traceback" not in gone.output
     again = runner.invoke(main, [*args, "--no-resume"])
     assert again.exit_code == 1 and "resume it" in again.stderr
     assert again.stderr.rstrip().endswith("(options: --resume/--no-resume, --out)")  # the CLI names its flags

@@ -70,6 +70,9 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="Keep an exponential moving average of the weights with this momentum (e.g. 0.998; 0 = off); "
                    "validation, model selection and the saved model use it, the raw weights are scored beside it.")
+@click.option("--keep", type=click.Choice(["all", "last", "best"]), default="all", show_default=True,
+              help="Checkpoints left in OUT/checkpoints once the bundle is written: all (resume or extend later), "
+                   "last (extend later), best (drops last.keras, ~540 MB for CoroNet).")
 @click.option("--resume/--no-resume", default=None,
               help="[default: resume by itself] --resume: continue the run in --out from its last saved epoch; "
                    "--no-resume: refuse a folder that already holds a run.")
@@ -81,7 +84,8 @@ def train(model: str, data: str, out: str | None, as_json: bool, **options: obje
     \b
     Runs are resumable: after every epoch the model, optimizer, schedule position and best-so-far are
     checkpointed in the run folder, and the same command line started again continues after the last
-    saved epoch (it says so). Only the last and the best checkpoints are kept.
+    saved epoch (it says so). Only the last and the best checkpoints are kept, and at the end
+    --keep says which of them stay (it prints their size).
 
     \b
     Examples:

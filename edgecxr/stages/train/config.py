@@ -36,6 +36,7 @@ CV_SELECT_FRACTION = 0.15
 
 CKPT_DIR = "checkpoints"
 #: environment variable naming the folder that holds training runs (default ~/.cache/edgecxr/runs)
+KEEP = ("all", "last", "best")
 RUNS_ENV = "EDGECXR_RUNS"
 
 
@@ -83,6 +84,9 @@ class TrainConfig:
     #: momentum of an exponential moving average of the weights (0: off); validation, model selection
     #: and the saved model then use the averaged weights, and the raw weights are scored beside them
     ema: float = 0.0
+    #: which checkpoints stay in out/checkpoints/ once the bundle is written: "all" (resume or extend
+    #: later), "last" (last.keras + state: extend later), "best" (drop the large last.keras)
+    keep: str = "all"
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -112,6 +116,8 @@ class TrainConfig:
             raise EdgeCXRError(f"optimizer must be one of {OPTIMIZERS}, schedule one of {SCHEDULES}, "
                                f"precision one of {PRECISIONS}")
         get_policy(cfg.augment)
+        if cfg.keep not in KEEP:
+            raise ArgumentError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}", params=("keep",))
         if not 0.0 <= cfg.ema < 1.0:
             raise ArgumentError(f"ema must be in [0, 1), got {cfg.ema}", params=("ema",))
         if not 0.0 <= cfg.label_smoothing < 1.0 or cfg.weight_decay < 0 or cfg.warmup_epochs < 0:

@@ -267,6 +267,10 @@ def fit(
                 f"(saved {state['identity']}, now {_identity(cfg)}); choose another output folder",
                 params=("out",),
             )
+        if not (ckpt / "last.keras").is_file():
+            raise EdgeCXRError(f"{workdir}: cannot resume, {ckpt / 'last.keras'} is gone (--keep best drops it); "
+                               "the bundle's model.keras is the finished model, or choose another output folder",
+                               params=("out",))
         model = keras.saving.load_model(ckpt / "last.keras")
         if state.get("stopped_early") and (not cfg.patience or state["wait"] < cfg.patience):
             state.pop("stopped_early")  # resumed with a longer (or no) patience: training goes on

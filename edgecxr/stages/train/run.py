@@ -26,10 +26,12 @@ are never read: they are never even decoded.
 
 Resumability: after every epoch, checkpoints/last.keras (model + optimizer state) and
 checkpoints/state.json (epoch, history, best val loss, early-stopping counter, config) are written
-atomically, and checkpoints/best.weights.h5 whenever val loss improves. `resume=True` reloads them
-and continues at the next epoch; the data order RNG is re-seeded with seed + epoch, so a resumed
-run is reproducible but not bit-identical to an uninterrupted one. checkpoints/ can be deleted once
-the run is final (CoroNet's last.keras is ~400 MB because of Adam's moments).
+atomically, and checkpoints/best.weights.h5 whenever val loss improves; train.jsonl gets one record
+per epoch. The same command continues after the last saved epoch (`resume=None`, the default); every
+batch is a pure function of (seed, epoch, index), so a run killed mid-epoch resumes with the batch
+and learning rate an uninterrupted run would have used (tests/test_train.py kills one with SIGKILL).
+Once the bundle is written, `keep` says which checkpoints stay (CoroNet's last.keras is ~540 MB
+because of Adam's moments) and the size left is printed.
 
 Cross-validation (`folds=K`): patient-group-level folds over train+val (stratified by each group's
 class), each fold trained from a fresh model seeded with seed + fold. Fold k is held out for
@@ -202,7 +204,26 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     summary = _summary(bundle, state, metrics)
     print(f"best epoch {state['best_epoch']} (val loss {state['best']:.4f}), val accuracy "
           f"{metrics['accuracy']:.4f}; bundle {bundle.path}", file=log, flush=True)
+    summary["checkpoints"] = prune_checkpoints(out / CKPT_DIR, cfg.keep, log)
     return summary
+
+
+#: what each --keep value removes once the bundle (whose model.keras holds the best weights) is written
+_DROP = {"all": (), "last": ("best.weights.h5",), "best": ("last.keras",)}
+
+
+def prune_checkpoints(ckpt: Path, keep: str, log: TextIO) -> dict[str, Any]:
+    """Drop the checkpoints `keep` does not want, then say what stays and its size: a CoroNet run
+    leaves ~680 MB (last.keras carries Adam's moments), which nobody should find by surprise."""
+    for name in _DROP[keep]:
+        (ckpt / name).unlink(missing_ok=True)
+    files = {p.name: p.stat().st_size for p in sorted(ckpt.glob("*")) if p.is_file()} if ckpt.is_dir() else {}
+    total = sum(files.values())
+    hint = {"all": "--keep last or --keep best next time to drop part of it; delete it once you will not "
+                   "extend the run", "last": "last.keras lets the run be extended", "best": "the run cannot be "
+                   "extended; the bundle's model.keras is the chosen model"}[keep]
+    print(f"{ckpt} keeps {total / 1e6:.0f} MB ({', '.join(files) or 'nothing'}); {hint}", file=log, flush=True)
+    return {"dir": str(ckpt), "keep": keep, "bytes": total, "files": sorted(files)}
 
 
 def _summary(bundle: Bundle, state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:

@@ -163,7 +163,8 @@ def main() -> None:
     """edgecxr: chest X-ray classifiers from training to verified engines beside the scanner.
 
     \b
-    Pipeline:  data check -> train -> evaluate -> export -> calibrate [-> qat] -> verify -> build -> infer / bench
+    Pipeline:  data check -> train -> evaluate -> export -> calibrate [-> qat] -> confidence -> verify -> build
+               -> infer / bench
     Example:   edgecxr infer image.png            (the shipped reference CoroNet)
     """
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.errors import EdgeCXRError, GateFailedError
+from edgecxr.core.fileutil import recorded_path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_MANIFEST = REPO.parent / "shared" / "data" / "cxr" / "manifest.csv"
@@ -214,7 +215,9 @@ def run_demo(
     log("\nsummary:")
     for name, outcome in st.results.items():
         log(f"  {name:<10} {outcome}")
-    log(f"bundle: {bundle_dir}   try: edgecxr infer -m {bundle_dir} {example.parent}")
+    exe = Path(sys.executable).parent / "edgecxr"  # the venv's command: a bare `edgecxr` is not on PATH
+    log(f"bundle: {bundle_dir}   try: {recorded_path(exe)} infer -m {recorded_path(bundle_dir)} "
+        f"{recorded_path(example.parent)}")
     return {"stages": st.results, "prediction": pred.to_dict(), "backend": info, "bundle": str(bundle_dir)}
 
 

@@ -321,7 +321,7 @@ def _with_confidence(apply_file: Callable[[Path], None] | None = None) -> Callab
         from edgecxr.core.fileutil import sha256_file
         from edgecxr.runtime.confidence import FILE, SECTION, save_arrays
 
-        dim = int(np.prod(tinymodels.SPEC.input_shape))
+        dim = 8  # the tiny model has no features output: the fit loads, and is not applied
         (bundle / FILE).write_bytes(save_arrays({"means": np.zeros((len(CLASSES), dim)), "whiten": np.eye(dim)}))
         meta = json.loads((bundle / "bundle.json").read_text())
         meta[SECTION] = {"ood": {"method": "mahalanobis", "file": FILE, "sha256": sha256_file(bundle / FILE),

@@ -44,3 +44,14 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+
+# Triton acceptance run (scripts/triton_check.py, docs/SERVING.md "Triton"): NVIDIA's real tritonserver from
+# the nvidia-pytriton wheel, in its own venv (with what its Python-backend models import), serves
+# `edgecxr export triton --flavour python` and must answer like `edgecxr infer` over HTTP and gRPC.
+TRITON_VENV ?= $(HOME)/.cache/edgecxr/triton-check/venv
+.PHONY: triton-check
+triton-check: setup
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	@$(TRITON_VENV)/bin/python -c "import pytriton, onnxruntime, cv2" 2>/dev/null || \
+		$(TRITON_VENV)/bin/pip install -q nvidia-pytriton onnxruntime numpy opencv-python-headless
+	@$(PY) scripts/triton_check.py --triton-venv $(TRITON_VENV) $(TRITON_CHECK_ARGS)

@@ -28,10 +28,14 @@ from edgecxr.core.artifacts import PRECISIONS
               help="ONNX precision instead of the gated choice (INT8 if it passed, else FP32, else FP16); still only a gated file.")
 @click.option("--engines/--no-engines", default=True, show_default=True,
               help="Also export the bundle's TensorRT engines as NAME_trt (they run only on the GPU and TensorRT that built them).")
+@click.option("--flavour", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime", show_default=True,
+              help="How NAME runs the ONNX: Triton's onnxruntime backend, or the Python backend with ONNX Runtime "
+                   "inside (a Triton without the onnxruntime backend, e.g. the nvidia-pytriton wheel's).")
 @click.option("--replace", is_flag=True, help="Replace model folders of the same names already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was exported as JSON.")
 def triton(models: tuple[str, ...], out: Path, max_batch_size: int, max_queue_delay_us: int, cpu_instances: int,
-           preprocess_instances: int, precision: str | None, engines: bool, replace: bool, as_json: bool) -> None:
+           preprocess_instances: int, precision: str | None, engines: bool, flavour: str, replace: bool,
+           as_json: bool) -> None:
     """Write a Triton model repository: ONNX Runtime (and TensorRT) models, Python preprocessing, ensembles.
 
     \b
@@ -45,12 +49,13 @@ def triton(models: tuple[str, ...], out: Path, max_batch_size: int, max_queue_de
     Examples:
       edgecxr export triton --out triton-repo
       edgecxr export triton -m coronet -m cnn-lstm --out triton-repo --max-batch-size 16
+      edgecxr export triton --flavour python --out triton-repo   (CPU-only Triton without onnxruntime)
     """
     from edgecxr.stages.export.triton import TritonOptions, export_triton
 
     options = TritonOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                             cpu_instances=cpu_instances, preprocess_instances=preprocess_instances,
-                            precision=precision, engines=engines)
+                            precision=precision, engines=engines, flavour=flavour)
     entries = export_triton(list(models) or ["coronet"], out, options, replace=replace,
                             log=None if as_json else _err)
     if as_json:

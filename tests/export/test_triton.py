@@ -258,7 +258,11 @@ def test_ensemble_steps_give_the_classifiers_probabilities(reference_repo, monke
     files = tinymodels.real_images(4)
     module, model = _model_py(reference_repo, "coronet_preprocess", monkeypatch)
     tensors = model.execute([_request(module, [p.read_bytes() for p in files])])[0].output_tensors()[0].as_numpy()
-    session = ort.InferenceSession(str(reference_repo / "coronet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    from edgecxr.runtime.onnxrt import session_options
+
+    # built as edgecxr builds it (exact int8 sums on a CPU without VNNI), as a deployment should run it
+    session = ort.InferenceSession(str(reference_repo / "coronet" / "1" / "model.onnx"), sess_options=session_options(),
+                                   providers=["CPUExecutionProvider"])
     probs = session.run(["probs"], {"image": tensors})[0]
     with Classifier.load("coronet", precision="int8", input_rules=None) as clf:
         # the model's own output, as serve's /v2 infer and Triton return it (no temperature, no abstention)

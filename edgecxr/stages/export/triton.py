@@ -4,6 +4,8 @@ For a bundle named NAME (`coronet`, `cnn-lstm` or any registered or path bundle)
 
     REPO/NAME/                 ONNX Runtime backend, KIND_CPU: preprocessed tensor in, probabilities out
          config.pbtxt, labels.txt, 1/model.onnx
+                               (flavour "python": the Python backend running that file through
+                               ONNX Runtime, 1/model.py beside it: stages/export/triton_onnx.py)
     REPO/NAME_trt/             TensorRT plan, KIND_GPU (only when the bundle holds an engine)
          config.pbtxt, labels.txt, 1/model.plan  (one plan per compute capability: cc_model_filenames)
     REPO/NAME_preprocess/      Python backend, KIND_CPU: encoded PNG/JPEG (DICOM) bytes in, tensor out
@@ -40,7 +42,7 @@ from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import ArgumentError, BundleError, MissingDependencyError
 from edgecxr.core.fileutil import read_json, sha256_file, write_json
 from edgecxr.core.metadata import read_sidecar, verify_engine
-from edgecxr.stages.export import triton_preprocess
+from edgecxr.stages.export import triton_onnx, triton_preprocess
 from edgecxr.stages.export.triton_config import (
     Enum,
     TensorSpec,
@@ -60,6 +62,10 @@ FILE_INPUT = "image_file"
 #: model version written; the configs serve exactly this version
 VERSION = 1
 
+#: how NAME runs its ONNX: Triton's onnxruntime backend, or the Python backend with ONNX Runtime inside
+#: (for a Triton without the onnxruntime backend, such as the nvidia-pytriton wheel's CPU-only server)
+FLAVOURS = {"onnxruntime": {"platform": "onnxruntime_onnx"}, "python": {"backend": "python"}}
+
 
 @dataclass(frozen=True)
 class TritonOptions:
@@ -72,6 +78,7 @@ class TritonOptions:
         preprocess_instances: Python-backend instances decoding files (one process each).
         precision: ONNX precision to export instead of the gated choice (fp32, fp16, int8).
         engines: also export the bundle's TensorRT engines.
+        flavour: "onnxruntime" (Triton's onnxruntime backend) or "python" (FLAVOURS).
     """
 
     max_batch_size: int = 8
@@ -80,9 +87,13 @@ class TritonOptions:
     preprocess_instances: int = 2
     precision: str | None = None
     engines: bool = True
+    flavour: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         from edgecxr.core.artifacts import MAX_BATCH
+
+        if self.flavour not in FLAVOURS:
+            raise ArgumentError(f"flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}", params=("flavour",))
 
         if not 1 <= self.max_batch_size <= MAX_BATCH:
             raise ArgumentError(f"max_batch_size must be in 1..{MAX_BATCH}, got {self.max_batch_size}",
@@ -180,17 +191,20 @@ def _write_bundle(bundle: Bundle, name: str, repo: Path, options: TritonOptions,
     inputs, outputs, batched = onnx_io(choice.path)
     if not batched or len(inputs) != 1 or not outputs:
         raise BundleError(f"{choice.path}: Triton batching needs one input and outputs with a variable first dimension")
-    _classifier(repo / name, "onnxruntime_onnx", inputs, outputs, bundle.classes, options.max_batch_size,
+    _classifier(repo / name, FLAVOURS[options.flavour], inputs, outputs, bundle.classes, options.max_batch_size,
                 options, kind="KIND_CPU", count=options.cpu_instances,
                 comment=f"{bundle.model}: {choice.precision} ONNX {choice.path.name} ({choice.reason})")
     shutil.copyfile(choice.path, repo / name / str(VERSION) / "model.onnx")
+    if options.flavour == "python":
+        shutil.copyfile(triton_onnx.__file__, repo / name / str(VERSION) / "model.py")
     if sha is not None and sha256_file(repo / name / str(VERSION) / "model.onnx") != sha:
         raise BundleError(f"{choice.path}: the copy in the repository differs from the original")
-    say(f"{name}: {choice.precision} ONNX on onnxruntime, KIND_CPU ({choice.reason})")
+    say(f"{name}: {choice.precision} ONNX on onnxruntime ({options.flavour} backend), KIND_CPU ({choice.reason})")
     entry: dict[str, Any] = {
         "bundle": str(bundle.dir), "classes": bundle.classes, "preprocess": bundle.spec.to_dict(),
         "onnx": {"model": name, "file": choice.path.name, "precision": choice.precision, "sha256": sha,
-                 "why": choice.reason, "gate": bundle.gate_verdicts().get(f"onnx_{choice.precision}")},
+                 "why": choice.reason, "gate": bundle.gate_verdicts().get(f"onnx_{choice.precision}"),
+                 "flavour": options.flavour},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     targets = {name: options.max_batch_size}
@@ -248,7 +262,7 @@ def _write_engines(bundle: Bundle, name: str, engines: list[tuple[Path, dict[str
                      "profile": side.get("profile")})
     extra = {"cc_model_filenames": map_entries(files)} if len(by_cc) > 1 else {}
     inputs, outputs = first_io
-    _classifier(folder, "tensorrt_plan", inputs, outputs, bundle.classes, max_batch, options, kind="KIND_GPU",
+    _classifier(folder, {"platform": "tensorrt_plan"}, inputs, outputs, bundle.classes, max_batch, options, kind="KIND_GPU",
                 count=1, extra=extra, comment="TensorRT " + ", ".join(
                     f"{r['precision']} plan for {(r['gpu'] or {}).get('name')} with TensorRT {r['tensorrt']}" for r in rows))
     for cc, (path, _side) in by_cc.items():
@@ -262,7 +276,7 @@ def _common(max_batch: int) -> dict[str, Any]:
             "version_policy": {"specific": {"versions": [VERSION]}}}
 
 
-def _classifier(folder: Path, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+def _classifier(folder: Path, runs_on: dict[str, str], inputs: list[TensorSpec], outputs: list[TensorSpec],
                 classes: list[str], max_batch: int, options: TritonOptions, kind: str, count: int,
                 comment: str, extra: dict[str, Any] | None = None) -> None:
     (folder / str(VERSION)).mkdir(parents=True)
@@ -271,7 +285,7 @@ def _classifier(folder: Path, platform: str, inputs: list[TensorSpec], outputs: 
               "inputs": map_entries({t.name: {"data_type": Enum(t.data_type), "dims": list(t.dims), "zero_data": True}
                                      for t in inputs})}
     config = {
-        "name": folder.name, "platform": platform, **_common(max_batch),
+        "name": folder.name, **runs_on, **_common(max_batch),
         "input": [t.to_config() for t in inputs],
         "output": [t.to_config(label_filename="labels.txt") if i == 0 else t.to_config() for i, t in enumerate(outputs)],
         "instance_group": [{"count": count, "kind": Enum(kind)}],
@@ -352,8 +366,12 @@ def check_repository(repo: str | Path) -> list[str]:
             problems.append(f"{folder}: no version folder {VERSION}")
         problems += [f"{folder}: labels file {o.label_filename} missing" for o in cfg.output
                      if o.label_filename and not (folder / o.label_filename).is_file()]
+        version = folder / str(VERSION)
         if cfg.platform == "onnxruntime_onnx":
-            problems += _check_onnx(folder / str(VERSION) / "model.onnx", cfg)
+            problems += _check_onnx(version / "model.onnx", cfg)
+        elif cfg.backend == "python" and (version / triton_onnx.MODEL_FILE).exists():  # flavour "python"
+            problems += _check_onnx(version / triton_onnx.MODEL_FILE, cfg)
+            problems += [] if (version / "model.py").is_file() else [f"{version}/model.py: missing"]
         elif cfg.backend == "python":
             problems += [f"{folder}/{VERSION}/{f}: missing" for f in ("model.py", triton_preprocess.CONFIG_FILE)
                          if not (folder / str(VERSION) / f).is_file()]

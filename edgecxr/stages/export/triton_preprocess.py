@@ -12,7 +12,8 @@ do, and tests/export/test_triton.py checks that it gives the same tensor on real
     `reduced_decode_margin` x the model input (IMREAD_REDUCED_GRAYSCALE_*), else in full with
     IMREAD_ANYDEPTH | IMREAD_ANYCOLOR (16-bit kept, palette expanded, EXIF orientation applied);
   * color -> BT.601 luma in RGB order, rounded to the input's integer type;
-  * stretch-resize (INTER_AREA down, INTER_LINEAR up), /255 or /65535, x*scale+offset, channels.
+  * 16-bit and float images rounded to 8-bit levels (what the models were trained on), then
+    stretch-resize (INTER_AREA down, INTER_LINEAR up), /255, x*scale+offset, channels.
 
 Not repeated here (edgecxr keeps them; see docs/ARCHITECTURE.md "Integrity rules"): PNG chunk
 CRCs and libjpeg/libpng warnings captured as errors, and the input checks that reject CT, lateral
@@ -191,15 +192,14 @@ def _decode_dicom(data: bytes) -> np.ndarray:
 def preprocess(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """2-D gray image -> HxWxC float32, as edgecxr.core.spec.preprocess (version 1)."""
     height, width = spec["height"], spec["width"]
+    if image.dtype == np.uint16:  # the 256 levels the models were trained on, before resizing
+        image = np.rint(image.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.rint(np.clip(image.astype(np.float32), 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
     if image.shape != (height, width):
         shrink = height * width < image.shape[0] * image.shape[1]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    if image.dtype == np.uint8:
-        x = image.astype(np.float32) * np.float32(1.0 / 255.0)
-    elif image.dtype == np.uint16:
-        x = image.astype(np.float32) * np.float32(1.0 / 65535.0)
-    else:
-        x = np.clip(image.astype(np.float32), 0.0, 1.0)
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
     if spec["scale"] != 1.0 or spec["offset"] != 0.0:
         x = x * np.float32(spec["scale"]) + np.float32(spec["offset"])
     x = x[:, :, None]

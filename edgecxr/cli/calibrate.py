@@ -17,6 +17,7 @@ from edgecxr.cli.options import (
     model_option,
 )
 from edgecxr.cli.output import _err, check_output
+from edgecxr.cli.stagelog import StageLog
 from edgecxr.core.lock import bundle_lock
 from edgecxr.data.manifest import SPLITS
 from edgecxr.stages.export.fallback import check_splits
@@ -59,6 +60,7 @@ from edgecxr.stages.export.int8 import calibrate_bundle
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @allow_outside_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--verbose", "-v", is_flag=True, help="Every step of the fallback search (bisect/trim), not one status line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record (bundle.json's section, with the gate) as JSON.")
 def calibrate(
     model: str | None,
@@ -81,6 +83,7 @@ def calibrate(
     views: int,
     batch_size: int,
     quiet: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Calibrate the bundle's FP32 ONNX into a Q/DQ INT8 model (model.int8.onnx) for TensorRT and ONNX Runtime.
@@ -110,6 +113,7 @@ def calibrate(
     _check_record_out(calib_manifest_out, [p for p in (manifest, gates_file) if p is not None])
     path = bundle_for(model, writes=True)
     # held from before the bundle is read until after it is written: another command's record survives
+    log = StageLog(verbose=verbose)
     with bundle_lock(path, log=_err):
         section = calibrate_bundle(
             _load_bundle(path),
@@ -128,12 +132,13 @@ def calibrate(
             rank=rank,
             scope=scope,
             views=views,
-            log=_err,
+            log=log,
             gates=_gates(gates_file),
             calib_manifest_out=calib_manifest_out,
             batch_size=batch_size,
             progress=not quiet,
         )
+    log.close()
     if as_json:
         import json
 

@@ -8,6 +8,7 @@ import click
 
 from edgecxr.cli.options import _MANIFEST, _gates, _load_bundle, _split_list, bundle_for, model_option
 from edgecxr.cli.output import _err
+from edgecxr.cli.stagelog import StageLog
 from edgecxr.core.lock import bundle_lock
 
 
@@ -28,10 +29,11 @@ from edgecxr.core.lock import bundle_lock
 @click.option("--gates", "gates_file", type=_MANIFEST, default=None, help="TOML file of gate thresholds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--verbose", "-v", is_flag=True, help="Every step of each epoch's calibration, not one status line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record (with the per-epoch QAT scores) as JSON.")
 def qat(model: str | None, manifest: Path, epochs: int, learning_rate: float, target: str, augment: str | None,
         batch_size: int, method: str, keep_float: str, gates_file: Path | None, seed: int, quiet: bool,
-        as_json: bool) -> None:
+        verbose: bool, as_json: bool) -> None:
     """Quantization-aware fine-tuning: INT8 weights that learned the int8 grid, published through the gate.
 
     \b
@@ -50,10 +52,12 @@ def qat(model: str | None, manifest: Path, epochs: int, learning_rate: float, ta
     from edgecxr.stages.export.qat import needs_keras, qat_bundle, summary_lines
 
     path = bundle_for(model, writes=True, before_copy=lambda ref: needs_keras(_load_bundle(ref)))
+    log = StageLog(verbose=verbose)
     with bundle_lock(path, log=_err):
         section = qat_bundle(_load_bundle(path), manifest, epochs=epochs, learning_rate=learning_rate, target=target,
                              augment=augment, batch_size=batch_size, method=method, keep_float=_split_list(keep_float),
-                             gates=_gates(gates_file), seed=seed, progress=not quiet, log=None if as_json else _err)
+                             gates=_gates(gates_file), seed=seed, progress=not quiet, log=None if as_json else log)
+    log.close()
     if as_json:
         import json
 

@@ -403,9 +403,9 @@ def calibrate_bundle(
 
 def _display_path(path: Path, bundle: Bundle) -> str:
     """Path of a calibration record as bundle.json keeps it: relative to the bundle when inside it
-    (the default, BUNDLE/calibration/: the record travels with the bundle), else as `recorded_path`. Records
+    (the default, BUNDLE/calibration/: the record travels with the bundle), else absolute. Records
     written before they moved into the bundle say e.g. "calibration/coronet-calib-50ae70b2.csv",
     relative to the folder calibrate ran in (the repo's calibration/ for the reference models)."""
     resolved = path.resolve()
     home = bundle.dir.resolve()
-    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else recorded_path(resolved)
+    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else str(resolved)

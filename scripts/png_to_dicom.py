@@ -1,4 +1,4 @@
-"""Wrap X-ray PNG/JPEG files into DX DICOM files, as a scanner would send them (for trying the DICOM node).
+r"""Wrap X-ray PNG/JPEG files into DX DICOM files, as a scanner would send them (for trying the DICOM node).
 
 Each image becomes a single-frame 8-bit MONOCHROME2 "Digital X-Ray Image Storage - For
 Presentation" instance with new Study/Series/SOP Instance UIDs (one study per run), Modality DX,

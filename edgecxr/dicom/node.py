@@ -5,8 +5,10 @@ What happens to one C-STORE (in the association's own thread; pynetdicom runs on
 1. only CR, DX for presentation and DX for processing are accepted (any transfer syntax pydicom
    knows but Deflated; one no installed plugin decodes is reported in the SR), from calling AE titles on the
    allow-list when one is given (others are rejected at association time);
-2. the SOP Instance UID of the request must be a valid UID, and the data set's header must parse
-   and carry the same UID; else the answer is 0xC210 "cannot understand" and nothing is kept;
+2. the SOP Instance UID of the request must be a valid UID, the data set must be well formed
+   (every element's, sequence item's and fragment's length fits in what was received:
+   `edgecxr.dicom.structure`), and its header must parse and carry the same UID; else the answer
+   is 0xC210 "cannot understand" and nothing is kept;
 3. the encoded data set (with its file meta) is written to the spool durably (`Spool.accept`:
    fsync and atomic rename, keyed by SOP Instance UID) and only then is Success (0x0000)
    answered; a failed write answers 0xA700 "out of resources" (the sender keeps its copy);
@@ -35,7 +37,7 @@ from typing import Any
 from edgecxr.dicom import require
 from edgecxr.dicom.outputs import is_uid
 from edgecxr.dicom.process import Destination, Log, Processor, Worker
-from edgecxr.dicom.spool import Spool
+from edgecxr.dicom.spool import MAX_ATTEMPTS, Spool
 
 #: the storage SOP classes a chest X-ray arrives as: CR, DX for presentation, DX for processing
 STORAGE_CLASSES = {
@@ -43,6 +45,8 @@ STORAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
 }
+
+IMPLICIT_VR_LE, EXPLICIT_VR_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 
 #: C-STORE statuses this node answers
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
@@ -54,7 +58,7 @@ class StorageNode:
     def __init__(self, clf: Any, spool_dir: str | Path, out_dir: str | Path, ae_title: str = "EDGECXR",
                  host: str = "127.0.0.1", port: int = 11112, allowed: Sequence[str] = (),
                  forward: Destination | None = None, batch_size: int = 8, log: Log = print,
-                 grace_s: float = 10.0):
+                 grace_s: float = 10.0, max_attempts: int = MAX_ATTEMPTS):
         self.pynetdicom = require("pynetdicom", "edgecxr listen")
         require("highdicom", "edgecxr listen")
         if not 0 < len(ae_title) <= 16:
@@ -63,9 +67,9 @@ class StorageNode:
         self.allowed = [a.strip() for a in allowed if a.strip()]
         self.log = log
         self.grace_s = grace_s
-        self.spool = Spool(spool_dir)
+        self.spool = Spool(spool_dir, max_attempts=max_attempts)
         processor = Processor(clf, out_dir, forward=forward, batch_size=batch_size)
-        self.worker = Worker(processor, self.spool.path, self.spool.mark_done, log, batch_size)
+        self.worker = Worker(processor, self.spool, log, batch_size)
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0}
         self._stats_lock = threading.Lock()
         self._server: Any = None
@@ -77,11 +81,19 @@ class StorageNode:
         """Queue what a previous run left pending, start the worker and the server; (host, port) it listens on."""
         pynetdicom = self.pynetdicom
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        pending = self.spool.pending()
-        for key in pending:
-            self.worker.submit(key)
-        if pending:
-            self.log(f"resuming: {len(pending)} instance(s) received but not yet classified")
+        resumed, suspects = 0, 0
+        for key in self.spool.pending():
+            attempts = self.spool.attempts(key)
+            if attempts >= self.spool.max_attempts:  # it never finished, that many times: it stops the node
+                where = self.spool.quarantine(key, f"processing began {attempts} times and never finished "
+                                                   "(the process died or was killed while classifying it)")
+                self.log(f"error: {key}: processing never finished in {attempts} attempts; quarantined: {where}")
+                continue
+            self.worker.submit(key, alone=attempts > 0)  # a suspect is processed alone, after the others
+            resumed, suspects = resumed + 1, suspects + (attempts > 0)
+        if resumed:
+            self.log(f"resuming: {resumed} instance(s) received but not yet classified"
+                     + (f" ({suspects} whose processing did not finish before: each alone, last)" if suspects else ""))
         self.worker.start()
         ae = pynetdicom.AE(ae_title=self.ae_title)
         # Deflated data sets are not accepted: pydicom inflates one whole to read even its header,
@@ -159,9 +171,19 @@ class StorageNode:
             return f"invalid SOP Instance UID {uid[:64]!r}"
         import pydicom
 
+        from edgecxr.dicom.structure import Malformed, check_dataset
+
         try:
+            fh = io.BytesIO(data)
+            pydicom.filereader.read_preamble(fh, False)
+            meta = pydicom.filereader._read_file_meta_info(fh)
+            syntax = str(meta.get("TransferSyntaxUID", "") or "")
+            # every element's length must fit: pydicom would read a 2 GB claim as whatever bytes are there
+            check_dataset(data, fh.tell(), implicit=syntax == IMPLICIT_VR_LE, little=syntax != EXPLICIT_VR_BE)
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             header_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        except Malformed as exc:
+            return f"malformed data set ({str(exc)[:160]})"
         except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed data set
             return f"malformed data set ({type(exc).__name__}: {str(exc)[:160]})"
         if header_uid != uid:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,27 +133,57 @@ def replace_problem(path: Path, sop_class: str) -> str | None:
     return None
 
 
+#: how much of a deflated data set is inflated to read its header (the pixels come last and are not needed)
+DEFLATED_HEADER_BYTES = 4 << 20
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
 def read_header(path: Path, decoded: bool = True) -> Any:
     """A DICOM file's header (no pixels), or None when it is not a readable DICOM file.
 
-    `decoded=False` for a file whose decode failed: a deflated data set is then not read at all
-    (pydicom inflates it whole even to read the header, and its size was never checked).
+    Only a regular file is opened (a FIFO or a device would block or never end). A deflated data
+    set is inflated in bounded steps up to `DEFLATED_HEADER_BYTES`, never whole (pydicom inflates
+    it whole even to read the header, and the size it inflates to is unknown until then), so its
+    SOP Instance UID is read whether or not its pixels could be decoded. `decoded` is kept for
+    the callers' clarity; it no longer changes anything.
     """
+    del decoded
     try:
         import pydicom
 
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as fh:
             head = fh.read(132)
             if head[128:132] != b"DICM" and Path(path).suffix.lower() not in (".dcm", ".dicom"):
                 return None
-            if not decoded and head[128:132] == b"DICM":
+            if head[128:132] == b"DICM":
                 meta = pydicom.filereader._read_file_meta_info(fh)
-                if str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
-                    return None
+                if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+                    ds = _deflated_header(fh)
+                    ds.file_meta = meta
+                    return ds if "SOPInstanceUID" in ds else None
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         return ds if "SOPInstanceUID" in ds else None  # force=True "reads" anything; a header has UIDs
     except Exception:  # noqa: BLE001 - unreadable: the caller reports the decode's reason
         return None
+
+
+def _deflated_header(fh: Any) -> Any:
+    """The elements before the pixel data of a deflated data set (`fh` just after the file meta), inflating
+    at most `DEFLATED_HEADER_BYTES`."""
+    import zlib
+
+    import pydicom
+
+    inflater, out = zlib.decompressobj(-zlib.MAX_WBITS), bytearray()
+    while len(out) < DEFLATED_HEADER_BYTES and not inflater.eof:
+        chunk = inflater.unconsumed_tail or fh.read(1 << 16)
+        if not chunk:
+            break
+        out += inflater.decompress(chunk, DEFLATED_HEADER_BYTES - len(out))
+    return pydicom.filereader.read_dataset(io.BytesIO(bytes(out)), is_implicit_VR=False, is_little_endian=True,
+                                           stop_when=pydicom.filereader._at_pixel_data)
 
 
 @dataclass
@@ -184,6 +215,8 @@ def write_for_predictions(preds: Sequence[Prediction], audit: Mapping[str, Any],
             written = write_results(pred, audit, header, classes, folder, kinds)
         except (ValueError, OSError) as exc:
             out.append(Written(pred.source, [], error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one input's results, never a traceback for the batch
+            out.append(Written(pred.source, [], error=f"the report could not be made ({type(exc).__name__}: {exc})"))
         else:
             out.append(Written(pred.source, [p for p, _ in written]))
     return out

@@ -9,23 +9,34 @@ that file is processed again, with the same result names and UIDs (replaced, not
 
 `Worker` runs a Processor in a thread over a queue of keys, a batch at a time: the receiver's
 association threads only store and queue, so a slow model never holds up a C-STORE answer.
-Nothing one input does stops the worker: an input that cannot be read, rejected or whose report
-cannot be made gets its record with the reason; one whose results cannot be written (an OSError:
-disk full, permissions) is not marked done, so it stays pending and is processed at the next start; an exception from the model half is retried
-one input at a time, and an input that still raises is recorded as failed.
+Nothing one input does stops the worker (issue 22: an exception used to end its thread, after
+which every C-STORE was still answered Success and never classified):
+
+* an input that cannot be read or is rejected gets its record (and its SR) with the reason;
+* an exception from the model half is retried one input at a time, and an input that still
+  raises is recorded as failed (status `failed`, its SR says why);
+* results that cannot be built (the source cannot be referenced, a builder raised) make the
+  record `failed` with `results_error` and an `error:` log line; results the disk refuses (an
+  OSError: disk full, permissions) are not marked done, so that instance stays pending and is
+  processed at the next start;
+* anything else escaping a batch is that batch's instances' failure: each is retried alone, and
+  one that fails `max_attempts` times is quarantined (`Store.quarantine`) with the reason;
+* before an instance is processed, the store records the attempt durably (`Store.begin`), so an
+  instance that kills the whole process is known at the next start (see `edgecxr.dicom.spool`).
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgecxr.dicom.outputs import durable_write, read_header, write_results
+from edgecxr.dicom.sr import status_of
 from edgecxr.runtime.prediction import Prediction, now_utc
 
 Log = Callable[[str], None]
@@ -69,22 +80,28 @@ class Processor:
             return []
         try:
             preds = self.clf.predict([path for _, path in items], batch_size=self.batch_size, workers=0)
-        except Exception:  # noqa: BLE001 - the model half failed for the batch: find the input that did it
-            if len(items) == 1:
-                raise
-            return [rec for item in items for rec in self._run_one(item)]
-        return [self._finish(key, path, pred) for (key, path), pred in zip(items, preds, strict=True)]
+            if len(preds) != len(items):
+                raise RuntimeError(f"{len(preds)} predictions for {len(items)} inputs")
+        except Exception as exc:  # noqa: BLE001 - the model half failed for the batch: find the input that did it
+            if len(items) > 1:
+                return [rec for item in items for rec in self.run([item])]
+            reason = f"classification failed ({type(exc).__name__}: {exc})"[:300]
+            preds = [Prediction(str(items[0][1]), error=reason)]
+        return [self._record(key, path, pred) for (key, path), pred in zip(items, preds, strict=True)]
 
-    def _run_one(self, item: tuple[str, Path]) -> list[dict[str, Any]]:
+    def _record(self, key: str, path: Path, pred: Prediction) -> dict[str, Any]:
+        """`_finish`, and whatever it raises as this input's failure (never an exception for the batch)."""
         try:
-            return self.run([item])
-        except Exception as exc:  # noqa: BLE001 - recorded, the worker goes on
-            pred = Prediction(str(item[1]), error=f"classification failed ({type(exc).__name__}: {exc})"[:300])
-            return [self._finish(item[0], item[1], pred)]
+            return self._finish(key, path, pred)
+        except OSError as exc:  # a result the disk refused (the JSON result...): try again later
+            return {"key": key, "source": str(path), "status": status_of(pred), "results": [],
+                    "results_error": _one_line(exc), "retry": True}
+        except Exception as exc:  # noqa: BLE001 - recorded as this input's failure, the caller goes on
+            return {"key": key, "source": str(path), "status": "failed", "label": None, "probabilities": {},
+                    "reason": f"results failed ({_one_line(exc)})", "input_sha256": pred.input_sha256,
+                    "results": [], "results_error": _one_line(exc), "done_at": now_utc()}
 
     def _finish(self, key: str, path: Path, pred: Prediction) -> dict[str, Any]:
-        from edgecxr.dicom.sr import status_of
-
         record: dict[str, Any] = {
             "key": key, "source": str(path), "status": status_of(pred), "label": pred.label,
             "probabilities": pred.probabilities, "reason": pred.error if pred.error is not None else pred.reason,
@@ -96,11 +113,16 @@ class Processor:
         else:
             try:
                 written = write_results(pred, self.clf.audit, header, self.clf.classes, self.out_dir, self.kinds)
-            except ValueError as exc:  # the source cannot be referenced, or a result may not replace a file
-                record["results_error"] = str(exc)
             except OSError as exc:  # the folder cannot be written now (disk full...): try again later
-                record["results_error"] = str(exc)
+                record["results_error"] = _one_line(exc)
                 record["retry"] = True
+            except Exception as exc:  # noqa: BLE001 - the source cannot be referenced, a result may not
+                # replace a file, a builder raised: this instance failed, with its reason; a corrected copy
+                # (other bytes) is processed again
+                record["results_error"] = _one_line(exc)
+                record["classification"] = record["status"]
+                record["status"] = "failed"
+                record["reason"] = f"no DICOM result: {_one_line(exc)}"
             else:
                 record["results"] = [str(p) for p, _ in written]
                 if self.forward is not None:
@@ -115,8 +137,25 @@ class Processor:
         return record
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its message (with its type, unless a ValueError/OSError says it all)."""
+    text = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:limit]
+
+
+#: transfer syntaxes proposed when forwarding, in order of preference, each in a presentation context of its
+#: own (the acceptor picks one syntax per context, so one context with several cannot state a preference):
+#: Explicit VR Little Endian, which every archive and tool reads; Implicit; Deflated only when neither is
+#: accepted (strict or older archives store it as received, and tools such as dicom3tools cannot read it)
+FORWARD_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99")
+
+
 def forward(paths: Sequence[Path], dest: Destination, timeout_s: float = 30.0) -> str:
-    """C-STORE `paths` to `dest` in one association; "sent" or "failed: why" (never raises)."""
+    """C-STORE `paths` to `dest` in one association; "sent" or "failed: why" (never raises).
+
+    Each result goes in the most preferred of `FORWARD_SYNTAXES` the destination accepted: the
+    files are Explicit VR Little Endian, which pynetdicom sends as they are or converts.
+    """
     from edgecxr.dicom import require
 
     pynetdicom = require("pynetdicom", "sending results to a DICOM node")
@@ -124,9 +163,13 @@ def forward(paths: Sequence[Path], dest: Destination, timeout_s: float = 30.0) -
 
     ae = pynetdicom.AE(ae_title=dest.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    datasets = [pydicom.dcmread(p) for p in paths]
-    for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
-        ae.add_requested_context(sop_class)
+    try:
+        datasets = [pydicom.dcmread(p) for p in paths]
+    except Exception as exc:  # noqa: BLE001 - a result that cannot be read back: reported, not raised
+        return f"failed: {_one_line(exc)}"
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        for syntax in FORWARD_SYNTAXES:
+            ae.add_requested_context(sop_class, syntax)
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     except Exception as exc:  # noqa: BLE001 - a bad address: reported, not raised
@@ -139,64 +182,120 @@ def forward(paths: Sequence[Path], dest: Destination, timeout_s: float = 30.0) -
             code = getattr(status, "Status", None)
             if code is None or int(code) not in (0x0000, 0xB000, 0xB007, 0xB006):
                 return f"failed: {dest.ae_title} answered C-STORE status {code!r}"
+    except Exception as exc:  # noqa: BLE001 - no accepted context, the connection dropped: reported
+        return f"failed: {_one_line(exc)}"
     finally:
         assoc.release()
     return "sent"
 
 
-class Worker(threading.Thread):
-    """Process queued keys in batches: path_of(key) -> file; done(key, record) after each result is written."""
+class Store(Protocol):
+    """Where the worker's instances are kept (`edgecxr.dicom.spool.Spool`)."""
 
-    def __init__(self, processor: Processor, path_of: Callable[[str], Path], done: Callable[[str, dict], None],
-                 log: Log, batch_size: int = 8):
+    max_attempts: int
+
+    def path(self, key: str) -> Path: ...
+    def mark_done(self, key: str, record: dict[str, Any]) -> None: ...
+    def begin(self, key: str) -> int: ...
+    def end(self, key: str) -> None: ...
+    def attempts(self, key: str) -> int: ...
+    def quarantine(self, key: str, reason: str) -> Path: ...
+
+
+class Worker(threading.Thread):
+    """Process queued keys in batches from `store`; mark each done after its results are written.
+
+    `submit(key, alone=True)` (a suspect: see `edgecxr.dicom.spool`) processes that key in a batch
+    of its own. Nothing raised while processing ends the thread (see the module docstring).
+    """
+
+    def __init__(self, processor: Processor, store: Store, log: Log, batch_size: int = 8):
         super().__init__(name="edgecxr-worker", daemon=True)
         self.processor = processor
-        self.path_of = path_of
-        self.done = done
+        self.store = store
         self.log = log
         self.batch_size = batch_size
-        self.queue: queue.Queue[str] = queue.Queue()
+        self._items: deque[tuple[str, bool]] = deque()
+        self._cond = threading.Condition()
         self._stop_event = threading.Event()
         self.idle = threading.Event()
 
-    def submit(self, key: str) -> None:
-        self.idle.clear()
-        self.queue.put(key)
+    def submit(self, key: str, alone: bool = False) -> None:
+        with self._cond:
+            self.idle.clear()
+            self._items.append((key, alone))
+            self._cond.notify()
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish the batch in hand and stop; what is still queued stays pending on disk for the next start."""
         self._stop_event.set()
+        with self._cond:
+            self._cond.notify()
         if self.is_alive():
             self.join(timeout_s)
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            try:
-                keys = [self.queue.get(timeout=0.2)]
-            except queue.Empty:
-                self.idle.set()
+            keys = self._next_batch()
+            if not keys:
                 continue
-            while len(keys) < self.batch_size:
-                try:
-                    keys.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
             try:
-                records = self.processor.run([(k, self.path_of(k)) for k in keys])
-            except Exception as exc:  # noqa: BLE001 - one input raised on its own: recorded, the node goes on
-                records = [self.processor._run_one((k, self.path_of(k)))[0] for k in keys]
-                self.log(f"error: a batch raised ({type(exc).__name__}: {exc}); processed one by one")
-            for key, record in zip(keys, records, strict=True):
-                if record.get("retry"):  # not marked done: still pending, processed again at the next start
-                    self.log(f"error: {key}: results not written ({record['results_error']}); "
-                             "left pending for the next start")
-                    continue
-                try:
-                    self.done(key, record)
-                except OSError as exc:  # the marker cannot be written: processed again after a restart
-                    self.log(f"error: {key}: cannot record it as done ({exc})")
-                    continue
-                self.log(describe(key, record))
+                self._process(keys)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence: the worker never dies
+                self.log(f"error: processing {', '.join(keys)} raised ({_one_line(exc)}); "
+                         "they stay pending for the next start")
+
+    def _next_batch(self) -> list[str]:
+        """Up to batch_size keys queued together (a key submitted alone is a batch of its own); [] when idle."""
+        with self._cond:
+            if not self._items:
+                self.idle.set()
+                self._cond.wait(0.2)
+                if not self._items:
+                    return []
+            key, alone = self._items.popleft()
+            keys = [key]
+            while not alone and self._items and len(keys) < self.batch_size and not self._items[0][1]:
+                keys.append(self._items.popleft()[0])
+            return keys
+
+    def _process(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.begin(key)
+            except OSError as exc:  # not counted: it is still processed
+                self.log(f"error: {key}: cannot record the attempt ({_one_line(exc)})")
+        try:
+            records = self.processor.run([(k, self.store.path(k)) for k in keys])
+        except Exception as exc:  # noqa: BLE001 - Processor.run handles every input; this is what it missed
+            for key in keys:
+                self._failed_attempt(key, _one_line(exc))
+            return
+        for key, record in zip(keys, records, strict=True):
+            self._record(key, record)
+
+    def _failed_attempt(self, key: str, reason: str) -> None:
+        """An attempt on `key` raised: try it again alone, or quarantine it after max_attempts."""
+        attempts = self.store.attempts(key)
+        if attempts >= self.store.max_attempts:
+            where = self.store.quarantine(key, f"processing failed {attempts} times; last: {reason}")
+            self.log(f"error: {key}: failed {attempts} times ({reason}); quarantined: {where}")
+        else:
+            self.log(f"error: {key}: processing raised ({reason}); trying it again alone")
+            self.submit(key, alone=True)
+
+    def _record(self, key: str, record: dict[str, Any]) -> None:
+        if record.get("retry"):  # not marked done: still pending, processed again at the next start
+            self.store.end(key)
+            self.log(f"error: {key}: results not written ({record['results_error']}); left pending for the next start")
+            return
+        try:
+            self.store.mark_done(key, record)
+        except OSError as exc:  # the marker cannot be written: processed again after a restart
+            self.store.end(key)
+            self.log(f"error: {key}: cannot record it as done ({_one_line(exc)})")
+            return
+        self.log(("error: " if record.get("results_error") else "") + describe(key, record))
 
 
 def describe(key: str, record: dict[str, Any]) -> str:
@@ -208,6 +307,7 @@ def describe(key: str, record: dict[str, Any]) -> str:
     else:
         what = f"{status}: {record.get('reason')}"
     results = ", ".join(Path(p).name for p in record["results"]) or record.get("results_note") or ""
-    extra = f" (results not written: {record['results_error']})" if record.get("results_error") else ""
+    error = record.get("results_error")
+    extra = f" (results not written: {error})" if error and error not in str(record.get("reason")) else ""
     sent = f" [forward {record['forwarded']}]" if "forwarded" in record else ""
     return f"{key}: {what} -> {results}{extra}{sent}"

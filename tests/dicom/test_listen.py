@@ -168,21 +168,24 @@ def test_allow_list_and_forwarding(tmp_path, tiny_model):
     assert read_sr(stored).referenced["SOPInstanceUID"] == uid_of(image)
 
 
-def _pacs(folder: Path):
-    """A destination Storage SCP (pynetdicom) that keeps every SR it gets."""
+def _pacs(folder: Path, syntaxes: list[str] | None = None, received: list[str] | None = None):
+    """A destination Storage SCP (pynetdicom) that keeps every SR it gets; `syntaxes` in its order of preference,
+    `received` gets the transfer syntax of each C-STORE."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import ComprehensiveSRStorage
 
     folder.mkdir()
 
     def on_store(event):
+        if received is not None:
+            received.append(str(event.context.transfer_syntax))
         ds = event.dataset
         ds.file_meta = event.file_meta
         ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
         return 0x0000
 
     ae = AE(ae_title="PACS")
-    ae.add_supported_context(ComprehensiveSRStorage)
+    ae.add_supported_context(ComprehensiveSRStorage, *([syntaxes] if syntaxes else []))
     return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
@@ -257,3 +260,169 @@ def test_a_corrected_copy_of_a_failed_instance_is_processed(tmp_path, tiny_model
             node.stop()
     assert node.stats == {"stored": 2, "duplicates": 2, "refused": 0}
     assert read_sr(tmp_path / "out" / f"{ds.SOPInstanceUID}.sr.dcm").status == "ok"
+
+
+def test_an_anonymised_instance_then_a_complete_one_give_two_reports(tmp_path, tiny_model):
+    """Issue 22: a DX without its Type 2 attributes used to kill the worker; every later C-STORE was then
+    answered Success and never classified."""
+    png = source_pngs(1)[0]
+    anonymised = cxr_dataset(png)
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                    "PatientID", "PatientName"):
+        delattr(anonymised, keyword)
+    anonymised = write(anonymised, tmp_path / "anonymised.dcm")
+    complete = write(cxr_dataset(png, crop=1), tmp_path / "complete.dcm")
+    with Classifier.load(tiny_model) as clf:
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, log=lambda line: None)
+        _, port = node.start()
+        try:
+            assert send([anonymised, complete], port) == {str(anonymised): 0, str(complete): 0}
+            wait_until(lambda: node.spool.counts()["done"] == 2, timeout_s=60, what="both instances classified")
+        finally:
+            node.stop()
+    for path in (anonymised, complete):
+        report = read_sr(tmp_path / "out" / f"{uid_of(path)}.sr.dcm")
+        assert report.status == "ok" and report.referenced["SOPInstanceUID"] == uid_of(path)
+    sr = pydicom.dcmread(tmp_path / "out" / f"{uid_of(anonymised)}.sr.dcm")
+    assert sr.PatientBirthDate == "" and sr.PatientID == ""  # Type 2: present, empty
+
+
+def test_any_exception_for_one_instance_is_its_failure_and_the_worker_goes_on(tmp_path, tiny_model, monkeypatch):
+    """Whatever raises while one instance's results are made is recorded (status failed, an error line)."""
+    import edgecxr.dicom.process as process
+
+    files = cxr_files(tmp_path / "in", 3)
+    bad = uid_of(files[1])
+    real = process.write_results
+
+    def flaky(pred, audit, source, *args, **kwargs):
+        if str(source.SOPInstanceUID) == bad:
+            raise RuntimeError("a builder bug")
+        return real(pred, audit, source, *args, **kwargs)
+
+    monkeypatch.setattr(process, "write_results", flaky)
+    lines: list[str] = []
+    with Classifier.load(tiny_model) as clf:
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, log=lines.append)
+        _, port = node.start()
+        try:
+            assert set(send(files[:2], port).values()) == {0}
+            wait_until(lambda: node.spool.counts()["done"] == 2, timeout_s=60, what="the first two done")
+            assert node.worker.is_alive()
+            assert send(files[2:], port) == {str(files[2]): 0}  # the node goes on
+            wait_until(lambda: node.spool.counts()["done"] == 3, timeout_s=60, what="the third done")
+        finally:
+            node.stop()
+    record = node.spool.record(bad)
+    assert record["status"] == "failed" and "a builder bug" in record["results_error"]
+    assert any(line.startswith(f"error: {bad}: failed") and "a builder bug" in line for line in lines), lines
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{uid_of(f)}.sr.dcm" for f in (files[0], files[2]))
+
+
+def test_a_poison_instance_is_quarantined_and_the_others_processed(tmp_path, tiny_model):
+    """An instance that kills the process (here: os._exit in the model, as a crashing decoder would) is
+    processed alone after the others once it is a suspect, and quarantined after MAX_ATTEMPTS unfinished
+    attempts; restarts go on."""
+    import subprocess
+    import sys
+
+    from edgecxr.dicom.spool import MAX_ATTEMPTS, Spool
+
+    files = cxr_files(tmp_path / "in", 3)
+    spool = Spool(tmp_path / "spool")
+    for path in files:  # acknowledged before a restart, as the node keeps them
+        assert spool.accept(uid_of(path), path.read_bytes())
+    poison = uid_of(files[0])
+    script = Path(__file__).with_name("poison_node.py")
+    runs = []
+    for _ in range(MAX_ATTEMPTS + 2):
+        run = subprocess.run([sys.executable, str(script), str(tmp_path / "spool"), str(tmp_path / "out"),
+                              str(tiny_model), poison], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        runs.append(run)
+        if run.returncode != 70:
+            break
+    assert [r.returncode for r in runs] == [70] * MAX_ATTEMPTS + [0], runs[-1].stdout + runs[-1].stderr
+    assert "quarantined" in runs[-1].stdout
+    quarantined = tmp_path / "spool" / "quarantine"
+    assert (quarantined / f"{poison}.dcm").read_bytes() == files[0].read_bytes()
+    assert "never finished" in (quarantined / f"{poison}.reason.txt").read_text()
+    assert not (tmp_path / "spool" / "received" / f"{poison}.dcm").exists()
+    others = {uid_of(f) for f in files[1:]}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"{u}.sr.dcm" for u in others}
+    assert {p.stem for p in (tmp_path / "spool" / "done").iterdir()} == others
+    # and the next start has nothing left to do
+    assert Spool(tmp_path / "spool").counts() == {"pending": 0, "done": 2, "quarantined": 1}
+
+
+def _claiming(data: bytes, case: str) -> bytes:
+    """A well-formed DX made malformed: one length claims 2 GB (pydicom reads such a data set without a word)."""
+    import struct
+
+    huge = struct.pack("<I", 0x7FFFFFF0)
+    pixels = data.rindex(b"\xe0\x7f\x10\x00OB\x00\x00")  # (7FE0,0010) OB, then its 4-byte length
+    if case == "pixel data":
+        return data[:pixels + 8] + huge + data[pixels + 12:]
+    if case == "private element":
+        element = struct.pack("<HH", 0x0019, 0x1000) + b"UN\x00\x00" + huge + b"\x00" * 16
+        return data[:pixels] + element + data[pixels:]
+    item = data.index(b"\xfe\xff\x00\xe0", data.index(b"\x08\x00\x18\x22SQ"))  # the sequence's first item
+    return data[:item + 4] + huge + data[item + 8:]
+
+
+def test_a_data_set_claiming_2_gb_is_refused(tmp_path, tiny_model):
+    """Issue 22: an element claiming 2 GB was answered 0x0000; the docs promise 0xC210 (and nothing kept)."""
+    from pydicom.dataset import Dataset
+
+    ds = cxr_dataset(source_pngs(1)[0])
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "816094009", "SCT", "Chest"
+    ds.AnatomicRegionSequence = [region]
+    good = write(ds, tmp_path / "good.dcm")
+    bad = {}
+    for case in ("pixel data", "private element", "sequence item"):
+        bad[case] = tmp_path / f"{case.replace(' ', '-')}.dcm"
+        bad[case].write_bytes(_claiming(good.read_bytes(), case))
+    with Classifier.load(tiny_model) as clf:
+        node = StorageNode(clf, tmp_path / "spool", tmp_path / "out", port=0, log=lambda line: None)
+        _, port = node.start()
+        try:
+            from pynetdicom import _config
+
+            _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
+            try:
+                results = send([*bad.values(), good], port)
+            finally:
+                _config.STORE_SEND_CHUNKED_DATASET = False
+            wait_until(lambda: node.spool.counts()["done"] == 1, timeout_s=60, what="the good one done")
+        finally:
+            node.stop()
+    assert {case: results[str(path)] for case, path in bad.items()} == dict.fromkeys(bad, CANNOT_UNDERSTAND)
+    assert results[str(good)] == 0
+    assert node.stats == {"stored": 1, "duplicates": 0, "refused": 3}
+    assert [p.name for p in (tmp_path / "spool" / "received").iterdir()] == [f"{uid_of(good)}.dcm"]
+
+
+@pytest.mark.parametrize("pacs_syntaxes,expected", [
+    (["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"], "1.2.840.10008.1.2.1"),
+    (["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2"], "1.2.840.10008.1.2"),
+    (["1.2.840.10008.1.2.1.99"], "1.2.840.10008.1.2.1.99"),
+], ids=["explicit-preferred", "implicit-next", "deflated-last"])
+def test_forwarding_prefers_explicit_vr_little_endian(tmp_path, pacs_syntaxes, expected):
+    """Issue 22: a PACS preferring Deflated got deflated SRs (strict archives keep them so, dicom3tools cannot
+    read them); Explicit VR Little Endian first, then Implicit, Deflated only when nothing else is accepted."""
+    from edgecxr.dicom.outputs import write_results
+    from edgecxr.dicom.process import Destination, forward
+    from edgecxr.runtime.prediction import Prediction
+
+    source = cxr_dataset(source_pngs(1)[0])
+    pred = Prediction(0, label="normal", top1=0.9, probabilities={"normal": 0.9, "covid": 0.1}, status="ok")
+    [(sr, _)] = write_results(pred, {"model": "tiny"}, source, ["covid", "normal"], tmp_path / "out")
+    received: list[str] = []
+    pacs = _pacs(tmp_path / "pacs", syntaxes=pacs_syntaxes, received=received)
+    try:
+        assert forward([sr], Destination("127.0.0.1", pacs.server_address[1], "PACS")) == "sent"
+    finally:
+        pacs.shutdown()
+    assert received == [expected]
+    assert read_sr(next((tmp_path / "pacs").iterdir())).label == "normal"

@@ -39,6 +39,14 @@ gpu-check: setup
 	@$(PY) -c "import polygraphy" 2>/dev/null || $(PY) -m pip install -q -e '.[gpu]'
 	@$(PY) scripts/gpu_check.py --out gpu-check-out $(GPU_CHECK_ARGS)
 
+# Every wheel a user installs, into dist/ (packaging/build_dist.py, README "Install from wheels"): edgecxr
+# (code, build profiles) and one edgecxr-model-<name> per reference model, each <= 100 MiB. Offline: this
+# venv's setuptools builds them (no build isolation), installed from the index only where it lacks one.
+.PHONY: dist
+dist: setup
+	@$(PY) -c "import setuptools, wheel" 2>/dev/null || $(PY) -m pip install -q setuptools wheel
+	$(PY) packaging/build_dist.py --out dist
+
 lint: setup
 	$(VENV)/bin/ruff check edgecxr tests
 

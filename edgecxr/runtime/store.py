@@ -132,7 +132,10 @@ def resolve(model: str | Path | None) -> Path:
     if str(model) in entries:
         return entries[str(model)].path
     names = ", ".join(entries) or "none installed"
-    raise BundleError(f"{model}: no such file or folder, and not a model name (models: {names})")
+    hint = ""
+    if not any(e.source.startswith("reference") for e in entries.values()):  # installed from the edgecxr wheel alone
+        hint = "; the reference models are wheels of their own: pip install 'edgecxr[models]' (or `make dist`'s edgecxr_model_*.whl)"
+    raise BundleError(f"{model}: no such file or folder, and not a model name (models: {names}){hint}")
 
 
 def verify_artifact(bundle: Bundle, path: Path) -> str | None:

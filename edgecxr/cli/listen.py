@@ -132,12 +132,13 @@ def watch(folder: Path, out_dir: Path, interval: float, settle: float, once: boo
           batch_size: int, forward: str | None, no_input_checks: bool, as_json: bool) -> None:
     """Watch a folder a workstation drops X-rays into (DICOM, PNG, JPEG); classify each file exactly once.
 
-    A file is read once its size stopped changing for --settle seconds, classified, its results
-    written to --out (an SR for DICOM files, a JSON result for every file), then moved to
-    FOLDER/processed/ (FOLDER/failed/ when it could not be read). Files are keyed by SOP Instance
-    UID (DICOM) or content sha256 (others): a file seen before, even under another name or after
-    a restart, is moved to processed/ without being processed again. SIGINT/SIGTERM stop it
-    after the batch in hand (exit 0). See docs/DICOM.md.
+    FOLDER must exist. A file is read once its size stopped changing for --settle seconds,
+    classified, its results written to --out (an SR for DICOM files, a JSON result for every
+    file), then moved to FOLDER/processed/ (FOLDER/failed/ when it could not be read: an empty or
+    unreadable file too). Files are keyed by SOP Instance UID (DICOM) or content sha256 (others):
+    a file seen before, even under another name or after a restart, is moved on without being
+    processed again. A file that killed the process 3 times goes to FOLDER/quarantine/ with a
+    reason file. SIGINT/SIGTERM stop it after the batch in hand (exit 0). See docs/DICOM.md.
 
     \b
     Examples:
@@ -150,7 +151,9 @@ def watch(folder: Path, out_dir: Path, interval: float, settle: float, once: boo
     from edgecxr.dicom.watch import WatchFolder
 
     require("highdicom", "edgecxr watch")
-    if folder.exists() and not folder.is_dir():
+    if not folder.exists():  # never created: a typo must not become an empty folder watched forever
+        raise click.BadParameter(f"{printable(folder)} does not exist", param_hint="FOLDER")
+    if not folder.is_dir():
         raise click.BadParameter(f"{printable(folder)} is not a folder", param_hint="FOLDER")
     if Path(os.path.abspath(out_dir)) == Path(os.path.abspath(folder)):
         raise click.BadParameter("the results cannot go into the watched folder itself", param_hint="--out")

@@ -95,11 +95,11 @@ class Processor:
             return self._finish(key, path, pred)
         except OSError as exc:  # a result the disk refused (the JSON result...): try again later
             return {"key": key, "source": str(path), "status": status_of(pred), "results": [],
-                    "results_error": _one_line(exc), "retry": True}
+                    "results_error": one_line(exc), "retry": True}
         except Exception as exc:  # noqa: BLE001 - recorded as this input's failure, the caller goes on
             return {"key": key, "source": str(path), "status": "failed", "label": None, "probabilities": {},
-                    "reason": f"results failed ({_one_line(exc)})", "input_sha256": pred.input_sha256,
-                    "results": [], "results_error": _one_line(exc), "done_at": now_utc()}
+                    "reason": f"results failed ({one_line(exc)})", "input_sha256": pred.input_sha256,
+                    "results": [], "results_error": one_line(exc), "done_at": now_utc()}
 
     def _finish(self, key: str, path: Path, pred: Prediction) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -114,15 +114,15 @@ class Processor:
             try:
                 written = write_results(pred, self.clf.audit, header, self.clf.classes, self.out_dir, self.kinds)
             except OSError as exc:  # the folder cannot be written now (disk full...): try again later
-                record["results_error"] = _one_line(exc)
+                record["results_error"] = one_line(exc)
                 record["retry"] = True
             except Exception as exc:  # noqa: BLE001 - the source cannot be referenced, a result may not
                 # replace a file, a builder raised: this instance failed, with its reason; a corrected copy
                 # (other bytes) is processed again
-                record["results_error"] = _one_line(exc)
+                record["results_error"] = one_line(exc)
                 record["classification"] = record["status"]
                 record["status"] = "failed"
-                record["reason"] = f"no DICOM result: {_one_line(exc)}"
+                record["reason"] = f"no DICOM result: {one_line(exc)}"
             else:
                 record["results"] = [str(p) for p, _ in written]
                 if self.forward is not None:
@@ -137,7 +137,7 @@ class Processor:
         return record
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one line: its message (with its type, unless a ValueError/OSError says it all)."""
     text = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())[:limit]
@@ -166,7 +166,7 @@ def forward(paths: Sequence[Path], dest: Destination, timeout_s: float = 30.0) -
     try:
         datasets = [pydicom.dcmread(p) for p in paths]
     except Exception as exc:  # noqa: BLE001 - a result that cannot be read back: reported, not raised
-        return f"failed: {_one_line(exc)}"
+        return f"failed: {one_line(exc)}"
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         for syntax in FORWARD_SYNTAXES:
             ae.add_requested_context(sop_class, syntax)
@@ -183,7 +183,7 @@ def forward(paths: Sequence[Path], dest: Destination, timeout_s: float = 30.0) -
             if code is None or int(code) not in (0x0000, 0xB000, 0xB007, 0xB006):
                 return f"failed: {dest.ae_title} answered C-STORE status {code!r}"
     except Exception as exc:  # noqa: BLE001 - no accepted context, the connection dropped: reported
-        return f"failed: {_one_line(exc)}"
+        return f"failed: {one_line(exc)}"
     finally:
         assoc.release()
     return "sent"
@@ -242,7 +242,7 @@ class Worker(threading.Thread):
             try:
                 self._process(keys)
             except Exception as exc:  # noqa: BLE001 - the last line of defence: the worker never dies
-                self.log(f"error: processing {', '.join(keys)} raised ({_one_line(exc)}); "
+                self.log(f"error: processing {', '.join(keys)} raised ({one_line(exc)}); "
                          "they stay pending for the next start")
 
     def _next_batch(self) -> list[str]:
@@ -264,12 +264,12 @@ class Worker(threading.Thread):
             try:
                 self.store.begin(key)
             except OSError as exc:  # not counted: it is still processed
-                self.log(f"error: {key}: cannot record the attempt ({_one_line(exc)})")
+                self.log(f"error: {key}: cannot record the attempt ({one_line(exc)})")
         try:
             records = self.processor.run([(k, self.store.path(k)) for k in keys])
         except Exception as exc:  # noqa: BLE001 - Processor.run handles every input; this is what it missed
             for key in keys:
-                self._failed_attempt(key, _one_line(exc))
+                self._failed_attempt(key, one_line(exc))
             return
         for key, record in zip(keys, records, strict=True):
             self._record(key, record)
@@ -293,7 +293,7 @@ class Worker(threading.Thread):
             self.store.mark_done(key, record)
         except OSError as exc:  # the marker cannot be written: processed again after a restart
             self.store.end(key)
-            self.log(f"error: {key}: cannot record it as done ({_one_line(exc)})")
+            self.log(f"error: {key}: cannot record it as done ({one_line(exc)})")
             return
         self.log(("error: " if record.get("results_error") else "") + describe(key, record))
 

@@ -53,6 +53,29 @@ STORED, DONE, QUARANTINED = "stored", "done", "quarantined"
 MAX_ATTEMPTS = 3
 
 
+class Attempts:
+    """Unfinished processing attempts per key, durably: `folder/<key>.json` while one is under way or died."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def count(self, key: str) -> int:
+        try:
+            return int(json.loads((self.folder / f"{key}.json").read_text(encoding="utf-8"))["attempts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def begin(self, key: str) -> int:
+        n = self.count(key) + 1
+        atomic_write_text(self.folder / f"{key}.json", json.dumps({"attempts": n, "began_at": now_utc()}) + "\n")
+        fsync_dir(self.folder)
+        return n
+
+    def end(self, key: str) -> None:
+        (self.folder / f"{key}.json").unlink(missing_ok=True)
+
+
 class Spool:
     """received/ and done/ under `root`, with the state of every key held in memory behind one lock."""
 
@@ -67,6 +90,7 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob(".*.tmp"):  # a write that a crash interrupted: never acknowledged
                 stale.unlink(missing_ok=True)
+        self._attempts = Attempts(self.attempts_dir)
         self._lock = threading.Lock()
         self._state: dict[str, str | threading.Event] = {}
         for marker in self.done.glob("*.json"):
@@ -92,21 +116,15 @@ class Spool:
     # -- attempts and quarantine ---------------------------------------------------------------
     def attempts(self, key: str) -> int:
         """How many times processing of `key` began and never finished."""
-        try:
-            return int(json.loads((self.attempts_dir / f"{key}.json").read_text(encoding="utf-8"))["attempts"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+        return self._attempts.count(key)
 
     def begin(self, key: str) -> int:
         """Record (durably) that processing of `key` begins; the number of unfinished attempts, this one included."""
-        n = self.attempts(key) + 1
-        atomic_write_text(self.attempts_dir / f"{key}.json", json.dumps({"attempts": n, "began_at": now_utc()}) + "\n")
-        fsync_dir(self.attempts_dir)
-        return n
+        return self._attempts.begin(key)
 
     def end(self, key: str) -> None:
         """Processing of `key` ended (recorded, or left pending for a reason of its own): not a suspect."""
-        (self.attempts_dir / f"{key}.json").unlink(missing_ok=True)
+        self._attempts.end(key)
 
     def quarantine(self, key: str, reason: str) -> Path:
         """Move `key` from received/ to quarantine/ with `<key>.reason.txt`; it is not processed again."""

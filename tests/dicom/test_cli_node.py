@@ -50,10 +50,18 @@ def test_watch_once_json(tmp_path, tiny_model):
     r = run("watch", str(drop), "--out", str(tmp_path / "out"), "-m", str(tiny_model), "--once", "--settle", "0",
             "--interval", "0.05", "--json")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout) == {"processed": 3, "failed": 0, "duplicates": 0}
+    assert json.loads(r.stdout) == {"processed": 3, "failed": 0, "duplicates": 0, "quarantined": 0}
     assert len(list((tmp_path / "out").glob("*.sr.dcm"))) == 2
 
 
 def test_missing_package_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r"edgecxr\[dicom-node\]"):
         require("edgecxr_no_such_module", "edgecxr listen")
+
+
+def test_watch_refuses_a_missing_folder_and_does_not_create_it(tmp_path, tiny_model):
+    """Issue 22: `watch nope --once` created nope/ and exited 0."""
+    r = run("watch", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "-m", str(tiny_model), "--once")
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "o").exists()

@@ -145,3 +145,29 @@ def test_infer_dicom_sr(tiny_model, tmp_path):
     inside = CliRunner().invoke(main, ["infer", "-m", str(tiny_model), str(inputs), "--dicom-sr", str(inputs / "r")])
     assert inside.exit_code == 2 and "inside the input folder" in inside.stderr
     assert not (inputs / "r").exists()
+
+
+def test_infer_dicom_sr_and_sc_on_anonymised_empty_and_deflated_inputs(tiny_model, tmp_path):
+    """Issue 22: `infer --dicom-sr` printed a traceback for an anonymised DX (Type 2 attributes dropped)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    inputs = tmp_path / "in"
+    png = source_pngs(1)[0]
+    anonymised = cxr_dataset(png)
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                    "PatientID", "PatientName"):
+        delattr(anonymised, keyword)
+    write(anonymised, inputs / "anonymised.dcm")
+    deflated = cxr_dataset(png, crop=1)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write(deflated, inputs / "deflated.dcm")
+    (inputs / "empty.dcm").write_bytes(b"")
+    result = CliRunner().invoke(main, ["infer", "-m", str(tiny_model), str(inputs), "--dicom-sr",
+                                       str(tmp_path / "sr"), "--dicom-sc", str(tmp_path / "sc")])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output  # the empty file failed
+    for ds in (anonymised, deflated):
+        assert read_sr(tmp_path / "sr" / f"{ds.SOPInstanceUID}.sr.dcm").status == "ok"
+        assert (tmp_path / "sc" / f"{ds.SOPInstanceUID}.sc.dcm").exists()
+    assert pydicom.dcmread(tmp_path / "sc" / f"{anonymised.SOPInstanceUID}.sc.dcm").PatientID == ""

@@ -136,7 +136,8 @@ def check(wheels: list[Path]) -> list[str]:
     main, models = wheels[0], wheels[1:]
     with zipfile.ZipFile(main) as zf:
         held = {n for n in zf.namelist() if not n.startswith(f"{MAIN}-")}  # less its .dist-info
-        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        meta = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = zf.read(meta[0]).decode() if meta else ""
     want = main_wheel_files()
     weights = sorted(n for n in held if any(n.startswith(f"edgecxr/reference/{f.name}/") for f in model_folders()))
     if weights:

@@ -12,6 +12,7 @@ builds once, or a check of older wheels: the single 144 MB wheel of the hand lis
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -180,3 +181,55 @@ def test_without_the_model_wheels_the_error_names_them(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECXR_MODELS", str(tmp_path / "models"))
     with pytest.raises(BundleError, match=r"pip install 'edgecxr\[models\]'"):
         store.resolve(None)
+
+
+def _build_dist_module():
+    spec = importlib.util.spec_from_file_location("build_dist", REPO / "packaging" / "build_dist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_wheel(path: Path, files: dict[str, int], metadata: str = "") -> Path:
+    """A stand-in wheel: each name holds that many zero bytes (deflated: a 100 MB entry costs 0.1 MB)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, size in sorted(files.items()):
+            zf.writestr(name, bytes(size))
+        if metadata:
+            zf.writestr("edgecxr-0.1.0.dist-info/METADATA", metadata)
+    return path
+
+
+def test_make_dist_refuses_wheels_that_break_a_promise(tmp_path):
+    """build_dist.check, on small stand-ins for the wheels: the rule's file lists, with one file
+    missing from a model wheel (confidence.npz, as the hand list once did), a bundle file in the code
+    wheel, an extra that does not name the model wheels, and a wheel over 100 MiB."""
+    bd = _build_dist_module()
+    folders = bd.model_folders()
+    extra = "".join(f'Requires-Dist: {bd.model_dist(f.name)}; extra == "models"\n' for f in folders)
+
+    def model_wheels(drop: str = "") -> list[Path]:
+        out = []
+        for f in folders:
+            files = {f"edgecxr/reference/{f.name}/{p.name}": p.stat().st_size
+                     for p in f.iterdir() if p.is_file() and p.name != drop}
+            out.append(_fake_wheel(tmp_path / bd.wheel_name(bd.model_dist(f.name), "0.1.0"), files))
+        return out
+
+    def main_wheel(names: set[str], metadata: str = extra) -> Path:
+        return _fake_wheel(tmp_path / "edgecxr-0.1.0-py3-none-any.whl", dict.fromkeys(names, 0), metadata)
+
+    models = model_wheels()
+    assert bd.check([main_wheel(bd.main_wheel_files()), *models]) == []
+    bundle_file = f"edgecxr/reference/{folders[0].name}/bundle.json"
+    problems = bd.check([main_wheel(bd.main_wheel_files() | {bundle_file}), *models])
+    assert any("holds model bundle files" in p for p in problems), problems
+    problems = bd.check([main_wheel(bd.main_wheel_files() - {"edgecxr/py.typed"}), *models])
+    assert any("misses ['edgecxr/py.typed']" in p for p in problems), problems
+    problems = bd.check([main_wheel(bd.main_wheel_files(), "Name: edgecxr\n"), *models])
+    assert any("`models` extra" in p for p in problems), problems
+    with open(models[0], "r+b") as fh:  # sparse: no disk used
+        fh.truncate(bd.MAX_WHEEL_BYTES + 1)
+    assert any("over the 100 MiB" in p for p in bd.check([main_wheel(bd.main_wheel_files()), *models]))
+    problems = bd.check([main_wheel(bd.main_wheel_files()), *model_wheels(drop="confidence.npz")])
+    assert len(problems) == len(folders) and all("confidence.npz" in p for p in problems), problems

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def _pip(py: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Installed:
+def installed(tmp_path_factory) -> Iterator[Installed]:
     root = tmp_path_factory.mktemp("wheels")
     venv, work = root / "venv", root / "work"
     work.mkdir()
@@ -100,7 +101,8 @@ def installed(tmp_path_factory) -> Installed:
     install = subprocess.CompletedProcess(installing.args, installing.returncode, log, log)
     assert install.returncode == 0, f"pip install {[w.name for w in wheels]} failed:\n{install.stderr[-3000:]}"
     shutil.copyfile(IMAGE, work / "image.png")
-    return Installed(root, wheels, venv, work, env)
+    yield Installed(root, wheels, venv, work, env)
+    shutil.rmtree(root, ignore_errors=True)  # ~0.6 GB (venv, wheels); pytest would keep three runs of it
 
 
 def _site_packages(inst: Installed) -> Path:

@@ -34,6 +34,9 @@ from edgecxr.runtime.select import BACKENDS
               help="Run a model file the accuracy gate rejected (*.rejected.*), with a warning on every run.")
 @click.option("--no-input-checks", is_flag=True,
               help="Send every decodable input to the model, even noise, CT or lateral views (see docs/ARCHITECTURE.md).")
+@click.option("--fix-orientation", is_flag=True,
+              help="Turn a film the orientation gate finds turned, flipped or inverted upright and classify it "
+                   "(said in each result's `orientation`), instead of rejecting it (docs/SAFETY.md).")
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png; "
                    "82 model runs per image).")
@@ -57,6 +60,7 @@ def infer(
     progress: bool | None,
     allow_rejected: bool,
     no_input_checks: bool,
+    fix_orientation: bool,
     heatmap_dir: Path | None,
     heatmap_class: str | None,
     dicom_sr: Path | None,
@@ -83,6 +87,8 @@ def infer(
       edgecxr infer scans/ --heatmap heatmaps/    (where the model looked: docs/HEATMAPS.md)
       edgecxr infer scans/ --dicom-sr reports/    (DICOM SR per DICOM input: docs/DICOM.md)
     """
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from edgecxr.cli.dicom_output import check_dicom_sr_dir, write_dicom_srs
@@ -98,9 +104,12 @@ def infer(
     check_heatmap_dir(dicom_sc, paths, inputs, option="--dicom-sc")
     maps = heatmap_dir is not None or dicom_sc is not None
     check_dicom_sr_dir(dicom_sr, paths, inputs)
+    if fix_orientation and no_input_checks:
+        raise click.UsageError("--fix-orientation needs the input checks (the orientation gate is one); drop one")
     options = {"cuda_graph": True} if cuda_graph else {}
+    rules = None if no_input_checks else replace(DEFAULT_RULES, orientation="fix") if fix_orientation else DEFAULT_RULES
     with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
-                         input_rules=None if no_input_checks else DEFAULT_RULES, **options) as clf:
+                         input_rules=rules, **options) as clf:
         _err(f"using {clf.describe()}")
         check_heatmap_class(heatmap_class, clf.classes, wanted=maps)
         if no_input_checks:
@@ -129,6 +138,9 @@ def infer(
         _write_output(csv_path, predictions_csv(preds, classes, audit), "--csv")
     _err(f"{n['classified']} of {n['count']} image(s) classified"
          + "".join(f", {n[k]} {k}" for k in ("rejected", "abstained", "failed") if n[k]))
+    turned = sum(bool(p.orientation and "turned upright" in p.orientation) for p in preds)
+    if turned:
+        _err(f"{turned} film(s) turned upright before classification (--fix-orientation; each result's `orientation` says how)")
     if maps:
         _err(heatmap_summary(heatmaps, heatmaps_failed, heatmap_dir, dicom_sc))
     srs_failed = 0 if dicom_sr is None else write_dicom_srs(dicom_sr, preds, audit, classes)[1]

@@ -221,6 +221,11 @@ def _bench_classifier(
             out["end_to_end_full_decode"] = bench_end_to_end(
                 clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0), full_decode=True
             )
+    if clf.orientation != "off":  # the orientation gate runs on every decoded film before the model
+        from edgecxr.runtime.orientation import bench_gate
+
+        log("  orientation gate: one film at a time")
+        out["orientation_gate"] = bench_gate(load_image(image) if image else None, max(iterations, 100), min(warmup_s, 0.5))
     out["warnings"] = [w for r in results for w in r["warnings"]]
     for key in ("end_to_end", "end_to_end_full_decode"):
         out["warnings"] += list((out.get(key) or {}).get("warnings", []))
@@ -386,6 +391,11 @@ def format_report(report: dict[str, Any]) -> str:
                 f"decode {e2e['decode_ms']['median']:.2f} + preprocess {e2e['preprocess_ms']['median']:.2f} "
                 f"+ infer {e2e['infer_ms']['median']:.2f} = {e2e['end_to_end_ms']['median']:.2f}"
             )
+        gate = entry.get("orientation_gate")
+        if gate:
+            lines.append(f"  orientation gate per film ({gate['image_size'][0]}x{gate['image_size'][1]}), median ms: "
+                         f"resize {gate['resize_ms']['median']:.3f} + run {gate['onnx_ms']['median']:.3f} = "
+                         f"{gate['total_ms']['median']:.3f} (p99 {gate['total_ms']['p99']:.3f})")
 
     if "entries" in report:
         for e in report["entries"]:

@@ -53,6 +53,7 @@ from edgecxr.runtime.load_checks import (
     owning_bundle,
     verify_before_load,
 )
+from edgecxr.runtime.orientation import describe as describe_orientation
 from edgecxr.runtime.prediction import Prediction
 from edgecxr.runtime.select import BACKENDS, _ort_has_cuda, choose_artifact, runs_file
 
@@ -80,6 +81,7 @@ class Classifier:
         self.spec = spec
         self.backend_info = info
         self.input_rules = InputRules.off() if input_rules is None else input_rules
+        self.orientation = describe_orientation(self.input_rules)  # loads the gate: fails here, not per film
         self.model_name = model or Path(str(info.get("artifact", "model"))).stem
 
     @property
@@ -99,6 +101,7 @@ class Classifier:
             "ood_method": None if self.confidence.ood is None else self.confidence.ood.method,
             "ood_threshold": self._ood_threshold(),
             "input_checks": "on" if self.input_rules.enabled else "off",
+            "orientation_gate": self.orientation,
             "edgecxr_version": __version__,
         }
 

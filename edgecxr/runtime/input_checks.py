@@ -83,6 +83,8 @@ class InputRules:
     min_polarity: float = -0.25
     max_side_polarity: float = 0.22
     max_chroma: float = 0.12
+    #: the orientation gate (runtime/orientation.py): "reject" a film that is not upright, "fix" it, or "off"
+    orientation: str = "reject"
 
     @classmethod
     def off(cls) -> InputRules:

@@ -20,6 +20,7 @@ from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import _is_dicom_head, load_image, load_image_bytes
 from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits
 from edgecxr.runtime.input_checks import InputRules
+from edgecxr.runtime.orientation import gate_and_check
 from edgecxr.runtime.prediction import Prediction
 
 
@@ -108,7 +109,8 @@ def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> t
         reason = rules.check_header(header)
     else:
         reason = None
-    reason = reason or rules.check_pixels(image)
+    if not reason:  # the pixel rules and the orientation gate (which may turn the film upright)
+        tensor, reason = gate_and_check(image, tensor, spec, rules, pred)
     pred.preprocess_ms = (time.perf_counter() - t0) * 1e3
     if reason:
         pred.status, pred.reason = "rejected", reason

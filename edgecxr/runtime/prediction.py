@@ -41,6 +41,9 @@ class Prediction:
         input_sha256: sha256 of the input's bytes (file or array), for the audit trail.
         dicom: Study/Series/SOP Instance UIDs of a DICOM input, None otherwise.
         time: when the prediction was made (UTC, ISO 8601).
+        orientation: what the orientation gate said (runtime/orientation.py): "upright", the
+            layout of a refused film ("rot180"), or, with the gate's "fix" mode, the layout it
+            undid and that it did; None where the gate did not run.
     """
 
     source: str | int
@@ -56,6 +59,7 @@ class Prediction:
     input_sha256: str | None = None
     dicom: dict[str, str] | None = None
     time: str = field(default_factory=now_utc)
+    orientation: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,6 +88,7 @@ class Prediction:
             "input_sha256": self.input_sha256,
             "dicom": self.dicom,
             "time": self.time,
+            "orientation": self.orientation,
         }
         if top_k:
             data["top_k"] = [[c, round(p, 6)] for c, p in self.top_k(top_k)]

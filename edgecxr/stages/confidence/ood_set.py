@@ -14,13 +14,17 @@ too). Kinds, and where they come from (all deterministic):
 - `inverted` and `rotated` radiographs: `val` X-rays negated, or turned 90/180 degrees;
   built from the split the OOD threshold is set on, never from `test`.
 
+`transformed` is the larger set of the transforms alone: every film of one split (`val` to fit
+on, `test` to report on) turned 90 / 180 / 270 degrees, flipped top-bottom and made a negative,
+hundreds per kind instead of 8 (the orientation gate's report, scripts/orientation_report.py).
+
 There are no lateral-view radiographs in the shared data, so lateral views are covered only by
 the DICOM header rule (ViewPosition), not by this set; docs/SAFETY.md says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,31 @@ def from_records(records: Sequence[Any], seed: int = 0, per_kind: int = 8) -> li
     from edgecxr.data.io import load_image
 
     return build([load_image(r.path) for r in records[:per_kind]], seed=seed, per_kind=per_kind)
+
+
+#: the transforms of an upright film the issue lists: kind -> orientation.TRANSFORMS name
+TRANSFORM_KINDS = {"rot90": "rot90", "rot180": "rot180", "rot270": "rot270", "flip": "flip", "negative": "neg"}
+
+
+def transformed(records: Sequence[Any], split: str, kinds: Sequence[str] = tuple(TRANSFORM_KINDS),
+                upright: bool = True) -> Iterator[OodItem]:
+    """Every film of `records` (rows of one split) under each of `kinds`, decoded one film at a time.
+
+    With `upright` the film itself comes first as kind "upright" (it must be answered; the share
+    that is not is the price of the gate). Names are "<split>-<file stem>-<kind>". Films are
+    decoded as `load_image` decodes them, so the transforms are those of the decoded pixels the
+    runtime sees (a negative of a uint8 PNG is 255 - x).
+    """
+    from edgecxr.data.io import load_image
+    from edgecxr.runtime.orientation import BY_NAME
+
+    for rec in records:
+        img = load_image(rec.path)
+        stem = Path(rec.path).stem
+        if upright:
+            yield OodItem("upright", f"{split}-{stem}", img)
+        for kind in kinds:
+            yield OodItem(kind, f"{split}-{stem}-{kind}", BY_NAME[TRANSFORM_KINDS[kind]].apply(img))
 
 
 def _invert(img: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ With `backend="auto"` the choice is, in order:
    On CPU, where OpenVINO is installed, that same file runs on whichever of ONNX Runtime and
    OpenVINO measured faster for it on this CPU (`edgecxr.runtime.openvino_pick`: timed once, cached
    per file sha256, CPU model and runtime versions); $EDGECXR_CPU_RUNTIME=onnxruntime|openvino pins it.
+   A gate verdict counts only for the arithmetic it was measured with (`runtime/arithmetic.py`): an
+   FP16 file gated with FP32 arithmetic is passed over where it would run on native FP16 kernels.
 3. Keras is never chosen automatically (it needs TensorFlow; it is the reference, not a runtime).
 """
 
@@ -28,7 +30,8 @@ from edgecxr.core.errors import (
     EngineMismatchError,
 )
 from edgecxr.core.metadata import check_compatibility, read_sidecar
-from edgecxr.runtime.sysinfo import cpu_int8_fast
+from edgecxr.runtime.arithmetic import FP16_ARITHMETIC_ENV, onnx_arithmetic, verdict_arithmetic
+from edgecxr.runtime.sysinfo import cpu_class, cpu_int8_fast
 
 #: runtimes that run the bundle's ONNX files besides the one the artifact table names (onnxruntime)
 ONNX_ALSO = ("openvino",)
@@ -125,7 +128,9 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False, int8_fas
     _refuse_missing(bundle)
     if precision is not None:
         path = bundle.artifact(onnx_key(precision))
-        return ArtifactChoice("onnxruntime", path, precision, f"{precision} ONNX (asked for)")
+        other = None if cuda else _arithmetic_not_gated(bundle, precision)
+        return ArtifactChoice("onnxruntime", path, precision,
+                              f"{precision} ONNX (asked for" + (f"; not verified for this CPU: {other})" if other else ")"))
     if int8_fast is None:
         int8_fast = cpu_int8_fast()
     order = ("fp16", "fp32", "int8") if cuda else ("int8", "fp32", "fp16") if int8_fast else ("fp32", "fp16", "int8")
@@ -140,12 +145,31 @@ def choose_onnx(bundle: Any, precision: str | None, cuda: bool = False, int8_fas
             passed_over.append("fp32 ONNX absent")
             continue
         status = bundle.gate_verdict(onnx_key(prec)) if path is not None else None
+        other = _arithmetic_not_gated(bundle, prec) if status and not cuda else None
+        if other:
+            passed_over.append(f"{prec} ONNX not verified for this CPU: {other}")
+            continue
         if status:
             return ArtifactChoice("onnxruntime", path, prec, _why(f"{prec} ONNX (passed the accuracy gate)", passed_over))
         why = "absent" if path is None else ("failed the accuracy gate" if status is False
                                              else "not verified yet (`edgecxr verify`)")
         passed_over.append(f"{prec} ONNX {why}")
     raise BundleError(f"{bundle.dir}: bundle has no usable ONNX model ({'; '.join(passed_over)}); run `edgecxr export`")
+
+
+def _arithmetic_not_gated(bundle: Any, precision: str) -> str | None:
+    """Why `precision`'s gate verdict does not hold for this CPU's arithmetic, or None when it does (or
+    there is no verdict). A verdict holds for the arithmetic it was measured with (runtime/arithmetic.py):
+    FP16 measured with FP32 arithmetic (x86, or Arm up-cast at load) does not cover native FP16 kernels."""
+    entry = (bundle.gate_verdicts() if hasattr(bundle, "gate_verdicts") else {}).get(onnx_key(precision)) or {}
+    if not entry:
+        return None
+    measured, here = verdict_arithmetic(entry, precision), onnx_arithmetic(precision)
+    if measured == here:
+        return None
+    where = (entry.get("platform") or {}).get("cpu_class", "x86") if isinstance(entry.get("platform"), dict) else "x86"
+    return (f"gated with {measured} arithmetic ({where}), this CPU ({cpu_class()}) runs it with {here} arithmetic "
+            f"(${FP16_ARITHMETIC_ENV}; unset it to run the gated arithmetic)")
 
 
 def _refuse_missing(bundle: Any) -> None:

@@ -46,7 +46,14 @@ def record_verdicts(bundle: Bundle, result: VerifyResult, by: str, report: Path 
         path = Path(row["path"]) if row.get("path") else None
         if path is not None and path.is_file():
             row["sha256"] = sha256_file(path)
+    from edgecxr.core.artifacts import BY_KEY
+    from edgecxr.runtime.arithmetic import gate_platform, onnx_arithmetic
+
+    for key, row in rows.items():  # which arithmetic the verdict holds for (runtime/arithmetic.py)
+        if key in BY_KEY and BY_KEY[key].backend == "onnxruntime" and BY_KEY[key].precision:
+            row["arithmetic"] = onnx_arithmetic(BY_KEY[key].precision)
     run = {k: summary[k] for k in ("time", "split", "n", "manifest_sha256", "reference", "gates")}
+    run["platform"] = gate_platform()
     if report is not None:
         run.update(report=report.name, report_sha256=sha256_file(report))
     bundle.record_gate(rows, run, by=by)

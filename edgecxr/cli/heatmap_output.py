@@ -124,6 +124,10 @@ def write_heatmaps(
             _err(f"error: heat map for {label}: {reason}")
             failed += 1
             continue
+        except Exception as exc:  # noqa: BLE001 - one input's map or capture, never a traceback for the run
+            _err(f"error: heat map for {label}: {type(exc).__name__}: {exc}")
+            failed += 1
+            continue
         written[str(pred.source)] = {**entry, **heat.to_dict()}
     return written, failed
 

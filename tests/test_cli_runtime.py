@@ -72,7 +72,7 @@ def test_infer_mixed_good_and_broken_files(cli, bundle, images, tmp_path):
     assert out.split()[:3] == ["source", "label", "probability"]  # the table's header says `source`, like the CSV and JSON
     for p in images:
         assert str(p) in out
-    assert out.count("ERROR") == len(bad)
+    assert out.count("FAILED") == len(bad)
     assert "empty file" in out
     assert "using backend onnxruntime" in result.stderr and "TensorRT" in result.stderr
     assert f"{len(images)} of {len(images) + len(bad)} image(s) classified, {len(bad)} failed" in result.stderr

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 #: the statuses a Prediction can have (see Prediction.status)
-STATUSES = ("ok", "rejected", "abstained")
+STATUSES = ("ok", "rejected", "abstained", "failed")
 
 
 def now_utc() -> str:
@@ -31,11 +31,14 @@ class Prediction:
         preprocess_ms: decode + preprocessing of this input.
         inference_ms: this input's share of its batch's inference (batch time / batch size).
         error: why the input failed (file unreadable, not an image...), else None.
-        status: "ok" (classified or failed: see `error`), "rejected" (decoded, but the input
-            checks say it is not a chest X-ray; never sent to the model), or "abstained" (the
-            model ran, but its out-of-distribution score says the image is unlike anything it
-            was trained on: the label and probabilities are kept for inspection, not for use).
-        reason: why the input was rejected or abstained (one line), None when status is "ok".
+        status: "ok" (classified), "failed" (it could not be read or decoded, or the model gave
+            no finite answer: see `error`; setting `error` sets this, so no output can call a
+            failed input "ok"), "rejected" (decoded, but the input checks say it is not a chest
+            X-ray; never sent to the model), or "abstained" (the model ran, but its
+            out-of-distribution score says the image is unlike anything it was trained on: the
+            label and probabilities are kept for inspection, not for use).
+        reason: why the input failed (its `error`), was rejected or abstained (one line), None
+            when status is "ok".
         ood_score: the out-of-distribution score of the model's features (higher: less like the
             training data), None where the model has no OOD fit or did not run.
         input_sha256: sha256 of the input's bytes (file or array), for the audit trail.
@@ -60,6 +63,21 @@ class Prediction:
     dicom: dict[str, str] | None = None
     time: str = field(default_factory=now_utc)
     orientation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:  # the dataclass __init__ assigned status and reason after error
+            self._failed(self.error)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "error" and value is not None:
+            self._failed(value)
+
+    def _failed(self, error: str) -> None:
+        """An input with an error has status "failed" and the error as its reason, wherever it was set."""
+        object.__setattr__(self, "status", "failed")
+        if self.__dict__.get("reason") is None:
+            object.__setattr__(self, "reason", error)
 
     @property
     def ok(self) -> bool:

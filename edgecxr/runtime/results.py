@@ -105,7 +105,7 @@ def predictions_table(preds: Sequence[Any], top_k: int | None = None) -> str:
     for p in preds:
         source = printable(p.source)
         if p.error is not None:
-            rows.append((source, "ERROR", printable(p.error)))
+            rows.append((source, "FAILED", printable(p.error)))
         elif p.status == "abstained":
             rows.append((source, "ABSTAINED", printable(f"{p.reason or ''} (model said {p.label} {p.top1:.3f})")))
         elif p.status != "ok":

@@ -213,7 +213,7 @@ async def classify(request: Any, state: ServiceState) -> Any:
     pred, tensor = await asyncio.to_thread(_prepare_bytes, data, name, served, state.tmpdir)
     if tensor is not None:
         (pred,) = await answer(request, state, _admitted(state, served, images.submit([(pred, tensor)])))
-    state.metrics.predictions.labels(served.name, "failed" if pred.error else pred.status).inc()
+    state.metrics.predictions.labels(served.name, pred.status).inc()  # "failed" when pred.error is set
     clf = served.classifier
     doc = results_document([pred], clf.audit, clf.classes, backend=clf.backend_info)
     return _json(doc, 422 if pred.error else 200)

@@ -6,6 +6,8 @@ beside it are still classified, and a good variant must never be refused.
 
 from __future__ import annotations
 
+import csv as _csv
+import io
 import json
 import os
 from pathlib import Path
@@ -38,8 +40,13 @@ def _batch_check(good: Path, target: Path, accepted: bool, csv: Path):
             return f"good variant refused: {bad['error']}"
         if not accepted and (bad["error"] is None or bad["label"] is not None):
             return f"hostile file classified: {bad['label']} {bad['top1']}"
+        if not accepted and (bad["status"] != "failed" or bad["reason"] != bad["error"]):
+            return f"a failed input has status {bad['status']!r}, reason {bad['reason']!r}"
         if not csv.is_file() or len(csv.read_text().splitlines()) != 3:
             return "CSV missing or incomplete"
+        rows = {r["source"]: r for r in _csv.DictReader(io.StringIO(csv.read_text()))}
+        if rows[str(target)]["status"] != ("ok" if accepted else "failed"):
+            return f"CSV status {rows[str(target)]['status']!r}"
         return None
 
     return check
@@ -67,8 +74,8 @@ def cli_single(name: str) -> Case:
         def check(result) -> str | None:
             if accepted and target.name not in result.stdout:
                 return "no row for the file"
-            if not accepted and "ERROR" not in result.stdout:
-                return f"no ERROR row: {result.stdout[-200:]}"
+            if not accepted and "FAILED" not in result.stdout:
+                return f"no FAILED row: {result.stdout[-200:]}"
             return None
 
         return Plan(args=["infer", "-m", str(folder / "bundle"), str(target)], exit_code=0 if accepted else 1, check=check,
@@ -92,6 +99,8 @@ def api_batch(name: str) -> Case:
                 return f"accepted={preds[1].ok} ({preds[1].error or preds[1].label}), expected {accepted}"
             if not accepted and (not preds[1].error.strip() or "\n" in preds[1].error):
                 return f"error is not one line: {preds[1].error!r}"
+            if preds[1].status != ("ok" if accepted else "failed"):
+                return f"status {preds[1].status!r} for a {'good' if accepted else 'failed'} input"
             return None
 
         return Plan(call=call)

@@ -169,11 +169,11 @@ def test_rejected_inputs_never_reach_the_model(tiny_onnx, tmp_path):
         clf.runner.infer_outputs = lambda batch: (calls.append(len(batch)), infer(batch))[1]
         preds = clf.predict([_xray(), noise, ct, tmp_path / "missing.png"])
     assert calls == [1]
-    assert [p.status for p in preds] == ["ok", "rejected", "rejected", "ok"]
+    assert [p.status for p in preds] == ["ok", "rejected", "rejected", "failed"]
     assert [p.ok for p in preds] == [True, False, False, False]
     assert preds[1].label is None and preds[1].probabilities == {} and "noise" in preds[1].reason
     assert "Modality CT" in preds[2].reason and preds[2].error is None
-    assert preds[3].error and preds[3].reason is None
+    assert preds[3].error and preds[3].reason == preds[3].error
     with Classifier.load(tiny_onnx, input_rules=None) as clf:
         assert all(p.ok for p in clf.predict([noise, ct]))
 
@@ -198,7 +198,7 @@ def test_cli_reports_rejections_in_json_csv_table_and_exit_code(tiny_bundle, tmp
     assert result.exit_code == 1, result.output
     doc = json.loads(result.stdout)
     assert doc["rejected"] == 1 and doc["failed"] == 1
-    assert [p["status"] for p in doc["predictions"]] == ["ok", "rejected", "ok"]
+    assert [p["status"] for p in doc["predictions"]] == ["ok", "rejected", "failed"]
     assert "noise" in doc["predictions"][1]["reason"]
     assert "1 of 3 image(s) classified, 1 rejected, 1 failed" in result.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))

@@ -204,3 +204,48 @@ def test_bench_gate_times_the_resize_and_the_run(films):
     assert out["iterations"] == 5 and out["image_size"] == [films[0].shape[1], films[0].shape[0]]
     assert 0 < out["onnx_ms"]["median"] <= out["total_ms"]["max"]
     assert bench_gate(None, iterations=2, warmup_s=0.0)["image_size"] == [2048, 2048]
+
+
+def test_watch_folder_rejects_a_turned_film(tmp_path, tiny_bundle, film_files):
+    """`edgecxr watch` (and `listen`, through the same dicom.process) classify with Classifier.predict."""
+    import json
+    import shutil
+
+    pytest.importorskip("highdicom")
+    from edgecxr.dicom.watch import WatchFolder
+    from edgecxr.runtime.classifier import Classifier
+
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    drop.mkdir()
+    for name in ("upright", "rot180"):
+        shutil.copyfile(film_files[name], drop / f"{name}.png")
+    now = [0.0]
+    with Classifier.load(tiny_bundle.dir) as clf:
+        w = WatchFolder(clf, drop, out, settle_s=1.0, log=lambda line: None, clock=lambda: now[0])
+        w.poll()
+        now[0] = 2.0
+        w.poll()
+    preds = [json.loads(p.read_text())["predictions"][0] for p in out.glob("*.json")]
+    by_status = {p["status"]: p for p in preds}
+    assert sorted(by_status) == ["ok", "rejected"], preds
+    assert by_status["ok"]["orientation"] == "upright"
+    assert "orientation gate" in by_status["rejected"]["reason"]
+
+
+def test_a_12_bit_dicom_turned_or_monochrome1_is_judged_as_displayed(tmp_path, tiny_bundle, films):
+    """DICOM pixels reach the gate as the decoder shows them (float in [0, 1]): a 12-bit film turned
+    180 degrees is refused; the same film stored MONOCHROME1 (inverted values, shown upright) is not a negative."""
+    from data.cxr_fixtures import make_dicom
+
+    from edgecxr.runtime.classifier import Classifier
+
+    px = (films[0].astype(np.uint16) * 16)  # 12-bit
+    up = make_dicom(tmp_path / "up.dcm", px, bits_stored=12, ViewPosition="PA")
+    turned = make_dicom(tmp_path / "turned.dcm", np.ascontiguousarray(px[::-1, ::-1]), bits_stored=12, ViewPosition="PA")
+    mono1 = make_dicom(tmp_path / "mono1.dcm", (4095 - px).astype(np.uint16), "MONOCHROME1", bits_stored=12,
+                       ViewPosition="PA")
+    with Classifier.load(tiny_bundle.dir) as clf:
+        a, b, c = clf.predict([up, turned, mono1], workers=0)
+    assert a.ok and a.orientation == "upright"
+    assert b.status == "rejected" and "orientation gate" in b.reason
+    assert c.ok and c.orientation == "upright", c.reason

@@ -18,8 +18,9 @@ bit depth's maximum; no LUTs apply to them.
 
 Refused, with a one-line ImageLoadError: files without pixel data (reports, DICOMDIR, ...),
 multi-frame images (which frame is the radiograph is not ours to guess; export one frame),
-PALETTE COLOR, and compressed transfer syntaxes that no installed plugin decodes; that message
-names the transfer syntax and the package to install.
+PALETTE COLOR, a RescaleSlope of 0 (every pixel the same value), and compressed transfer
+syntaxes that no installed plugin decodes; that message names the transfer syntax and the
+package to install.
 
 Checked before any pixel is decoded, because pydicom allocates what the header says and its JPEG
 plugins decode damaged data without complaint (half a JPEG frame decodes to a gray lower half):
@@ -347,6 +348,7 @@ def _decode(path: Path, ds, uid) -> np.ndarray:
 def _gray_to_unit(path: Path, ds, arr: np.ndarray, photometric: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _check_rescale_slope(path, ds)
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -372,6 +374,25 @@ def _gray_to_unit(path: Path, ds, arr: np.ndarray, photometric: str) -> np.ndarr
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         out = np.float32(1.0) - out
     return out
+
+
+def _check_rescale_slope(path: Path, ds) -> None:
+    """Refuse a RescaleSlope of 0 (or not a finite number): it maps every stored value to the
+    intercept, so the "image" is one gray level whatever the detector saw (the Modality LUT of
+    PS3.3 C.11.1; no detector writes 0). Without this it became a blank image and, with the input
+    checks off, a confident label. A Modality LUT Sequence, where present, is used instead."""
+    value = ds.get("RescaleSlope")
+    if ds.get("ModalityLUTSequence") or value is None or str(value).strip() == "":
+        return  # absent or empty: pydicom applies no rescale
+    try:
+        slope = float(value)
+    except (TypeError, ValueError):
+        raise ImageLoadError(path, f"invalid RescaleSlope {value!r} (not a number)") from None
+    if not np.isfinite(slope):
+        raise ImageLoadError(path, f"invalid RescaleSlope {value} (not a finite number)")
+    if slope == 0:
+        raise ImageLoadError(path, f"invalid RescaleSlope {value} (every pixel would be the intercept); "
+                                   "not an image")
 
 
 def _voi_output_range(ds) -> tuple[float, float] | None:

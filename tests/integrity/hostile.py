@@ -243,6 +243,8 @@ IMAGES: dict[str, tuple[Callable[[], bytes], str, bool]] = {
     "dicom-no-pixels": (lambda: dicom_bytes(example(0))[: dicom_bytes(example(0)).rindex(b"\xe0\x7f\x10\x00")],
                         ".dcm", False),
     "dicom-jpeg-half": (lambda: _half_jpeg_dicom(), ".dcm", False),
+    # DICOM: a header that turns every pixel into one value
+    "dicom-rescale-slope-0": (lambda: dicom_bytes(example(9), RescaleSlope="0", RescaleIntercept="100"), ".dcm", False),
 }
 
 

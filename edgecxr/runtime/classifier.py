@@ -212,6 +212,12 @@ class Classifier:
                 prefetch: int | None = None) -> list[Prediction]:
         """Classify paths (PNG/JPEG/DICOM), their bytes, pydicom Datasets or arrays; one Prediction per input, in order.
 
+        `inputs` is one input or a list of them; an array is one image (HxW, or HxWxC with C 1, 3
+        or 4) or a stack (NxHxW, NxHxWxC). A 0-D, 1-D or 5-D array, or a list of plain numbers, is
+        refused with a ValueError (`ArgumentError`). Before a path is opened or hashed it must be a
+        regular file within the decode limits: a FIFO, a device, a folder, an empty or too large
+        file is that input's failure (status "failed", its reason in `error`), never a blocking read.
+
         `workers` threads decode ahead of the model (None: one per CPU, see `runtime.pipeline`;
         0 or 1: decode and run one batch after the other); `prefetch` bounds the inputs decoded ahead.
         """
@@ -309,14 +315,30 @@ def _describe_confidence(confidence: Confidence, runner: Any, precision: str) ->
 def _as_items(inputs: Any) -> list[Any]:
     """A single input -> [it]; a list of inputs or an (N, H, W[, C]) stack -> list.
 
-    bytes and a pydicom Dataset are one input each, though both are iterable.
+    bytes and a pydicom Dataset are one input each, though both are iterable. An array is one
+    image when it is HxW or HxWxC (C <= 4), a stack of images when it is NxHxW or NxHxWxC.
+
+    Raises:
+        ArgumentError (a ValueError): an array with fewer than 2 or more than 4 dimensions, or a
+            list of plain numbers: iterating them would give one "prediction" per value.
+        TypeError: not an input at all.
     """
+    import numbers
+
+    from edgecxr.core.errors import ArgumentError
     from edgecxr.runtime.inputs import kind_of
 
     if kind_of(inputs) in ("path", "bytes", "dataset"):
         return [inputs]
     if isinstance(inputs, np.ndarray):
+        if not 2 <= inputs.ndim <= 4:
+            raise ArgumentError(f"an array of shape {inputs.shape} is no image: give one HxW or HxWxC (C = 1, 3 "
+                                "or 4) array, an NxHxW[xC] stack, or a list of inputs")
         return [inputs] if inputs.ndim in (2, 3) and not (inputs.ndim == 3 and inputs.shape[2] > 4) else list(inputs)
     if isinstance(inputs, Iterable):
-        return list(inputs)
+        items = list(inputs)
+        if items and all(isinstance(i, (numbers.Number, np.generic)) for i in items):
+            raise ArgumentError(f"a list of {len(items)} numbers is no image: give paths, bytes, pydicom Datasets "
+                                "or HxW / HxWxC arrays (np.asarray a nested list first)")
+        return items
     raise TypeError(f"expected paths, bytes, pydicom Datasets or arrays, got {type(inputs).__name__}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgecxr.cli.options import model_option
-from edgecxr.cli.output import _err, _write_output, check_output
+from edgecxr.cli.output import _err, _write_output, check_output, check_stdout
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.data.io import expand_inputs
 from edgecxr.runtime.classifier import Classifier
@@ -72,7 +72,8 @@ def infer(
     an image that is plainly not a frontal chest X-ray (CT/MR DICOM, lateral view, noise, blank,
     colored) is REJECTED with its reason and not classified; one the model finds unlike its
     training data is ABSTAINED (label kept for inspection only). The exit code is 1 when any file
-    failed, was rejected or abstained (0 when every file was classified). Every output ends with
+    failed (status "failed" and the reason: unreadable, not an image, a FIFO or device, a folder that
+    cannot be read), was rejected or abstained (0 when every file was classified). Every output ends with
     its audit trail: model, artifact sha256, precision, backend, preprocessing, temperature, OOD
     threshold and edgecxr version; JSON and CSV add each input's sha256, DICOM UIDs and time. The backend used is printed to
     stderr. A missing path, a glob matching nothing or a folder without images stops the run.
@@ -98,6 +99,10 @@ def infer(
 
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
+    if any(not item for item in inputs):  # Path("") is ".": it would classify the whole current folder
+        raise click.BadParameter("an empty path ('') is not an input; give a file, a folder ('.' for this one) "
+                                 "or a pattern", param_hint="INPUTS")
+    check_stdout()  # the results go to stdout: a closed one would lose them and still exit 0
     paths = expand_inputs(inputs)
     check_output(csv_path, "--csv", inputs=paths)  # before the model loads: a refusal costs nothing
     check_heatmap_dir(heatmap_dir, paths, inputs)

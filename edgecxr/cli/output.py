@@ -11,8 +11,10 @@ before any work (one `error:` line, exit 2) rather than replace something that i
     it is spelled (another path, a hard link);
   * a file of a model bundle: bundle.json, the lock, the records the stages write (verify.json,
     evaluation-*.json, ...), anything in its engines/, calibration/ or folds/ folder, a model file;
-  * any existing model file (.onnx, .keras, .h5, .engine, .plan) or image (.png, .jpg, .dcm, ...):
-    no output of a command is one, so such a file there is somebody's data.
+  * any existing model file (.onnx, .keras, .h5, .engine, .plan) or image (.png, .jpg, .dcm, ...),
+    and any file whose content is a DICOM, PNG or JPEG whatever its name (PACS exports are often
+    named by their UID, without a suffix): no output of a command is one, so such a file there is
+    somebody's data.
 
 A command whose output *is* a model file (`build --out`) names the suffixes it may replace.
 """
@@ -117,6 +119,28 @@ def output_problem(path: Path, inputs: Iterable[str | Path] = (), replaces: Sequ
         return f"is a model file ({suffix}); refusing to overwrite it"
     if suffix in IMAGE_SUFFIXES:
         return f"is an image ({suffix}); refusing to overwrite it"
+    kind = _image_by_content(path)
+    if kind is not None:
+        return f"is {kind} (by its content, whatever its name); refusing to overwrite it"
+    return None
+
+
+def _image_by_content(path: Path) -> str | None:
+    """What image a file holds by its first bytes: a PACS export is often named by its UID, no suffix."""
+    from edgecxr.data.io import _is_dicom_head, open_regular
+    from edgecxr.data.raster import _JPEG_SOI, _PNG_SIGNATURE
+
+    try:
+        with open_regular(path, max_bytes=None) as fh:  # lstat said regular; never block on a swapped-in FIFO
+            head = fh.read(132)
+    except (OSError, EdgeCXRError):
+        return None
+    if _is_dicom_head(head):
+        return "a DICOM file"
+    if head.startswith(_PNG_SIGNATURE):
+        return "a PNG image"
+    if head.startswith(_JPEG_SOI):
+        return "a JPEG image"
     return None
 
 
@@ -157,6 +181,34 @@ def encode_output(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace")
+
+
+def check_stdout() -> None:
+    """Refuse to run a command whose results go to stdout when stdout is closed (`cmd >&-`).
+
+    Python sets `sys.stdout` to None when file descriptor 1 is closed, and `click.echo` then
+    writes nothing without a word: the work would be done, its results lost, and the exit code 0.
+    An in-memory stream (Click's test runner) has no file descriptor and is fine.
+
+    Raises:
+        ArgumentError: stdout is closed (one `error:` line, exit 2, before any work).
+    """
+    import io
+    import sys
+
+    from edgecxr.core.errors import ArgumentError
+
+    closed = sys.stdout is None or getattr(sys.stdout, "closed", False)
+    if not closed:
+        try:
+            os.fstat(sys.stdout.fileno())
+        except (io.UnsupportedOperation, ValueError, AttributeError):
+            pass  # not backed by a file descriptor
+        except OSError:
+            closed = True  # EBADF: the descriptor was closed under Python
+    if closed:
+        raise ArgumentError("standard output is closed, so the results would be lost; redirect it "
+                            "(> results.txt, or > /dev/null to discard them) instead of closing it")
 
 
 def _write_output(path: Path, text: str, option: str) -> None:

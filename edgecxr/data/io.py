@@ -8,8 +8,11 @@ per file and report it in place of the result, so one bad file never stops the o
 Nothing wrong gets through, as far as the format lets anyone tell: a file that is not the image
 it claims to be is refused, not handed to the model (JPEG has no checksum; see edgecxr.data.raster
 for the one kind of damage that can decode silently). In order, cheapest first:
-  1. stat: a regular file, not empty, at most DecodeLimits.max_file_bytes (a 4 GB file with a PNG
-     header is refused without reading it);
+  1. stat (`stat_input`), before the file is opened, hashed or sniffed: a regular file, not empty,
+     at most DecodeLimits.max_file_bytes (a 64 GiB sparse file with a PNG header is refused
+     without reading it; a FIFO, a device or a socket, also behind a symlink, is never opened);
+     files are then opened with O_NONBLOCK and checked again with fstat (`open_regular`), so a
+     FIFO swapped in after the stat cannot block the read either;
   2. the container, before any pixel is decoded (edgecxr.data.raster): PNG chunk CRCs, IHDR,
      IDAT, IEND; JPEG markers up to the scan and the end-of-image marker (libjpeg fills a
      truncated JPEG with gray and reports success); DICOM Rows/Columns/BitsAllocated and a pixel
@@ -45,6 +48,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -85,20 +89,9 @@ def load_image(
     """
     path = Path(path)
     limits = DEFAULT_LIMITS if limits is None else limits
+    stat_input(path, limits)
     try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ImageLoadError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise ImageLoadError(path, "is a directory, not an image")
-    if not stat.S_ISREG(info.st_mode):
-        # A FIFO would block the read; /dev/zero would never end.
-        raise ImageLoadError(path, "not a regular file (a device, pipe or socket)")
-    check_file_size(path, info.st_size, limits)
-    try:
-        with open(path, "rb") as fh:
+        with open_regular(path, limits) as fh:
             head = fh.read(132)
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
@@ -115,6 +108,80 @@ def load_image(
         raise ImageLoadError(path, f"out of memory while decoding{detail}") from None
     _check_size(path, image, limits)
     return image
+
+
+#: what `stat_input` calls a file that is not a regular file (st_mode type -> words)
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _special_kind(mode: int) -> str:
+    return next((words for test, words in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
+def stat_input(path: str | Path, limits: DecodeLimits | None = None) -> os.stat_result:
+    """Look before reading: the stat of an input that may be opened, else an ImageLoadError saying why not.
+
+    Every path that enters (`infer` files and folders, `Classifier.predict`, the service's
+    uploads) goes through this before it is opened, hashed or sniffed, because a read cannot be
+    undone: a FIFO blocks forever, /dev/zero never ends, and a sparse 64 GiB file is read in full
+    by a hash. A symlink is followed (to a regular file it is fine; to a device it is a device).
+
+    Raises:
+        ImageLoadError: missing; a folder (one that cannot be listed says so: its images were not
+            classified); a FIFO, device or socket; empty; larger than `limits.max_file_bytes`.
+    """
+    path = Path(path)
+    limits = DEFAULT_LIMITS if limits is None else limits
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as exc:
+            # `expand_inputs` lists a folder it could not read as an input of its own, so that
+            # the run reports it (failed, exit 1) instead of silently classifying fewer images
+            raise ImageLoadError(path, f"folder cannot be read ({exc.strerror or exc}); "
+                                       "its images were not classified") from None
+        raise ImageLoadError(path, "is a directory, not an image")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(path, f"{_special_kind(info.st_mode)}, not a regular file; not read")
+    check_file_size(path, info.st_size, limits)
+    return info
+
+
+def open_regular(path: str | Path, limits: DecodeLimits | None = None, max_bytes: int | None = -1) -> BinaryIO:
+    """Open a file for reading only if it is (still) a regular file of an accepted size.
+
+    The open itself never blocks (O_NONBLOCK: opening a FIFO waits for a writer otherwise), and
+    what was opened is checked with fstat, so a file replaced by a FIFO or a device between
+    `stat_input` and the read is refused rather than read. `max_bytes` bounds the size: -1 (the
+    default) means `limits.max_file_bytes`, None no bound (model files, which are hashed whole).
+
+    Raises:
+        ImageLoadError: not a regular file, or outside the size bound.
+        OSError: the open failed (missing, permission).
+    """
+    limits = DEFAULT_LIMITS if limits is None else limits
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageLoadError(path, f"{_special_kind(info.st_mode)}, not a regular file; not read")
+        if max_bytes == -1:
+            check_file_size(Path(path), info.st_size, limits)
+        elif max_bytes is not None and info.st_size > max_bytes:
+            raise ImageLoadError(path, f"file too large ({info.st_size} bytes; at most {max_bytes} is read)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def load_image_bytes(
@@ -155,16 +222,21 @@ def load_image_bytes(
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     """Expand files, folders and glob patterns into a list of image paths (the `infer` inputs).
 
-    * a file is taken as given (whatever its suffix; decoding decides later);
+    * a file is taken as given (whatever its suffix or kind; decoding decides later, and a FIFO,
+      device or socket becomes that input's failure, never a blocking read);
     * a folder is searched recursively for INPUT_SUFFIXES (case-insensitive) and for suffix-less
-      files with the DICOM preamble (PACS exports), skipping hidden files and DICOMDIR; sorted;
+      files with the DICOM preamble (PACS exports), skipping hidden files and DICOMDIR; sorted.
+      Nothing is opened that is not a regular file: a FIFO, device or socket with an input suffix
+      or none is listed (it fails with its reason), and so is a folder that cannot be read
+      (`stat_input` reports it: its images were not classified) instead of being skipped;
     * an item with `*`, `?` or `[` that is not an existing path is a glob pattern (`**` recurses);
       matching folders are expanded as above; sorted.
     Order follows `items`; a path reached twice is listed once.
 
     Raises:
-        DataError: an item does not exist, a pattern matches nothing, or a folder has no images;
-            a typo should stop the run, not silently classify fewer images.
+        DataError: an item is empty (`''` would be the current folder), does not exist, a pattern
+            matches nothing, or a folder has no images; a typo should stop the run, not silently
+            classify fewer (or other) images.
     """
     out: list[Path] = []
     seen: set[Path] = set()
@@ -178,23 +250,26 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
 
     for item in items:
         text = str(item)
+        if not text:
+            raise DataError("an empty path ('') is not an input; give a file, a folder ('.' for this one) or a pattern")
         path = Path(text)
-        if path.is_file():
-            add([path])
-        elif path.is_dir():
+        try:
+            info: os.stat_result | None = os.stat(path)
+        except OSError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
             found = _scan_folder(path)
             if not found:
                 raise DataError(f"{path}: folder contains no PNG, JPEG or DICOM files")
             add(found)
+        elif info is not None:
+            add([path])  # a regular file, or one that will fail with its reason (FIFO, device)
         elif glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             files: list[Path] = []
             for m in matches:
                 mp = Path(m)
-                if mp.is_dir():
-                    files.extend(_scan_folder(mp))
-                elif mp.is_file():
-                    files.append(mp)
+                files.extend(_scan_folder(mp) if mp.is_dir() else [mp])
             if not files:
                 raise DataError(f"{text}: pattern matches no files")
             add(files)
@@ -204,24 +279,44 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
 
 
 def _scan_folder(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, names in os.walk(folder):
+    """The input files under `folder` (see `expand_inputs`), reading none but regular suffix-less files' heads."""
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:  # os.walk skips a folder it cannot list unless told
+        found.append(Path(exc.filename) if exc.filename is not None else folder)
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
         for name in names:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             p = Path(root) / name
             suffix = p.suffix.lower()
-            if suffix in INPUT_SUFFIXES or (suffix == "" and _file_is_dicom(p)):
+            if suffix in INPUT_SUFFIXES or (suffix == "" and _maybe_dicom(p)):
                 found.append(p)
     return sorted(found)
 
 
-def _file_is_dicom(path: Path) -> bool:
+def _maybe_dicom(path: Path) -> bool:
+    """A suffix-less file worth listing: a regular file with the DICOM preamble, or a FIFO, device or
+    socket (listed so that it fails with its reason; never opened)."""
     try:
-        with open(path, "rb") as fh:
-            return _is_dicom_head(fh.read(132))
+        info = os.stat(path)
     except OSError:
+        return False  # a dangling symlink, a file that vanished: nothing to say it was an image
+    if stat.S_ISDIR(info.st_mode):
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return True
+    return _file_is_dicom(path)
+
+
+def _file_is_dicom(path: Path) -> bool:
+    """Whether a file starts with the DICOM preamble; False for anything that is not a readable regular file."""
+    try:
+        with open_regular(path, max_bytes=None) as fh:
+            return _is_dicom_head(fh.read(132))
+    except (OSError, ImageLoadError):
         return False
 
 

@@ -95,13 +95,15 @@ class InputRules:
         """The reason a file is rejected from its header or color (None: passes); cheap, no full decode."""
         if not self.enabled:
             return None
+        from edgecxr.core.errors import ImageLoadError
+        from edgecxr.data.io import DICOM_SUFFIXES, _is_dicom_head, open_regular
+
         path = Path(path)
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:  # never a FIFO or device, never past the size limit
                 head = fh.read(132)
-        except OSError:
+        except (OSError, ImageLoadError):
             return None  # load_image reports it
-        from edgecxr.data.io import DICOM_SUFFIXES, _is_dicom_head
         from edgecxr.data.raster import _JPEG_SOI, _PNG_SIGNATURE
 
         if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SOI):
@@ -273,7 +275,10 @@ def _dicom_header(path: Path) -> Any:
     try:
         from pydicom import dcmread
 
-        return dcmread(path, stop_before_pixels=True, force=True)
+        from edgecxr.data.io import open_regular
+
+        with open_regular(path) as fh:  # a regular file within the size limit, opened without blocking
+            return dcmread(fh, stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - the decode that follows gives the real error
         return None
 

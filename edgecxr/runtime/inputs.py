@@ -9,6 +9,8 @@ and the same input checks, in one place.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 
 from edgecxr.core.errors import ImageLoadError
 from edgecxr.core.spec import PreprocessSpec, preprocess
-from edgecxr.data.io import _is_dicom_head, load_image, load_image_bytes
+from edgecxr.data.io import _is_dicom_head, load_image, load_image_bytes, open_regular
 from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits
 from edgecxr.runtime.input_checks import InputRules
 from edgecxr.runtime.orientation import gate_and_check
@@ -71,7 +73,11 @@ def prepare(item: Any, index: int, spec: PreprocessSpec, rules: InputRules) -> t
     header = None  # a DICOM header for the input checks and the UIDs
     try:
         if kind == "path":
-            pred.input_sha256 = file_sha256(item)
+            if not str(item):  # Path("") would be ".", the current folder
+                raise ImageLoadError("''", "an empty path is not an input")
+            # file_sha256 and load_image both look (stat) before they read: a FIFO, a device or a
+            # file past the size limit is never opened, hashed or sniffed (load_image says why)
+            pred.input_sha256 = file_sha256(item, max_bytes=DEFAULT_LIMITS.max_file_bytes)
             image = load_image(item, (spec.height, spec.width))
             pred.dicom = dicom_uids(item)
         elif kind == "dataset":
@@ -146,14 +152,30 @@ def as_image_array(item: Any, index: int, limits: DecodeLimits | None = None) ->
     return image
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """sha256 of a file's bytes for the audit trail; None when it cannot be read (the decode says why)."""
-    digest = hashlib.sha256()
+def file_sha256(path: str | Path, max_bytes: int | None = None) -> str | None:
+    """sha256 of a file's bytes for the audit trail; None when it cannot be read (the decode says why).
+
+    Looks before it reads: only a regular file of at most `max_bytes` (None: no bound, for model
+    files) is opened, by `os.stat` first and again by fstat on what was opened without blocking
+    (`data.io.open_regular`), so a FIFO, a device or a sparse 64 GiB file is None, never a blocking
+    or endless read; a file that grew past `max_bytes` since its stat is None too.
+    """
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        info = os.stat(path)
     except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or (max_bytes is not None and info.st_size > max_bytes):
+        return None
+    digest = hashlib.sha256()
+    total = 0
+    try:
+        with open_regular(path, max_bytes=max_bytes) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                total += len(block)
+                if max_bytes is not None and total > max_bytes:
+                    return None
+                digest.update(block)
+    except (OSError, ImageLoadError):
         return None
     return digest.hexdigest()
 
@@ -175,9 +197,9 @@ def dicom_uids(path: str | Path) -> dict[str, str] | None:
 
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(132)
-    except OSError:
+    except (OSError, ImageLoadError):
         return None
     if path.suffix.lower() not in DICOM_SUFFIXES and not _is_dicom_head(head):
         return None

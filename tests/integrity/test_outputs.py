@@ -74,6 +74,21 @@ def _dicom(folder: Path, good: Path) -> Path:
     return folder / "study.dcm"
 
 
+def _pacs_dicom(name: str):
+    """A DICOM under a PACS-style name: its SOP Instance UID, or IM0001, no .dcm (detected by content)."""
+
+    def make(folder: Path, good: Path) -> Path:
+        (folder / name).write_bytes(hostile.dicom_bytes(hostile.example(0)))
+        return folder / name
+
+    return make
+
+
+def _png_without_suffix(folder: Path, good: Path) -> Path:
+    (folder / "scan-export").write_bytes(hostile.good_png(2))
+    return folder / "scan-export"
+
+
 def _folder(folder: Path, good: Path) -> Path:
     (folder / "results").mkdir()
     return folder / "results"
@@ -93,6 +108,9 @@ TARGETS = {
     "other-image": _other_image,
     "other-model": _other_model,
     "dicom": _dicom,
+    "dicom-named-by-uid": _pacs_dicom("1.2.826.0.1.3680043.8.498.1"),
+    "dicom-no-suffix": _pacs_dicom("IM0001"),
+    "png-no-suffix": _png_without_suffix,
     "folder": _folder,
 }
 

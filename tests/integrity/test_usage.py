@@ -33,6 +33,8 @@ LINES: dict[str, tuple[list[str], int]] = {
     "infer-model-is-image": (["infer", "-m", IMG, IMG], 1),
     "infer-model-empty-dir": (["infer", "-m", "{tmp}/empty", IMG], 1),
     "infer-csv-empty-name": (["infer", "-m", B, IMG, "--csv", ""], 2),
+    "infer-empty-path": (["infer", "-m", B, ""], 2),  # '' is not "the current folder"
+    "infer-empty-path-beside-a-file": (["infer", "-m", B, IMG, ""], 2),
     "build-batch-size-abc": (["build", "-m", B, "--batch-size", "abc"], 2),
     "build-batch-size-range": (["build", "-m", B, "--batch-size", "8-1"], 2),
     "build-batch-size-0": (["build", "-m", B, "--batch-size", "0"], 2),
@@ -63,7 +65,7 @@ def _case(name: str) -> Case:
         (folder / "m.csv").write_text("relative_path,label,split,patient_id\n")
         subst = {B: str(folder / "bundle"), IMG: str(image)}
         args = [subst.get(a, a.replace("{tmp}", str(folder))) for a in argv]
-        return Plan(args=args, exit_code=code)
+        return Plan(args=args, exit_code=code, cwd=folder)  # a command that wrongly read '.' reads only this case
 
     return Case("usage", name, build)
 

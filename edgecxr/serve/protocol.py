@@ -51,11 +51,29 @@ def _json_part(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         head, rest = body[:n], body[n:]
     try:
         doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, a 5000-digit int, [[[[...
+        raise ProtocolError(f"the request is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request must be a JSON object")
     return doc, rest
+
+
+def _params(owner: dict[str, Any], where: str) -> dict[str, Any]:
+    """`owner["parameters"]`, which the protocol defines as a JSON object; absent or null is {}."""
+    params = owner.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}'parameters' must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    """A boolean parameter; "false" (a string) must not silently mean True."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}parameters.{key} must be true or false, got {value!r}"[:200])
+    return value
 
 
 def _shape(spec: dict[str, Any], name: str) -> tuple[int, ...]:
@@ -77,12 +95,13 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise ProtocolError("each input needs a 'name'")
         name = spec["name"]
-        dtype = DTYPES.get(spec.get("datatype"))  # type: ignore[arg-type]
+        datatype = spec.get("datatype")
+        dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
-            raise ProtocolError(f"input {name!r}: datatype {spec.get('datatype')!r} is not supported; send FP32")
+            raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported; send FP32"[:200])
         shape = _shape(spec, name)
         count = int(np.prod(shape)) if shape else 1
-        params = spec.get("parameters") or {}
+        params = _params(spec, f"input {name!r}: ")
         if "binary_data_size" in params:
             size = params["binary_data_size"]
             if not isinstance(size, int) or size != count * dtype.itemsize:
@@ -95,8 +114,8 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         elif "data" in spec:
             try:
                 array = np.asarray(spec["data"], dtype=np.float32)
-            except (TypeError, ValueError):
-                raise ProtocolError(f"input {name!r}: 'data' must hold numbers") from None
+            except (TypeError, ValueError, OverflowError, RecursionError):
+                raise ProtocolError(f"input {name!r}: 'data' must hold FP32 numbers") from None
             if array.size != count:
                 raise ProtocolError(f"input {name!r}: {array.size} values for shape {list(shape)} ({count})")
             array = array.reshape(shape)
@@ -107,8 +126,7 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         inputs[name] = array
     if at != len(binary):
         raise ProtocolError(f"{len(binary) - at} bytes after the binary inputs that no input claims")
-    params = doc.get("parameters") or {}
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _flag(_params(doc, ""), "binary_data_output", "", False)
     outputs = None
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list):
@@ -117,8 +135,11 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         for out in doc["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError("each requested output needs a 'name'")
-            outputs[out["name"]] = bool((out.get("parameters") or {}).get("binary_data", binary_default))
+            where = f"output {out['name']!r}: "
+            outputs[out["name"]] = _flag(_params(out, where), "binary_data", where, binary_default)
     rid = doc.get("id")
+    if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool)):
+        raise ProtocolError(f"'id' must be a string, got {type(rid).__name__}")
     return InferRequest(None if rid is None else str(rid), inputs, outputs, binary_default)
 
 

@@ -7,6 +7,7 @@ is tiny, so its probabilities can be checked against a numpy reference (`tinymod
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -115,6 +116,25 @@ def test_bad_infer_requests_are_400_or_404(server) -> None:
     assert httpx.post(f"{server.url}/v2/models/nosuch/infer", json=wrong).status_code == 404
 
 
+@pytest.mark.parametrize("change", [
+    {"parameters": "garbage"}, {"parameters": [1, 2]}, {"parameters": {"binary_data_output": "false"}},
+    {"outputs": [{"name": OUT, "parameters": "garbage"}]}, {"outputs": [{"name": OUT, "parameters": {"binary_data": 1}}]},
+    {"id": {"nested": True}}, {"inputs": [{"name": "image", "datatype": ["FP32"], "shape": [1]}]},
+    {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, *SHAPE], "parameters": "garbage"}]},
+    {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [10**400]}]},
+], ids=lambda c: str(c)[:60])
+def test_malformed_infer_fields_are_400_not_500(server, change) -> None:
+    """Every field of the body has its JSON type checked: a wrong one is a one-line 400, never a traceback."""
+    x = _batch(1)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+            **change}
+    raw = json.dumps(body).encode()
+    r = httpx.post(f"{server.url}/v2/models/tiny/infer", content=raw)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error and "\n" not in error and "Traceback" not in error and "internal error" not in error
+
+
 def test_oversized_request_is_413(server) -> None:
     big = b"0" * (300 << 10)
     assert httpx.post(f"{server.url}/v2/models/tiny/infer", content=big).status_code == 413
@@ -152,6 +172,12 @@ def test_classify_bad_file_is_422_with_the_reason(server) -> None:
     assert r.status_code == 422
     doc = r.json()
     assert doc["failed"] == 1 and doc["predictions"][0]["error"] and doc["predictions"][0]["label"] is None
+    # "failed", never "ok", for an input that failed (issue 22), with the reason; a truncated PNG too
+    assert doc["predictions"][0]["status"] == "failed" and doc["predictions"][0]["reason"] == doc["predictions"][0]["error"]
+    png = tinymodels.real_images(1)[0].read_bytes() if tinymodels.real_images(1) else None
+    if png is not None:
+        cut = httpx.post(f"{server.url}/v1/classify", files={"file": ("cut.png", png[: len(png) // 2])})
+        assert cut.status_code == 422 and cut.json()["predictions"][0]["status"] == "failed"
     assert httpx.post(f"{server.url}/v1/classify", content=b"").status_code == 400
 
 

@@ -23,18 +23,21 @@ def format_models(rows: list[dict]) -> str:
             lines.append(f"{r['name']}  ({r['source']})  error: {r['error']}")
             continue
         test = r.get("test") or {}
-        metrics = "test: not measured"
+        metrics = "test: not measured (edgecxr evaluate --split test, or verify)"
         if test.get("accuracy") is not None:
             covid = test.get("covid_sensitivity")
             metrics = f"test accuracy {test['accuracy']:.1%} (n={test.get('n')})" + (
-                f", COVID sensitivity {covid:.1%}" if covid is not None else "")
+                f", COVID sensitivity {covid:.1%}" if covid is not None else "") + (
+                f"; by {test['by']}" if test.get("by") else "")
         shape = "x".join(str(v) for v in r.get("input_shape") or [])
         lines.append(f"{r['name']}  ({r['source']}, {r['model']})  input {shape}  precisions {', '.join(r['precisions']) or '-'}")
         lines.append(f"    classes: {', '.join(r['classes'])}")
         lines.append(f"    {metrics}")
         for key, a in r["artifacts"].items():
             sha = (a.get("sha256") or "not recorded")[:16]
-            lines.append(f"    {key:<10} {a['file']:<20} {_size(a['bytes']):>9}  sha256 {sha}")
+            g = a.get("gate_on_test") or {}
+            gate = "" if not g else f"  test {g['accuracy']:.1%} ({'passed' if g.get('passed') else 'failed'} the gate)"
+            lines.append(f"    {key:<10} {a['file']:<20} {_size(a['bytes']):>9}  sha256 {sha}{gate}")
         lines.append(f"    location: {r['location']}")
     return "\n".join(lines)
 

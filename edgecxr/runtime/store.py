@@ -415,6 +415,36 @@ def _fsync(folder: Path) -> None:
         os.close(fd)
 
 
+def test_metrics(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's `test` numbers for `edgecxr models`, from whichever stage measured them:
+    `evaluate --split test`, else training's metrics, else the newest gate `verify` ran on test.
+    None if none did (each artifact's own gate numbers are shown beside it: `gate_on_test`)."""
+    ev = (meta.get("evaluations") or {}).get("test") or {}
+    if ev.get("accuracy") is not None:
+        return {"n": ev.get("n"), "accuracy": ev["accuracy"], "covid_sensitivity": ev.get("covid_sensitivity"),
+                "by": f"evaluate ({ev.get('artifact', 'keras')})"}
+    test = (meta.get("metrics") or {}).get("test") or {}
+    if test.get("accuracy") is not None:
+        covid = (test.get("per_class") or {}).get("covid") or {}
+        return {"n": test.get("n"), "accuracy": test["accuracy"], "covid_sensitivity": covid.get("recall"),
+                "by": "the trained model"}
+    gated = [(str(g.get("time") or ""), k, g) for k, g in gate_on_test(meta).items()]
+    if gated:
+        _, key, g = max(gated, key=lambda r: r[:2])
+        return {"n": g["n"], "accuracy": g["accuracy"], "covid_sensitivity": g["covid_sensitivity"], "by": f"verify ({key})"}
+    return None
+
+
+def gate_on_test(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Artifact key -> the accuracy gate's numbers on `test` (verify, calibrate), where recorded."""
+    out = {}
+    for key, g in (meta.get("gate") or {}).items():
+        if isinstance(g, dict) and g.get("split") == "test" and g.get("accuracy") is not None:
+            out[key] = {"n": g.get("n"), "accuracy": g["accuracy"], "covid_sensitivity": g.get("covid_sensitivity"),
+                        "passed": g.get("passed"), "time": g.get("time")}
+    return out
+
+
 def describe(entry: ModelEntry) -> dict[str, Any]:
     """What `edgecxr models` shows for one model (no hashing: sha256 values are the recorded ones)."""
     try:
@@ -427,9 +457,8 @@ def describe(entry: ModelEntry) -> dict[str, Any]:
         path = bundle.dir / rel
         if path.is_file():
             artifacts[key] = {"file": rel, "bytes": path.stat().st_size,
-                              "sha256": (meta.get("artifact_sha256") or {}).get(key)}
-    test = (meta.get("metrics") or {}).get("test") or {}
-    covid = (test.get("per_class") or {}).get("covid") or {}
+                              "sha256": (meta.get("artifact_sha256") or {}).get(key),
+                              "gate_on_test": gate_on_test(meta).get(key)}
     return {
         "name": entry.name,
         "source": entry.source,
@@ -438,8 +467,7 @@ def describe(entry: ModelEntry) -> dict[str, Any]:
         "input_shape": meta.get("input_shape"),
         "precisions": sorted(k.split("_", 1)[1] for k in artifacts if k.startswith("onnx_")),
         "artifacts": artifacts,
-        "test": {"n": test.get("n"), "accuracy": test.get("accuracy"), "covid_sensitivity": covid.get("recall")}
-        if test else None,
+        "test": test_metrics(meta),
         "bytes": sum(a["bytes"] for a in artifacts.values()),
         "location": str(entry.path),
     }

@@ -90,7 +90,7 @@ def test_models_cli_lists_reference_and_user_models(models_dir, fake_reference, 
     doc = json.loads(listed.stdout)
     rows = {r["name"]: r for r in doc["models"]}
     assert rows["tinynet"]["source"] == "reference" and rows["tinynet"]["precisions"] == ["fp16"]
-    assert rows["tinynet"]["test"] == {"n": 10, "accuracy": 0.9, "covid_sensitivity": 1.0}
+    assert rows["tinynet"]["test"] == {"n": 10, "accuracy": 0.9, "covid_sensitivity": 1.0, "by": "the trained model"}
     assert rows["tinynet"]["artifacts"]["onnx_fp16"]["sha256"]
     assert rows["mine"]["source"] == "user" and rows["mine"]["bytes"] > 0
     text = runner.invoke(main, ["models"])
@@ -124,3 +124,26 @@ def test_build_refuses_without_tensorrt_before_copying(models_dir, fake_referenc
     result = CliRunner().invoke(main, ["build", "-m", "tinynet", "--precision", "fp16"])
     assert result.exit_code == 2 and result.output.startswith("error:") and "TensorRT" in result.output
     assert not (models_dir / "tinynet").exists()
+
+
+def test_models_shows_test_numbers_from_evaluate_or_the_gate_not_only_from_training():
+    """`edgecxr models` said "test: not measured" for a bundle whose test numbers came from
+    `evaluate --split test` or `verify`; each artifact now also shows its own gate result."""
+    from edgecxr.cli.models import format_models
+
+    gate = {"onnx_fp16": {"split": "test", "n": 126, "accuracy": 0.786, "covid_sensitivity": 0.933,
+                          "passed": True, "time": "2026-12-07T11:07:00+00:00"},
+            "onnx_int8": {"split": "val", "n": 129, "accuracy": 0.7, "passed": False}}
+    assert store.test_metrics({}) is None
+    assert store.test_metrics({"gate": gate})["by"] == "verify (onnx_fp16)"  # val-split gates are not test numbers
+    evaluated = {"gate": gate, "evaluations": {"test": {"n": 126, "accuracy": 0.80, "covid_sensitivity": 0.9,
+                                                        "artifact": "keras"}}}
+    assert store.test_metrics(evaluated) == {"n": 126, "accuracy": 0.80, "covid_sensitivity": 0.9,
+                                             "by": "evaluate (keras)"}
+    assert set(store.gate_on_test({"gate": gate})) == {"onnx_fp16"}
+    row = {"name": "m", "source": "user", "model": "coronet", "input_shape": [96, 96, 3], "precisions": ["fp16"],
+           "classes": ["a"], "test": store.test_metrics({"gate": gate}), "location": "/x",
+           "artifacts": {"onnx_fp16": {"file": "model.fp16.onnx", "bytes": 1, "sha256": "ab" * 32,
+                                       "gate_on_test": store.gate_on_test({"gate": gate})["onnx_fp16"]}}}
+    text = format_models([row])
+    assert "not measured" not in text and "test accuracy 78.6% (n=126)" in text and "test 78.6% (passed the gate)" in text

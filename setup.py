@@ -28,5 +28,6 @@ setup(
     packages=[p for p in find_namespace_packages(include=["edgecxr", "edgecxr.*"]) if _ships(p)] + ["edgecxr.profiles"],
     package_dir={"edgecxr.profiles": "build_engines"},
     package_data={"": ["*"]},
+    include_package_data=False,  # the rule above only: a stale egg-info SOURCES.txt once shipped the weights
     exclude_package_data={"": ["*.pyc", "*.pyo"]},
 )

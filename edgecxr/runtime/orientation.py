@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,7 +208,6 @@ class OrientationGate:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
-        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> OrientationGate:

@@ -21,7 +21,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'  # make dist builds with it (SPDX license string)
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@# quiet: setuptools' editable-install notice (a flat layout) is not for users of this checkout
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 test: setup

@@ -13,6 +13,7 @@ help:
 	@echo "make test      run the test suite (CPU; GPU tests skip without TensorRT)"
 	@echo "make test-all  also the slow tests"
 	@echo "make lint      ruff"
+	@echo "make triton-check  NVIDIA's tritonserver (nvidia-pytriton, own venv in $(TRITON_VENV)) serves export triton --flavour python; answers over HTTP and gRPC must equal edgecxr infer's"
 	@echo "make gpu-check on a machine with TensorRT: build, gate and time FP16/INT8 engines of both reference models (gpu-check-out/gpu-check.json)"
 	@echo "make setup     create $(VENV) and install edgecxr[$(EXTRAS)]"
 
@@ -61,6 +62,7 @@ TRITON_VENV ?= $(HOME)/.cache/edgecxr/triton-check/venv
 .PHONY: triton-check
 triton-check: setup
 	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	@$(TRITON_VENV)/bin/python -c "import pytriton, onnxruntime, cv2" 2>/dev/null || \
-		$(TRITON_VENV)/bin/pip install -q nvidia-pytriton onnxruntime numpy opencv-python-headless
+	@ort=$$($(PY) -c "import onnxruntime; print(onnxruntime.__version__)"); \
+	$(TRITON_VENV)/bin/python -c "import sys, pytriton, cv2, onnxruntime as o; sys.exit(o.__version__ != '$$ort')" 2>/dev/null || \
+		$(TRITON_VENV)/bin/pip install -q nvidia-pytriton "onnxruntime==$$ort" numpy opencv-python-headless
 	@$(PY) scripts/triton_check.py --triton-venv $(TRITON_VENV) $(TRITON_CHECK_ARGS)

@@ -3,7 +3,7 @@
 The repository is checked like the onnxruntime flavour's (configs parsed by Triton's ModelConfig
 protobuf, IO against the ONNX file) and the exported model.py runs under tests/export/triton_stub
 (a stand-in for Triton's util module). NVIDIA's real server runs it in `make triton-check`
-(scripts/triton_check.py; tests/export/test_triton_server.py where its venv exists).
+(scripts/triton_check.py; tests/export/test_triton_check.py where its venv exists).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 gated `model.onnx`. It is what a CPU-only Triton without the onnxruntime backend (the
 `nvidia-pytriton` wheel's server, a build without it) deploys, and how `make triton-check` runs
 NVIDIA's real server here. It needs numpy and onnxruntime in Triton's Python environment, not
-edgecxr, and it runs the file as `edgecxr infer` does on the CPU: full graph optimisation, and
+edgecxr (the Python the stub embeds, which ignores PYTHONPATH: docs/SERVING.md "The models' Python
+environment"), and it runs the file as `edgecxr infer` does on the CPU: full graph optimisation, and
 ONNX Runtime's exact int8 sums on a CPU without an integer dot-product instruction (the switch
 edgecxr.runtime.onnxrt sets there; without it a Q/DQ INT8 model's answers are not the gated ones).
 

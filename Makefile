@@ -66,3 +66,10 @@ triton-check: setup
 	$(TRITON_VENV)/bin/python -c "import sys, pytriton, cv2, onnxruntime as o; sys.exit(o.__version__ != '$$ort')" 2>/dev/null || \
 		$(TRITON_VENV)/bin/pip install -q nvidia-pytriton "onnxruntime==$$ort" numpy opencv-python-headless
 	@$(PY) scripts/triton_check.py --triton-venv $(TRITON_VENV) $(TRITON_CHECK_ARGS)
+
+# aarch64 acceptance run (scripts/arm64_check.py, docs/BENCHMARKS.md "aarch64 under emulation"): the wheels of
+# `make dist` in an emulated arm64 Debian root (QEMU_CPU like Jetson Orin's), answers compared with x86. Root,
+# qemu-user-static and debootstrap needed; minutes, not part of `make test`.
+.PHONY: arm64-check
+arm64-check: dist
+	@$(PY) scripts/arm64_check.py --wheels dist $(ARM64_CHECK_ARGS)

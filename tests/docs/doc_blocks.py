@@ -1,7 +1,8 @@
 """Shell blocks of README.md and docs/*.md, and the marker that says how the docs test runs each.
 
-A block is a fenced ```bash (or sh/shell/console) block. By default it is run as written, from the
-root of a fresh copy of the checkout, with `bash -eo pipefail`, and must exit 0. An HTML comment on
+A block is a fenced ```bash (or sh/shell/console) block, or a ```python block (run with the venv's
+Python, as a reader who pastes it would). By default it is run as written, from the root of a
+fresh copy of the checkout, with `bash -eo pipefail`, and must exit 0. An HTML comment on
 the line just above the fence changes that (it does not show on GitHub):
 
     <!-- docs-test: skip (starts a server; tests/serve covers it) -->   not run; the reason is required
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LANGS = ("bash", "sh", "shell", "console")
+LANGS = ("bash", "sh", "shell", "console", "python")
 _FENCE = re.compile(r"^```(\w+)?\s*$")
 _MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->\s*$")
 _BARE = re.compile(r"(^|[;&|(]\s*|\b(?:then|do|until|while|if|time|nohup)\s+)(edgecxr|python3?|pip3?)\s")
@@ -41,6 +42,7 @@ class Block:
     line: int  # 1-based line of the opening fence
     code: str
     options: dict[str, str] = field(default_factory=dict)
+    lang: str = "bash"
 
     @property
     def id(self) -> str:
@@ -64,7 +66,7 @@ class Block:
 
     def bare_commands(self) -> list[str]:
         """Lines that run a bare edgecxr/python/pip (allowed only in blocks marked `activate`)."""
-        if "activate" in self.options:
+        if "activate" in self.options or self.lang == "python":
             return []
         out = []
         for raw in self.code.splitlines():
@@ -116,7 +118,7 @@ def blocks(path: Path) -> list[Block]:
             above = lines[start - 1] if start > 0 else ""
             marker = _MARKER.match(above)
             options = parse_options(marker.group(1)) if marker else {}
-            found.append(Block(path, start + 1, "\n".join(lines[start + 1 : j]) + "\n", options))
+            found.append(Block(path, start + 1, "\n".join(lines[start + 1 : j]) + "\n", options, lang))
         i = j + 1
     return found
 

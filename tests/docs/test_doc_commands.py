@@ -89,7 +89,9 @@ def _env(copy: Path, block: Block) -> dict[str, str]:
 @pytest.mark.parametrize("block", [_params(b) for b in BLOCKS])
 def test_doc_block_runs_as_written_and_leaves_the_checkout_clean(block: Block, checkout_copy: Path):
     try:
-        done = subprocess.run(["bash", "-eo", "pipefail", "-c", block.code], cwd=checkout_copy,
+        argv = [str(checkout_copy / ".venv" / "bin" / "python"), "-c"] if block.lang == "python" else \
+            ["bash", "-eo", "pipefail", "-c"]
+        done = subprocess.run([*argv, block.code], cwd=checkout_copy,
                               env=_env(checkout_copy, block), capture_output=True, text=True,
                               timeout=block.timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:

@@ -99,6 +99,12 @@ class Server:
 # ------------------------------------------------------------------------------------------------
 # Clients
 # ------------------------------------------------------------------------------------------------
+
+def _note(phase: str, result: dict, keys: tuple[str, ...]) -> None:
+    """One progress line per phase on stderr (the whole result goes to --out and the report)."""
+    shown = ", ".join(f"{k} {result[k]}" for k in keys if k in result)
+    print(f"{phase}: {shown}", file=sys.stderr, flush=True)
+
 def _client(url: str):
     import tritonclient.http as th
 
@@ -227,7 +233,7 @@ def phase_throughput(model: str, paths: list[Path], levels: list[int], per_level
                    "mean_batch_s": round((s1 - s0) / max(b1 - b0, 1), 3),
                    "outcomes": dict(Counter(v if isinstance(v, str) else type(v).__name__ for v, _ in res))}
             rows.append(row)
-            print(row, file=sys.stderr)
+            _note(f"throughput {endpoint} c={c}", row, ("ips", "p50_ms", "p99_ms", "vs_in_process", "mean_batch"))
     finally:
         rc = server.stop()
         clf.close()
@@ -308,7 +314,7 @@ def phase_overload(model: str, paths: list[Path], total: int, args) -> dict:
            "server_overload_counter": overload, "batches": batches, "mean_batch_s": round(batch_s, 3),
            "wall_s": round(wall, 1),
            "exit_code": rc}
-    print(out, file=sys.stderr)
+    _note("overload", out, ("answers", "lost", "duplicated", "wrong_or_crossed", "503_without_retry_after", "exit_code"))
     return out
 
 
@@ -356,7 +362,7 @@ def phase_disconnects(model: str, paths: list[Path], n: int, args) -> dict:
     finally:
         rc = server.stop()
     out = {"half_body_then_close": n, "whole_body_then_close": n, **after, "exit_code": rc}
-    print(out, file=sys.stderr)
+    _note("disconnects", out, tuple(k for k in out if k not in ("half_body_then_close", "whole_body_then_close")))
     return out
 
 
@@ -402,7 +408,7 @@ def phase_memory(total: int, paths: list[Path]) -> dict:
            "rss_mb_max": round(max(mb for _, mb in samples), 1),
            "growth_after_warmup_mb": round(samples[-1][1] - base, 1),
            "samples": [(n, round(mb, 1)) for n, mb in samples], "exit_code": rc}
-    print({k: v for k, v in out.items() if k != "samples"}, file=sys.stderr)
+    _note("memory", out, ("requests", "ok", "rss_mb_after_1000", "rss_mb_end", "growth_after_warmup_mb", "exit_code"))
     return out
 
 

@@ -69,7 +69,7 @@ def test_summarize_and_stability():
     noisy = summarize([1.0, 1.2, 0.8, 1.0])
     assert noisy["coefficient_of_variance_pct"] == pytest.approx(100 * np.std([1, 1.2, 0.8, 1]) / 1.0, rel=1e-3)
     (warning,) = stability_warnings("latency", noisy)
-    assert "coefficient of variance" in warning and "2.5%" in warning
+    assert "coefficient of variation" in warning and "2.5%" in warning
     assert summarize([]) == {}
 
 
@@ -180,3 +180,24 @@ def test_compare_table_ratios_by_hand():
     assert by[("fast", 8)]["speedup"] == 2.5
     assert "speedup" not in by[("fast", 16)]  # no reference at that batch size
     assert compare_table([{"name": "x", "skipped": "no"}]) == []
+
+
+def test_bench_warnings_go_to_stderr_and_say_coefficient_of_variation(monkeypatch):
+    """stdout holds the report (or its JSON) alone, so `bench --json > out.json` stays parseable;
+    an unstable measurement is a warning on stderr, named with the right statistical term."""
+    from click.testing import CliRunner
+
+    import edgecxr.runtime.bench as bench
+    from edgecxr.cli import main
+
+    noisy = bench.summarize([1.0, 3.0, 1.0, 3.0])
+    (warning,) = bench.stability_warnings("latency at batch 1", noisy)
+    assert "coefficient of variation" in warning
+    report = {"model": "m", "backend": {"backend": "onnxruntime", "precision": "fp32", "artifact": "m.onnx"},
+              "results": [], "warnings": [warning]}
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: report)
+    for args in ([], ["--json"]):
+        res = CliRunner().invoke(main, ["bench", *args])
+        assert res.exit_code == 0, res.output
+        assert f"warning: {warning}" in res.stderr and "warning:" not in res.stdout
+    assert json.loads(CliRunner().invoke(main, ["bench", "--json"]).stdout)["warnings"] == [warning]

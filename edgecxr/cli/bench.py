@@ -86,6 +86,8 @@ def bench(
         log=_err,
     )
     text = json.dumps(report, indent=2)
+    for w in report.get("warnings", []):  # on stderr: stdout holds only the report (or its JSON)
+        _err(f"warning: {w}")
     if as_json:
         click.echo(text)
     else:

@@ -75,6 +75,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     for q in PERCENTILES:
         out[f"p{q}"] = percentile(values, q)
     out["std"] = std
+    # the coefficient of variation (std / mean); the key keeps trtexec's name for it
     out["coefficient_of_variance_pct"] = 100.0 * std / mean if mean > 0 else 0.0
     return {k: round(v, 4) for k, v in out.items()}
 
@@ -83,7 +84,7 @@ def stability_warnings(name: str, stats: dict[str, float], threshold: float = CV
     cv = stats.get("coefficient_of_variance_pct")
     if cv is not None and cv > threshold:
         return [
-            f"{name} is unstable: coefficient of variance {cv:.1f}% > {threshold}% "
+            f"{name} is unstable: coefficient of variation {cv:.1f}% > {threshold}% "
             "(close other programs, check thermal throttling, or run more iterations and a longer warm-up)"
         ]
     return []
@@ -411,6 +412,4 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         b = report.get("backend", {})
         block(f"{b.get('backend')} ({b.get('precision')}): {b.get('artifact')}", report)
-    for w in report.get("warnings", []):
-        lines.append(f"warning: {w}")
-    return "\n".join(lines)
+    return "\n".join(lines)  # warnings are the caller's to print, on stderr

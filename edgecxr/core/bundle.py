@@ -140,6 +140,11 @@ class Bundle:
             return path
         if must_exist:
             stage = kind(key).made_by
+            has = [k for k, n in (self.meta.get("artifacts") or {}).items() if n and (self.dir / n).exists()]
+            if stage == "export" and "keras" not in has:
+                # a shipped/registered model without its Keras file: `edgecxr export` cannot help
+                raise BundleError(f"{self.dir}: bundle has no {key} artifact, and no Keras model to make one from; "
+                                  f"it has {', '.join(has) or 'nothing'}")
             raise BundleError(f"{self.dir}: bundle has no {key} artifact; the {stage} stage makes it (`edgecxr {stage}`)")
         return None
 

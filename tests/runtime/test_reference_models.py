@@ -72,3 +72,16 @@ def test_shipped_artifacts_pass_their_gate_against_the_stored_reference(name, sh
     assert result.passed, result.failures
     recorded = bundle.meta["metrics"]["test"]["accuracy"]
     assert result.get(STORED_KEY).metrics["accuracy"] == pytest.approx(recorded, abs=1e-9)
+
+
+def test_asking_a_shipped_model_for_a_precision_it_lacks_names_what_it_has_not_an_impossible_export(examples):
+    """The reference bundles ship without model.keras, so `edgecxr export` cannot make their FP32;
+    the error used to suggest it anyway."""
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    res = CliRunner().invoke(main, ["infer", "--precision", "fp32", str(examples / "normal" / "kermany_IM-0122-0001.png")])
+    assert res.exit_code == 1
+    assert "no Keras model to make one from; it has onnx_fp16, onnx_int8" in res.stderr
+    assert "edgecxr export" not in res.stderr and "Traceback" not in res.output

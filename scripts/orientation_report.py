@@ -11,7 +11,9 @@ gate's reason names the kind (up to a left-right mirror: "turned 180 degrees" an
 top-bottom" are the same picture mirrored). None of this depends on a classifier. With --models,
 the whole product as `edgecxr infer` runs it (`Classifier.predict` on the decoded films): rejected,
 abstained (the model's OOD score) or answered. Also the gate's latency on this CPU (one film at a
-time: the gate's resize of a decoded film plus its ONNX Runtime run). Nothing is fitted here:
+time: the gate's resize of a decoded film plus its ONNX Runtime run), and what the pixel rules and
+the gate do with the section-2 OOD set (8 per kind of noise, text, photos, CT/MR/US/NM, made from
+`val`), which the gate was not made for. Nothing is fitted here:
 the gate's threshold was set on `val` when it was trained (scripts/train_orientation.py); `test`
 numbers are the report.
 
@@ -95,6 +97,24 @@ def product_rows(model: str, items: list) -> dict:
     return out
 
 
+def builtin_ood_rows(val_records: list) -> dict:
+    """The section-2 OOD set (stages/confidence/ood_set.from_records: 8 per kind, made from `val`): what the
+    pixel rules and the gate do with pictures that are not chest films at all (the gate was not made for them)."""
+    from edgecxr.stages.confidence import ood_set
+
+    gate = shipped_gate()
+    tally: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for item in ood_set.from_records(val_records):
+        row = tally[item.kind]
+        pixel = DEFAULT_RULES.check_pixels(item.image) is not None
+        upright = gate.check(item.image).upright
+        row["n"] += 1
+        row["pixel_rules"] += pixel
+        row["gate"] += not upright
+        row["either"] += pixel or not upright
+    return {k: dict(v) for k, v in tally.items()}
+
+
 def latency(films: list[np.ndarray], repeats: int = 3) -> dict:
     """ms per film, one at a time: the gate's own resize of the decoded film plus its ONNX run."""
     gate = shipped_gate()
@@ -147,6 +167,10 @@ def main() -> None:
         for model in args.models:
             print(f"  {model}: " + ", ".join(f"{k} {v['not_answered']:.1%} not answered" for k, v in out[split][model].items()
                                              if k != "runtime"))
+    out["builtin_ood"] = builtin_ood_rows(select(records, "val"))
+    print("\nbuilt-in OOD set (8 per kind): kind, n, pixel rules, gate, either")
+    for k, r in out["builtin_ood"].items():
+        print(f"  {k:9s} {r['n']:4d} {r['pixel_rules']:4d} {r['gate']:4d} {r['either']:4d}")
     print(f"\ngate latency: {out['latency']['total_ms']}")
     folder = REPO / "docs" / "results" if args.update_docs else args.out
     folder.mkdir(parents=True, exist_ok=True)

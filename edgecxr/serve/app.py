@@ -41,10 +41,15 @@ _MODEL_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?")
 
 def endpoint_label(path: str) -> str:
     """A request path as a metric label: the model name replaced, unknown paths lumped as 'other'."""
+    if path == "/v2/models/stats":  # every model's statistics, not a model named "stats"
+        return path
     label = _MODEL_PATH.sub("/v2/models/{name}", path)
+    if label.startswith("/v2/repository/models/"):
+        label = re.sub(r"^/v2/repository/models/[^/]+", "/v2/repository/models/{name}", label)
     known = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/v2/models/{name}",
-             "/v2/models/{name}/ready", "/v2/models/{name}/config", "/v2/models/{name}/infer", "/v1/classify",
-             "/metrics"}
+             "/v2/models/{name}/ready", "/v2/models/{name}/config", "/v2/models/{name}/infer",
+             "/v2/models/{name}/stats", "/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload",
+             "/v1/classify", "/metrics"}
     return label if label in known else "other"
 
 
@@ -100,7 +105,8 @@ async def _load_all(state: ServiceState) -> None:
             state.models[spec.name] = served
             for kind, run in (("tensors", served.run_tensors), ("images", served.run_prepared)):
                 batcher = DynamicBatcher(run, served.executor, cfg.max_batch, cfg.max_delay_ms / 1e3, cfg.max_queue,
-                                         on_batch=metrics.on_batch(spec.name, kind), max_wait_s=cfg.timeout_s)
+                                         on_batch=metrics.on_batch(spec.name, kind), max_wait_s=cfg.timeout_s,
+                                         on_run=served.stats.on_run)
                 batcher.start()
                 setattr(served, kind, batcher)
                 metrics.queue.labels(spec.name, kind).set_function(lambda b=batcher: b.pending)
@@ -141,14 +147,29 @@ async def _lifespan(app: Any):
         shutil.rmtree(state.tmpdir, ignore_errors=True)
 
 
+async def _json_http_error(request: Any, exc: Any) -> Any:
+    """Starlette's own refusals (no such route 404, wrong method 405) as the protocol's {"error": ...}:
+    Triton clients parse every error body as JSON (tritonclient: "Parse error at offset 1" on text)."""
+    from starlette.responses import JSONResponse
+
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path} (see GET /v2 and docs/SERVING.md)"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+
 def create_app(config: ServeConfig, on_ready: Callable[[ServiceState], None] | None = None,
                on_fatal: Callable[[ServiceState], None] | None = None) -> tuple[Any, ServiceState]:
     """The ASGI app (guarded) and its state; models load when the server starts it (lifespan)."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
 
     from edgecxr.serve import routes
 
     state = ServiceState(config, on_ready=on_ready, on_fatal=on_fatal)
-    inner = Starlette(routes=routes.ROUTES, lifespan=_lifespan)
+    inner = Starlette(routes=routes.ROUTES, lifespan=_lifespan, exception_handlers={HTTPException: _json_http_error})
     inner.state.service = state
     return Guard(inner, state), state

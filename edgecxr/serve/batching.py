@@ -65,18 +65,21 @@ class DynamicBatcher:
         max_delay_s: longest the oldest queued row waits for others before its batch runs.
         max_queue: most rows admitted and not yet answered; more are refused with Overloaded.
         on_batch: called with (rows, seconds) after each batch (metrics).
+        on_run: called after each batch with (each part's seconds in the queue, rows, seconds, ok)
+            (the per-model statistics of stats.py).
         max_wait_s: refuse rows whose expected wait behind the queue is longer (the request
             timeout: better a 503 now than a 504 after a model run nobody receives); None: no limit.
     """
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], executor: Executor, max_batch: int,
                  max_delay_s: float, max_queue: int, on_batch: Callable[[int, float], None] | None = None,
-                 max_wait_s: float | None = None):
+                 max_wait_s: float | None = None,
+                 on_run: Callable[[list[float], int, float, bool], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay_s >= 0")
         self.run, self.executor = run, executor
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
-        self.on_batch = on_batch
+        self.on_batch, self.on_run = on_batch, on_run
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
         self.pending = 0  #: rows admitted and not yet answered (queued or running)
@@ -200,7 +203,9 @@ class DynamicBatcher:
         if not batch:
             return
         rows = [item for e in batch for item in e.items]
+        waits = [time.monotonic() - e.enqueued for e in batch]
         t0 = time.perf_counter()
+        ok = False
         try:
             results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, rows)
             if len(results) != len(rows):
@@ -210,6 +215,7 @@ class DynamicBatcher:
                 if not e.future.done():
                     e.future.set_exception(exc)
         else:
+            ok = True
             at = 0
             for e in batch:
                 if not e.future.done():  # a request cancelled while running: its result is dropped
@@ -224,3 +230,5 @@ class DynamicBatcher:
             self.stats.largest = max(self.stats.largest, len(rows))
             if self.on_batch is not None:
                 self.on_batch(len(rows), seconds)
+            if self.on_run is not None:
+                self.on_run(waits, len(rows), seconds, ok)

@@ -24,10 +24,13 @@ import numpy as np
 from edgecxr.core.errors import BundleError
 from edgecxr.runtime.base import PROBABILITIES
 from edgecxr.serve.batching import DynamicBatcher
+from edgecxr.serve.stats import ModelStats
 
 #: a served model name (URL path segment): what `edgecxr models add` accepts
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VERSION = "1"
+#: names that would be read as a route, not a model (Triton's URL space has the same ambiguity)
+RESERVED = frozenset({"stats"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ModelSpec:
             path = Path(text).expanduser()
             name = text if not path.exists() else (path.name if path.is_dir() else path.stem)
         name = name.strip().lower()
+        if name in RESERVED:
+            raise BundleError(f"model name {name!r} is reserved (GET /v2/models/stats: every model's statistics); "
+                              "give NAME=PATH", params=("models",))
         if not NAME.match(name):
             raise BundleError(f"model name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-' (or give NAME=PATH)",
                               params=("models",))
@@ -71,10 +77,17 @@ class ServedModel:
     warm_up_s: float = 0.0  #: the warm-up batch of two, for the first Retry-After estimates
     #: runner output name -> served name: the model file's own first output name for the probabilities
     output_alias: dict[str, str] = field(default_factory=dict)
+    stats: ModelStats = field(default_factory=ModelStats)  #: Triton's statistics extension (stats.py)
 
     @property
     def input_shape(self) -> list[int]:
         return [-1, *self.classifier.spec.input_shape]
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        """Output name -> class names, for the classification extension: the probabilities output has
+        the model's classes (as `labels.txt` in `edgecxr export triton`), other outputs none."""
+        return {self.output_alias.get(PROBABILITIES, PROBABILITIES): list(self.classifier.classes)}
 
     def run_tensors(self, rows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """One batch of preprocessed rows through the runner: every output by its served name, split per row."""

@@ -8,13 +8,24 @@ a 150x150x3 FP32 tensor is 270 kB raw against ~1.5 MB of JSON text that costs fa
 Outputs are encoded the way the request asked (per output `parameters.binary_data`, or the
 request-wide `binary_data_output`), as Triton does.
 
+Triton's classification extension: an output requested with `parameters.classification` K
+(tritonclient's `class_count`) comes back as BYTES of shape [batch, min(K, classes)], each element
+"value:index:label" for the K highest values of its row, highest first, the value printed as Triton
+prints it (C++ `std::to_string`, i.e. "%f"), the label where the output has labels (the
+probabilities: the model's classes, as `labels.txt` of `edgecxr export triton`) and
+"value:index" elsewhere. BYTES elements are JSON strings, or in binary each a 4-byte little-endian
+length and its bytes.
+
 Only what an image classifier takes is accepted: FP32 inputs (FP16/FP64 are not converted behind
-the client's back), no BYTES tensors, no compressed bodies (Content-Encoding).
+the client's back), no BYTES inputs. Compressed bodies are decoded before they get here
+(state.read_body, compression.py).
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +41,19 @@ class ProtocolError(ValueError):
     """A malformed or unsupported infer request (the service answers 400 with the message)."""
 
 
+@dataclass(frozen=True)
+class WantedOutput:
+    """One requested output: binary or JSON, and the classification count (0: the raw tensor)."""
+
+    binary: bool
+    classification: int = 0
+
+
 @dataclass
 class InferRequest:
     id: str | None
     inputs: dict[str, np.ndarray]
-    outputs: dict[str, bool] | None  #: requested output name -> binary; None: all, encoded as binary_default
+    outputs: dict[str, WantedOutput] | None  #: requested outputs by name; None: all, raw, as binary_default
     binary_default: bool
 
 
@@ -73,6 +92,14 @@ def _flag(params: dict[str, Any], key: str, where: str, default: bool) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
         raise ProtocolError(f"{where}parameters.{key} must be true or false, got {value!r}"[:200])
+    return value
+
+
+def _count(params: dict[str, Any], where: str) -> int:
+    """parameters.classification: a non-negative integer (0, as absent, asks for the raw tensor)."""
+    value = params.get("classification", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{where}parameters.classification must be a non-negative integer, got {value!r}"[:200])
     return value
 
 
@@ -136,25 +163,69 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError("each requested output needs a 'name'")
             where = f"output {out['name']!r}: "
-            outputs[out["name"]] = _flag(_params(out, where), "binary_data", where, binary_default)
+            params = _params(out, where)
+            outputs[out["name"]] = WantedOutput(_flag(params, "binary_data", where, binary_default),
+                                                _count(params, where))
     rid = doc.get("id")
     if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool)):
         raise ProtocolError(f"'id' must be a string, got {type(rid).__name__}")
     return InferRequest(None if rid is None else str(rid), inputs, outputs, binary_default)
 
 
-def encode_infer_response(model: str, version: str, request: InferRequest,
-                          outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: JSON, or JSON + binary outputs where they were asked so."""
-    wanted = request.outputs if request.outputs is not None else {n: request.binary_default for n in outputs}
+def classify(array: np.ndarray, count: int, labels: Sequence[str] | None = None) -> np.ndarray:
+    """Triton's classification of an output: per batch row its `count` highest values, highest first,
+    as "value:index[:label]" strings (object array [batch, min(count, row size)]); ties keep index order."""
+    rows = np.asarray(array, dtype=np.float32).reshape(len(array), -1)
+    k = min(count, rows.shape[1])
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    out = np.empty((len(rows), k), dtype=object)
+    for i, row in enumerate(order):
+        for j, index in enumerate(row):
+            text = f"{float(rows[i, index]):f}:{index}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            out[i, j] = text
+    return out
+
+
+def _bytes_raw(strings: np.ndarray) -> bytes:
+    """BYTES elements in the binary tensor extension: each a 4-byte little-endian length, then its bytes."""
+    parts = []
+    for s in strings.ravel():
+        data = s.encode()
+        parts += [struct.pack("<I", len(data)), data]
+    return b"".join(parts)
+
+
+def encode_infer_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray],
+                          labels: Mapping[str, Sequence[str]] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or JSON + binary outputs where they were asked so.
+
+    `labels`: output name -> class names, for "value:index:label" in classification answers.
+    """
+    wanted = request.outputs
+    if wanted is None:
+        wanted = {n: WantedOutput(request.binary_default) for n in outputs}
     unknown = [n for n in wanted if n not in outputs]
     if unknown:
         raise ProtocolError(f"unknown output(s) {unknown}; this model has {list(outputs)}")
     entries, blobs = [], []
-    for name, as_binary in wanted.items():
+    for name, want in wanted.items():
+        entry: dict[str, Any]
+        if want.classification:
+            strings = classify(outputs[name], want.classification, (labels or {}).get(name))
+            entry = {"name": name, "datatype": "BYTES", "shape": list(strings.shape)}
+            if want.binary:
+                raw = _bytes_raw(strings)
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                blobs.append(raw)
+            else:
+                entry["data"] = strings.ravel().tolist()
+            entries.append(entry)
+            continue
         array = np.ascontiguousarray(outputs[name], dtype=np.float32)
-        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
-        if as_binary:
+        entry = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        if want.binary:
             raw = array.astype("<f4", copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

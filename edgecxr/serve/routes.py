@@ -1,5 +1,10 @@
 """The routes: the Open Inference Protocol (/v2/...), /v1/classify for encoded images, and /metrics.
 
+Of Triton's extensions, those in EXTENSIONS (binary tensors, classification, model configuration,
+statistics) and compressed bodies both ways; the repository index is answered, load of a served
+model is a no-op and unload is refused (models are fixed at start), so `model_repository` is not
+advertised. Any other path is a JSON 404 (app.py), never plain text.
+
 /v2/models/NAME/infer takes a preprocessed FP32 NHWC tensor (as `edgecxr.preprocess` makes it, or
 as a client that moves to Triton would send it) and returns the model's raw outputs. /v1/classify
 takes the image or DICOM file itself (raw body, or multipart with one file) and answers with
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,14 +26,22 @@ from typing import Any
 import numpy as np
 
 from edgecxr.serve.batching import Overloaded
+from edgecxr.serve.compression import compress, response_encoding
 from edgecxr.serve.models import VERSION, ServedModel
 from edgecxr.serve.protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
 from edgecxr.serve.state import HTTPError, ServiceState, answer, endpoint, read_body
+from edgecxr.serve.stats import ModelStats
 
 #: bodies larger than this are parsed in a worker thread, not on the event loop
 _PARSE_IN_THREAD = 64 << 10
 #: upload suffixes kept on the temporary file (a DICOM without preamble is recognised by suffix)
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+#: the Triton protocol extensions GET /v2 advertises: each one is implemented and tested
+#: (tests/serve/test_triton_extensions.py). Not `model_repository`: models are fixed when the
+#: service starts, so load / unload are refused (the index is answered all the same).
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
+#: why load / unload are refused
+_FIXED = "models are fixed when the server starts (edgecxr serve -m NAME=PATH ...); restart it to change them"
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
@@ -57,8 +71,7 @@ async def ready(request: Any, state: ServiceState) -> Any:
 async def server_metadata(request: Any, state: ServiceState) -> Any:
     from edgecxr.core.version import __version__
 
-    return _json({"name": "edgecxr", "version": __version__,
-                  "extensions": ["binary_tensor_data", "model_configuration", "model_repository"]})
+    return _json({"name": "edgecxr", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 @endpoint
@@ -69,6 +82,48 @@ async def repository_index(request: Any, state: ServiceState) -> Any:
         rows.append({"name": spec.name, "version": VERSION,
                      "state": "READY" if served is not None and served.ready else "LOADING"})
     return _json(rows)
+
+
+@endpoint
+async def repository_load(request: Any, state: ServiceState) -> Any:
+    """Triton's load: a served model is loaded already (200, nothing reloaded); anything else is refused."""
+    name = request.path_params["name"]
+    body = await read_body(request, state)
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except ValueError:
+        raise HTTPError(400, "the load request is not valid JSON") from None
+    overrides = doc.get("parameters") if isinstance(doc, dict) else None
+    if name not in {m.name for m in state.config.models}:
+        raise HTTPError(403, f"cannot load {name!r}: {_FIXED}")
+    if overrides:
+        raise HTTPError(403, f"cannot load {name!r} with a new config or files: {_FIXED}")
+    state.model(name)  # 503 + Retry-After while it is still loading
+    return _json({})
+
+
+@endpoint
+async def repository_unload(request: Any, state: ServiceState) -> Any:
+    raise HTTPError(403, f"cannot unload {request.path_params['name']!r}: {_FIXED}")
+
+
+@endpoint
+async def model_stats(request: Any, state: ServiceState) -> Any:
+    """Triton's statistics extension: every model's, or one model's (its one version)."""
+    params = request.path_params
+    names = [m.name for m in state.config.models]
+    if "name" in params:
+        if params["name"] not in names:
+            raise HTTPError(404, f"unknown model {params['name']!r}; served: {names}")
+        if params.get("version") not in (None, "", VERSION):
+            raise HTTPError(404, f"model {params['name']!r} has no version {params['version']!r} (only {VERSION})")
+        names = [params["name"]]
+    rows = []
+    for name in names:
+        served = state.models.get(name)
+        stats = served.stats if served is not None else ModelStats()
+        rows.append(stats.document(name, VERSION))
+    return _json({"model_stats": rows})
 
 
 def _served(request: Any, state: ServiceState) -> ServedModel:
@@ -139,20 +194,30 @@ async def infer(request: Any, state: ServiceState) -> Any:
     from starlette.responses import Response
 
     served = _served(request, state)
-    if request.headers.get("content-encoding", "identity").lower() != "identity":
-        raise HTTPError(415, "compressed request bodies are not accepted; send them uncompressed")
     _refuse_if_full(state, served, served.tensors)  # before reading and parsing a body that cannot be queued
-    body = await read_body(request, state)
-    header_length = request.headers.get(HEADER_LENGTH)
+    t0 = time.perf_counter()
+    body = await read_body(request, state)  # gzip / deflate decoded here
+    header_length = request.headers.get(HEADER_LENGTH)  # the length of the JSON part once decoded
     if len(body) > _PARSE_IN_THREAD:
         req = await asyncio.to_thread(parse_infer_request, body, header_length)
     else:
         req = parse_infer_request(body, header_length)
     x = _check_input(served, req.inputs)
     assert served.tensors is not None
-    rows = await answer(request, state, _admitted(state, served, served.tensors.submit(list(x))))
-    outputs = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
-    content, headers = encode_infer_response(served.name, VERSION, req, outputs)
+    ok = False  # from here on the request counts in the model's statistics (a malformed one never does, as on Triton)
+    try:
+        rows = await answer(request, state, _admitted(state, served, served.tensors.submit(list(x))))
+        outputs = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+        content, headers = encode_infer_response(served.name, VERSION, req, outputs, served.labels)
+        ok = True
+    finally:
+        served.stats.on_request(ok, time.perf_counter() - t0)
+    encoding = response_encoding(request.headers.get("accept-encoding"))
+    if encoding is not None:  # as Triton: the answer compressed when the client asks (tritonclient's
+        # response_compression_algorithm); Inference-Header-Content-Length still counts the decoded JSON
+        content = await asyncio.to_thread(compress, content, encoding) if len(content) > _PARSE_IN_THREAD \
+            else compress(content, encoding)
+        headers = {**headers, "content-encoding": encoding, "vary": "accept-encoding"}
     return Response(content, headers=headers)
 
 
@@ -202,6 +267,7 @@ def _prepare_bytes(data: bytes, name: str, served: ServedModel, folder: str) -> 
 async def classify(request: Any, state: ServiceState) -> Any:
     from edgecxr.runtime.results import results_document
 
+    t0 = time.perf_counter()
     served = state.model(request.query_params.get("model"))
     images = served.images
     assert images is not None and state.tmpdir is not None
@@ -211,8 +277,13 @@ async def classify(request: Any, state: ServiceState) -> Any:
         raise HTTPError(400, "empty body: send an image or DICOM file (raw body or multipart)")
     data, name = await _upload(request, body)
     pred, tensor = await asyncio.to_thread(_prepare_bytes, data, name, served, state.tmpdir)
-    if tensor is not None:
-        (pred,) = await answer(request, state, _admitted(state, served, images.submit([(pred, tensor)])))
+    if tensor is not None:  # only inputs that reach the model count in its statistics, as on Triton
+        ok = False
+        try:
+            (pred,) = await answer(request, state, _admitted(state, served, images.submit([(pred, tensor)])))
+            ok = True
+        finally:
+            served.stats.on_request(ok, time.perf_counter() - t0)
     state.metrics.predictions.labels(served.name, pred.status).inc()  # "failed" when pred.error is set
     clf = served.classifier
     doc = results_document([pred], clf.audit, clf.classes, backend=clf.backend_info)
@@ -229,6 +300,9 @@ def _routes() -> list[Any]:
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
         Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
+        Route("/v2/models/stats", model_stats),  # before /v2/models/{name}, which it would match
         Route("/v1/classify", classify, methods=["POST"]),
         Route("/metrics", metrics),
     ]
@@ -237,6 +311,7 @@ def _routes() -> list[Any]:
             Route(base, model_metadata),
             Route(f"{base}/ready", model_ready),
             Route(f"{base}/config", model_config),
+            Route(f"{base}/stats", model_stats),
             Route(f"{base}/infer", infer, methods=["POST"]),
         ]
     return out

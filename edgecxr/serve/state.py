@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgecxr.serve.batching import Overloaded
+from edgecxr.serve.compression import EncodingError, decompress, request_encoding
 from edgecxr.serve.config import ServeConfig
 from edgecxr.serve.metrics import Metrics
 from edgecxr.serve.models import ServedModel
 from edgecxr.serve.protocol import ProtocolError
 
 log = logging.getLogger("edgecxr.serve")
+
+#: compressed bodies larger than this are decompressed in a worker thread, not on the event loop
+_INFLATE_IN_THREAD = 16 << 10
 
 
 class HTTPError(Exception):
@@ -68,10 +72,16 @@ class ServiceState:
 # Request helpers: body limits, timeouts, disconnects
 # ------------------------------------------------------------------------------------------------
 async def read_body(request: Any, state: ServiceState) -> bytes:
-    """The whole body, refused with 413 past the size limit and 408 if it is slower than the timeout."""
+    """The whole body, decoded (Content-Encoding gzip / deflate, as Triton accepts); refused with 413
+    past the size limit (compressed as sent, and again decompressed), 408 if it is slower than the
+    timeout, 415 for an encoding other than gzip, deflate or identity."""
     from starlette.requests import ClientDisconnect
 
     limit = state.config.max_body_bytes
+    try:
+        encoding = request_encoding(request.headers.get("content-encoding"))
+    except EncodingError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
@@ -86,13 +96,21 @@ async def read_body(request: Any, state: ServiceState) -> bytes:
         return b"".join(chunks)
 
     try:
-        return await asyncio.wait_for(collect(), state.config.timeout_s)
+        body = await asyncio.wait_for(collect(), state.config.timeout_s)
     except asyncio.TimeoutError:
         state.metrics.timeouts.inc()
         raise HTTPError(408, f"the request body did not arrive within {state.config.timeout_s:g} s") from None
     except ClientDisconnect:
         state.metrics.disconnects.inc()
         raise ClientGone() from None
+    if encoding is None:
+        return body
+    try:
+        if len(body) > _INFLATE_IN_THREAD:
+            return await asyncio.to_thread(decompress, body, encoding, limit)
+        return decompress(body, encoding, limit)
+    except EncodingError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
 
 
 async def _disconnected(request: Any) -> None:

@@ -18,7 +18,7 @@ from edgecxr.runtime.prediction import Prediction
 
 #: the run-level audit fields, in the order the CSV and the table footer show them
 AUDIT_FIELDS = ("model", "artifact_sha256", "precision", "backend", "preprocess", "temperature", "ood_threshold",
-                "edgecxr_version")
+                "orientation_gate", "edgecxr_version")
 #: the DICOM UIDs a prediction may carry, as CSV columns
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -81,7 +81,7 @@ def predictions_csv(preds: Sequence[Prediction], classes: Sequence[str], audit: 
     # "\n" line terminator), which readers then take for a line break: quote such rows whole.
     quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(["source", "label", "top1", *[f"p_{c}" for c in classes], "preprocess_ms", "inference_ms", "error",
-                     "status", "reason", "ood_score", "input_sha256", *UID_COLUMNS, "time", *AUDIT_FIELDS])
+                     "status", "reason", "ood_score", "orientation", "input_sha256", *UID_COLUMNS, "time", *AUDIT_FIELDS])
     run = ["" if audit.get(k) is None else str(audit[k]) for k in AUDIT_FIELDS]
     for p in preds:
         probs = [f"{p.probabilities[c]:.6f}" if c in p.probabilities else "" for c in classes]
@@ -89,7 +89,8 @@ def predictions_csv(preds: Sequence[Prediction], classes: Sequence[str], audit: 
         uids = [(p.dicom or {}).get(k, "") for k in UID_COLUMNS]
         ood = "" if p.ood_score is None else f"{p.ood_score:.4f}"
         row = [str(p.source), p.label or "", top1, *probs, f"{p.preprocess_ms:.3f}", f"{p.inference_ms:.3f}", p.error or "",
-               p.status, p.reason or "", ood, p.input_sha256 or "", *uids, p.time, *run]
+               p.status, p.reason or "", ood, getattr(p, "orientation", None) or "", p.input_sha256 or "", *uids, p.time,
+               *run]
         (quoted if any("\r" in field for field in row) else writer).writerow(row)
     return buf.getvalue()
 
@@ -131,6 +132,7 @@ def audit_footer(audit: Mapping[str, Any]) -> str:
         f"preprocess {audit.get('preprocess')}",
         "temperature " + ("none" if temp is None else f"{temp:.3f}"),
         "OOD threshold " + ("none" if ood is None else f"{ood:.4g}"),
+        "orientation gate " + str(audit.get("orientation_gate") or "off").split(":")[0],
         f"edgecxr {audit.get('edgecxr_version')}",
     ]
     return "audit: " + " | ".join(parts)

@@ -23,9 +23,16 @@ Pixel data and the other groups never enter the reference, so it is small to cop
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from edgecxr.dicom.outputs import is_uid
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_uid(value: str) -> bool:
+    """A syntactically valid DICOM UID (digits and dots, at most 64 characters): safe as a file name."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
+
 
 #: Type 1 attributes of the source that a result references; no valid value: the result cannot be made
 TYPE1 = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.fileutil import atomic_write_bytes
+from edgecxr.dicom.attributes import is_uid  # noqa: F401  (spool, watch, node and sc take it from here)
 from edgecxr.runtime.prediction import Prediction
 
 #: builder(prediction, Classifier.audit, source Dataset, classes) -> the result Dataset
@@ -49,14 +49,6 @@ class ResultKind:
 RESULT_KINDS: dict[str, ResultKind] = {
     "sr": ResultKind("sr", ".sr.dcm", _build_sr, "Comprehensive SR (TID 1500) with classes, probabilities, status"),
 }
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def is_uid(value: str) -> bool:
-    """A syntactically valid DICOM UID (digits and dots, at most 64 characters): safe as a file name."""
-    return 0 < len(value) <= 64 and bool(_UID.match(value))
-
 
 def result_path(folder: Path, source_uid: str, kind: str = "sr") -> Path:
     """Where the `kind` result of the source instance `source_uid` is written in `folder`."""

@@ -19,7 +19,6 @@ first.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -34,60 +33,10 @@ from edgecxr.core.fileutil import recorded_path
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.core.version import __version__
 from edgecxr.runtime.store import DEFAULT_MODEL
+from edgecxr.runtime.timing import CV_WARN_PCT, PERCENTILES, percentile, stability_warnings, summarize  # noqa: F401
 
-#: coefficient of variation (std / mean of latency) above which results are flagged as unstable
-CV_WARN_PCT = 2.5
-PERCENTILES = (90, 95, 99)
 #: what a comparison accepts: the artifact keys of core.artifacts
 COMPARE_NAMES = tuple(BY_KEY)  #: keras, onnx_fp32, onnx_fp16, onnx_int8, engine
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """q-th percentile (0..100) with linear interpolation between order statistics (numpy's default).
-
-    Written out rather than calling np.percentile so the definition in the JSON is unambiguous and
-    tested; it matches np.percentile(values, q, method="linear").
-    """
-    if not len(values):
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be in [0, 100], got {q}")
-    data = sorted(float(v) for v in values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """trtexec-style summary of a list of milliseconds; empty input gives {}."""
-    if not len(values):
-        return {}
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean())
-    std = float(arr.std())
-    out = {
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "mean": mean,
-        "median": percentile(values, 50),
-    }
-    for q in PERCENTILES:
-        out[f"p{q}"] = percentile(values, q)
-    out["std"] = std
-    # the coefficient of variation (std / mean); the key keeps trtexec's name for it
-    out["coefficient_of_variance_pct"] = 100.0 * std / mean if mean > 0 else 0.0
-    return {k: round(v, 4) for k, v in out.items()}
-
-
-def stability_warnings(name: str, stats: dict[str, float], threshold: float = CV_WARN_PCT) -> list[str]:
-    cv = stats.get("coefficient_of_variance_pct")
-    if cv is not None and cv > threshold:
-        return [
-            f"{name} is unstable: coefficient of variation {cv:.1f}% > {threshold}% "
-            "(close other programs, check thermal throttling, or run more iterations and a longer warm-up)"
-        ]
-    return []
 
 
 def synthetic_batch(spec: PreprocessSpec, batch: int, seed: int = 0) -> np.ndarray:

@@ -321,14 +321,14 @@ def gate_and_check(image: np.ndarray, tensor: np.ndarray, spec: Any, rules: Any,
 def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s: float = 0.5,
                folder: str | Path | None = None) -> dict[str, Any]:
     """The gate's cost per film, one at a time, as `inputs.prepare` pays it: its resize of the decoded
-    film (`gate_input`) and its ONNX Runtime run; trtexec-style summaries (runtime.bench.summarize).
+    film (`gate_input`) and its ONNX Runtime run; trtexec-style summaries (runtime.timing.summarize).
 
     `image` None: a synthetic 2048 x 2048 uint16 film (a large detector's size: the resize is the
     part that grows with the film).
     """
     import time
 
-    from edgecxr.runtime.bench import summarize
+    from edgecxr.runtime.timing import summarize
 
     gate = shipped_gate(folder)
     if image is None:

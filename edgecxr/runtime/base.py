@@ -37,6 +37,9 @@ class Runner(abc.ABC):
     name: ClassVar[str] = ""
     #: what the file is, for "not found" messages
     kind: ClassVar[str] = "model"
+    #: a runtime that runs the files the artifact table gives another backend (OpenVINO runs the ONNX
+    #: files of "onnxruntime"), not kinds of its own; None for the table's own backends
+    runs_files_of: ClassVar[str | None] = None
 
     def __init__(self, path: str | Path, **options: Any):
         self.path = Path(path)

@@ -55,6 +55,7 @@ class OpenVINORunner(Runner):
 
     name = "openvino"
     kind = "ONNX model"
+    runs_files_of = "onnxruntime"
 
     @classmethod
     def availability(cls) -> str | None:

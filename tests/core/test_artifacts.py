@@ -9,7 +9,12 @@ from edgecxr.runtime.select import BACKENDS
 
 
 def test_every_backend_of_the_table_has_a_runner_and_the_reverse():
-    assert {k.backend for k in artifacts.KINDS} == set(RUNNERS)
+    """Each table backend has a runner; each other runner says whose files it runs (OpenVINO: the
+    ONNX files of onnxruntime), so a new runtime cannot appear without a place in the table."""
+    own = {name for name, cls in RUNNERS.items() if cls.runs_files_of is None}
+    assert {k.backend for k in artifacts.KINDS} == own
+    assert {cls.runs_files_of for cls in RUNNERS.values() if cls.runs_files_of} <= own
+    assert RUNNERS["openvino"].runs_files_of == "onnxruntime"
     assert set(BACKENDS) == {"auto", *RUNNERS}
 
 

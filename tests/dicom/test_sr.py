@@ -42,6 +42,7 @@ def test_sr_reads_back_with_the_source_uids_and_probabilities(clf, tmp_path):
     assert got.probabilities == pytest.approx(pred.probabilities, abs=1e-9)
     assert got.model == clf.audit["model"] and got.edgecxr_version == clf.audit["edgecxr_version"]
     assert got.parameters["artifact_sha256"] == clf.audit["artifact_sha256"]
+    assert got.parameters.get("orientation_gate") == clf.audit.get("orientation_gate")  # the gate is in the audit trail
     assert got.input_sha256 == pred.input_sha256
     # the standard codes are in the file, not only in our reader: the answer is the one finding,
     # every class probability a numeric measurement (method DCM Probability) named by the class's code

@@ -155,3 +155,29 @@ def infer_in_batches(
     starts = range(0, len(x), batch_size)
     bar = tqdm(starts, desc="inference", disable=None if progress else True, unit="batch", leave=False)
     return np.concatenate([np.asarray(infer(x[i : i + batch_size]), dtype=np.float32) for i in bar], axis=0)
+
+
+class OnnxFileIO:
+    """What the runners of ONNX files (onnxruntime, openvino) share once loaded: one input, the
+    probabilities first and an optional `features` output, and the shapes and output names they
+    report. `_set_io` checks the contract and records them; the accessors read what it recorded."""
+
+    path: Path
+    loaded: bool
+
+    def _set_io(self, n_inputs: int, outputs: list[str], input_shape: tuple[Any, ...],
+                output_shape: tuple[Any, ...]) -> None:
+        if n_inputs != 1 or not outputs or outputs[1:] not in ([], [FEATURES]):
+            raise BundleError(f"{self.path}: expected 1 input and 1 output (plus an optional {FEATURES!r}), got "
+                              f"{n_inputs} inputs and outputs {outputs}")
+        self._outputs = list(outputs)
+        self.input_shape = input_shape
+        self.output_shape = output_shape
+
+    def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        if not self.loaded:
+            return None, None
+        return self.input_shape, self.output_shape
+
+    def output_names(self) -> list[str] | None:
+        return list(self._outputs) if self.loaded else None

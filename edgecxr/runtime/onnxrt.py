@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import BackendUnavailableError, BundleError
-from edgecxr.runtime.base import FEATURES, Runner
+from edgecxr.runtime.base import OnnxFileIO, Runner
 
 #: ONNX Runtime's switch to exact int8 products on x86 CPUs without an integer dot-product instruction
 #: (AVX2, AVX-512 without VNNI). Its default u8s8 kernels add pairs of products in saturating 16-bit
@@ -37,7 +37,7 @@ def session_options(optimize: bool = True) -> Any:
     return so
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(OnnxFileIO, Runner):
     """Runs an ONNX file (FP32, FP16 with FP32 I/O, or Q/DQ INT8) with onnxruntime.
 
     Options:
@@ -81,14 +81,9 @@ class OnnxRuntimeRunner(Runner):
             raise BundleError(f"{self.path}: onnxruntime cannot load this model: {why}") from exc
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
-        extra = [o.name for o in outputs[1:]]
-        if len(inputs) != 1 or not outputs or extra not in ([], [FEATURES]):
-            raise BundleError(f"{self.path}: expected 1 input and 1 output (plus an optional {FEATURES!r}), got "
-                              f"{len(inputs)} inputs and outputs {[o.name for o in outputs]}")
+        self._set_io(len(inputs), [o.name for o in outputs], tuple(inputs[0].shape) if inputs else (),
+                     tuple(outputs[0].shape) if outputs else ())
         self.input_name = inputs[0].name
-        self._outputs = [o.name for o in outputs]
-        self.input_shape = tuple(inputs[0].shape)
-        self.output_shape = tuple(outputs[0].shape)
 
     def _cpu_model(self, device: str) -> str | bytes:
         """The model ONNX Runtime loads: the file, or on a CPU with FP16 arithmetic an FP16 file up-cast to
@@ -119,14 +114,6 @@ class OnnxRuntimeRunner(Runner):
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BundleError(f"{self.path}: onnxruntime could not run the model on a batch of {batch.shape}: {why}") from exc
         return dict(zip(self._outputs, values, strict=True))
-
-    def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
-        if not self.loaded:
-            return None, None
-        return self.input_shape, self.output_shape
-
-    def output_names(self) -> list[str] | None:
-        return list(self._outputs) if self.loaded else None
 
     def embedded_metadata(self) -> dict[str, str]:
         if not self.loaded:

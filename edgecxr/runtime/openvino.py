@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import BundleError, MissingDependencyError
-from edgecxr.runtime.base import FEATURES, Runner
+from edgecxr.runtime.base import FEATURES, OnnxFileIO, Runner
 
 #: what `pip install` gives this backend (the one line users see when it is missing)
 INSTALL_HINT = "pip install 'edgecxr[openvino]'"
@@ -45,7 +45,7 @@ def require_openvino() -> Any:
     return ov
 
 
-class OpenVINORunner(Runner):
+class OpenVINORunner(OnnxFileIO, Runner):
     """Runs an ONNX file on OpenVINO's CPU plugin.
 
     Options:
@@ -78,12 +78,9 @@ class OpenVINORunner(Runner):
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line C++ trace
             raise BundleError(f"{self.path}: openvino cannot load this model: {_first_line(exc)}") from exc
         inputs, outputs = self.compiled.inputs, self.compiled.outputs
-        self._outputs = [FEATURES if FEATURES in o.get_names() else o.get_any_name() for o in outputs]
-        if len(inputs) != 1 or not outputs or self._outputs[1:] not in ([], [FEATURES]):
-            raise BundleError(f"{self.path}: expected 1 input and 1 output (plus an optional {FEATURES!r}), got "
-                              f"{len(inputs)} inputs and outputs {self._outputs}")
-        self.input_shape = _shape(inputs[0].get_partial_shape())
-        self.output_shape = _shape(outputs[0].get_partial_shape())
+        self._set_io(len(inputs), [FEATURES if FEATURES in o.get_names() else o.get_any_name() for o in outputs],
+                     _shape(inputs[0].get_partial_shape()) if inputs else (),
+                     _shape(outputs[0].get_partial_shape()) if outputs else ())
         self._props = _onnx_props(self.path)
         self._local = threading.local()  # an infer request is not thread-safe: one per calling thread
 
@@ -102,14 +99,6 @@ class OpenVINORunner(Runner):
                               f"{_first_line(exc)}") from exc
         outs = list(values.values())  # in the compiled model's output order
         return {name: np.array(v, dtype=np.float32, copy=True) for name, v in zip(self._outputs, outs, strict=True)}
-
-    def io_shapes(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
-        if not self.loaded:
-            return None, None
-        return self.input_shape, self.output_shape
-
-    def output_names(self) -> list[str] | None:
-        return list(self._outputs) if self.loaded else None
 
     def embedded_metadata(self) -> dict[str, str]:
         return dict(self._props) if self.loaded else {}

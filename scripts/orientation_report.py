@@ -27,7 +27,6 @@ import argparse
 import datetime as _dt
 import json
 import platform
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from edgecxr.data.manifest import read_manifest, select
 from edgecxr.runtime.input_checks import DEFAULT_RULES
-from edgecxr.runtime.orientation import BY_NAME, gate_input, shipped_gate
+from edgecxr.runtime.orientation import BY_NAME, shipped_gate, timed_check
 from edgecxr.stages.confidence.ood_set import TRANSFORM_KINDS, transformed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,13 +122,9 @@ def latency(films: list[np.ndarray], repeats: int = 3) -> dict:
     total, run_only = [], []
     for _ in range(repeats):
         for img in films:
-            t0 = time.perf_counter()
-            x = gate_input(img, gate.size)[None]
-            t1 = time.perf_counter()
-            gate.verdicts(gate.probabilities(x))
-            t2 = time.perf_counter()
-            total.append((t2 - t0) * 1e3)
-            run_only.append((t2 - t1) * 1e3)
+            resize, run = timed_check(gate, img)
+            total.append(resize + run)
+            run_only.append(run)
     q = lambda a, p: round(float(np.percentile(a, p)), 4)  # noqa: E731
     return {"films": len(films), "repeats": repeats, "total_ms": {"median": q(total, 50), "p90": q(total, 90), "p99": q(total, 99)},
             "onnx_run_ms": {"median": q(run_only, 50), "p90": q(run_only, 90)},

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,17 @@ def gate_and_check(image: np.ndarray, tensor: np.ndarray, spec: Any, rules: Any,
     return preprocess(image, spec), rules.check_pixels(image)
 
 
+def timed_check(gate: OrientationGate, image: np.ndarray) -> tuple[float, float]:
+    """(ms to make the gate's input, ms of its ONNX run and verdict) for one film, as `check` does it:
+    the one timing of the gate that `edgecxr bench` and scripts/orientation_report.py report."""
+    t0 = time.perf_counter()
+    x = gate_input(image, gate.size)[None]
+    t1 = time.perf_counter()
+    gate.verdicts(gate.probabilities(x))
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
 def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s: float = 0.5,
                folder: str | Path | None = None) -> dict[str, Any]:
     """The gate's cost per film, one at a time, as `inputs.prepare` pays it: its resize of the decoded
@@ -326,7 +338,6 @@ def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s:
     `image` None: a synthetic 2048 x 2048 uint16 film (a large detector's size: the resize is the
     part that grows with the film).
     """
-    import time
 
     from edgecxr.runtime.timing import summarize
 
@@ -339,14 +350,10 @@ def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s:
         gate.check(image)
     resize, run, total = [], [], []
     for _ in range(iterations):
-        t0 = time.perf_counter()
-        x = gate_input(image, gate.size)[None]
-        t1 = time.perf_counter()
-        gate.verdicts(gate.probabilities(x))
-        t2 = time.perf_counter()
-        resize.append((t1 - t0) * 1e3)
-        run.append((t2 - t1) * 1e3)
-        total.append((t2 - t0) * 1e3)
+        r, o = timed_check(gate, image)
+        resize.append(r)
+        run.append(o)
+        total.append(r + o)
     return {"gate": gate.describe(), "image_size": [int(image.shape[1]), int(image.shape[0])],
             "iterations": iterations, "resize_ms": summarize(resize), "onnx_ms": summarize(run),
             "total_ms": summarize(total)}

@@ -4,7 +4,7 @@ Bounded in count and time; every server is a real `python -m edgecxr serve` subp
 127.0.0.1 with a free port, driven by tritonclient's HTTP client (binary tensors) and httpx.
 
 Phases:
-  1. throughput and p50/p99 latency at concurrency 1, 8 and 32 on the model (default: the shipped
+  1. throughput and p50/p99 latency at concurrency 1, 8 and 32 (--concurrency) on the model (default: the shipped
      CoroNet), against the in-process Classifier's model on the same tensors measured in the same
      run (batch 1 and batch 8); and /v1/classify at concurrency 8 against Classifier.predict.
   2. overload: 64 clients against a 16-image queue. Every request is tagged (request id = its
@@ -464,6 +464,7 @@ def main() -> None:
                     help="model for phases 1-3 (default: the shipped CoroNet; @tiny: the tests' tiny model, which "
                          "shows the service's own per-request cost)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (phase 1)")
+    ap.add_argument("--concurrency", default="1,8,32", help="client counts of phase 1, comma-separated (e.g. 1,4,16)")
     ap.add_argument("--overload-requests", type=int, default=300)
     ap.add_argument("--disconnects", type=int, default=32, help="clients of each disconnect kind (phase 3)")
     ap.add_argument("--memory-requests", type=int, default=10_000)
@@ -495,7 +496,7 @@ def main() -> None:
                     "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
     }
     phases = {
-        "throughput": lambda: phase_throughput(args.model, paths, [1, 8, 32], args.requests, args),
+        "throughput": lambda: phase_throughput(args.model, paths, [int(c) for c in args.concurrency.split(",")], args.requests, args),
         "overload": lambda: phase_overload(args.model, paths, args.overload_requests, args),
         "disconnects": lambda: phase_disconnects(args.model, paths, args.disconnects, args),
         "memory": lambda: phase_memory(args.memory_requests, paths),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli.options import model_option
+from edgecxr.cli.options import FIX_ORIENTATION_HELP, input_rules, model_option
 from edgecxr.cli.output import _err, _write_output, check_output, check_stdout
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.data.io import expand_inputs
@@ -34,9 +34,7 @@ from edgecxr.runtime.select import BACKENDS
               help="Run a model file the accuracy gate rejected (*.rejected.*), with a warning on every run.")
 @click.option("--no-input-checks", is_flag=True,
               help="Send every decodable input to the model, even noise, CT or lateral views (see docs/ARCHITECTURE.md).")
-@click.option("--fix-orientation", is_flag=True,
-              help="Turn a film the orientation gate finds turned, flipped or inverted upright and classify it "
-                   "(said in each result's `orientation`), instead of rejecting it (docs/SAFETY.md).")
+@click.option("--fix-orientation", is_flag=True, help=FIX_ORIENTATION_HELP)
 @click.option("--heatmap", "heatmap_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write an occlusion heat map overlay per classified input to this folder (NAME.heatmap.png; "
                    "82 model runs per image).")
@@ -88,14 +86,11 @@ def infer(
       edgecxr infer scans/ --heatmap heatmaps/    (where the model looked: docs/HEATMAPS.md)
       edgecxr infer scans/ --dicom-sr reports/    (DICOM SR per DICOM input: docs/DICOM.md)
     """
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from edgecxr.cli.dicom_output import check_dicom_sr_dir, write_dicom_srs
     from edgecxr.cli.heatmap_output import check_heatmap_class, check_heatmap_dir, write_heatmaps
     from edgecxr.cli.heatmap_output import summary as heatmap_summary
-    from edgecxr.runtime.input_checks import DEFAULT_RULES
 
     if cuda_graph and backend in ("onnxruntime", "keras"):
         raise click.UsageError(f"--cuda-graph is for the tensorrt backend, not {backend}")
@@ -109,10 +104,8 @@ def infer(
     check_heatmap_dir(dicom_sc, paths, inputs, option="--dicom-sc")
     maps = heatmap_dir is not None or dicom_sc is not None
     check_dicom_sr_dir(dicom_sr, paths, inputs)
-    if fix_orientation and no_input_checks:
-        raise click.UsageError("--fix-orientation needs the input checks (the orientation gate is one); drop one")
+    rules = input_rules(no_input_checks, fix_orientation)
     options = {"cuda_graph": True} if cuda_graph else {}
-    rules = None if no_input_checks else replace(DEFAULT_RULES, orientation="fix") if fix_orientation else DEFAULT_RULES
     with Classifier.load(model, backend=backend, precision=precision, allow_rejected=allow_rejected,
                          input_rules=rules, **options) as clf:
         _err(f"using {clf.describe()}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edgecxr.cli.options import model_option
+from edgecxr.cli.options import FIX_ORIENTATION_HELP, input_rules, model_option
 from edgecxr.cli.output import _err, printable
 from edgecxr.runtime.select import BACKENDS
 
@@ -24,6 +24,7 @@ def _model_options(f: Any) -> Any:
         click.option("--forward", metavar="AE@HOST:PORT",
                      help="Also send each SR by C-STORE to this DICOM node (the PACS), e.g. PACS@10.0.0.5:104."),
         click.option("--no-input-checks", is_flag=True, help="Send every decodable input to the model (docs/ARCHITECTURE.md)."),
+        click.option("--fix-orientation", is_flag=True, help=FIX_ORIENTATION_HELP),
         click.option("--json", "as_json", is_flag=True, help="On exit, print the counts as JSON on stdout."),
     ]):
         f = opt(f)
@@ -41,11 +42,10 @@ def _destination(text: str | None, calling: str) -> Any:
         raise click.BadParameter(str(exc), param_hint="--forward") from None
 
 
-def _load(model: str | None, backend: str, no_input_checks: bool) -> Any:
+def _load(model: str | None, backend: str, rules: Any) -> Any:
     from edgecxr.runtime.classifier import Classifier
-    from edgecxr.runtime.input_checks import DEFAULT_RULES
 
-    clf = Classifier.load(model, backend=backend, input_rules=None if no_input_checks else DEFAULT_RULES)
+    clf = Classifier.load(model, backend=backend, input_rules=rules)
     _err(f"using {clf.describe()}")
     if "warning" in clf.backend_info:
         _err(f"warning: {clf.backend_info['warning']}")
@@ -79,7 +79,7 @@ def _log(line: str) -> None:
 @_model_options
 def listen(spool_dir: Path, out_dir: Path, ae_title: str, host: str, port: int, allowed: tuple[str, ...],
            model: str | None, backend: str, batch_size: int, forward: str | None, no_input_checks: bool,
-           as_json: bool) -> None:
+           fix_orientation: bool, as_json: bool) -> None:
     """DICOM Storage SCP: receive CR/DX images, classify them, answer with a Structured Report.
 
     Every instance is written to the spool (fsync, atomic rename, named by its SOP Instance UID)
@@ -102,7 +102,7 @@ def listen(spool_dir: Path, out_dir: Path, ae_title: str, host: str, port: int, 
     require("highdicom", "edgecxr listen")
     _separate(out_dir, spool_dir, "--out", "--spool")
     dest = _destination(forward, ae_title)
-    with _load(model, backend, no_input_checks) as clf:
+    with _load(model, backend, input_rules(no_input_checks, fix_orientation)) as clf:
         try:
             node = StorageNode(clf, spool_dir, out_dir, ae_title=ae_title, host=host, port=port, allowed=allowed,
                                forward=dest, batch_size=batch_size, log=_log)
@@ -129,7 +129,7 @@ def listen(spool_dir: Path, out_dir: Path, ae_title: str, host: str, port: int, 
 @click.option("--once", is_flag=True, help="Process what is there (once it settles), then exit.")
 @_model_options
 def watch(folder: Path, out_dir: Path, interval: float, settle: float, once: bool, model: str | None, backend: str,
-          batch_size: int, forward: str | None, no_input_checks: bool, as_json: bool) -> None:
+          batch_size: int, forward: str | None, no_input_checks: bool, fix_orientation: bool, as_json: bool) -> None:
     """Watch a folder a workstation drops X-rays into (DICOM, PNG, JPEG); classify each file exactly once.
 
     FOLDER must exist. A file is read once its size stopped changing for --settle seconds,
@@ -158,7 +158,7 @@ def watch(folder: Path, out_dir: Path, interval: float, settle: float, once: boo
     if Path(os.path.abspath(out_dir)) == Path(os.path.abspath(folder)):
         raise click.BadParameter("the results cannot go into the watched folder itself", param_hint="--out")
     dest = _destination(forward, "EDGECXR")
-    with _load(model, backend, no_input_checks) as clf:
+    with _load(model, backend, input_rules(no_input_checks, fix_orientation)) as clf:
         watcher = WatchFolder(clf, folder, out_dir, interval_s=interval, settle_s=settle, batch_size=batch_size,
                               forward=dest, log=_log)
         previous = {sig: signal.signal(sig, lambda *_: watcher.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -12,6 +12,22 @@ from edgecxr.stages.gate.config import Gates
 
 _MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
+FIX_ORIENTATION_HELP = ("Turn a film the orientation gate finds turned, flipped or inverted upright and classify it "
+                        "(said in each result's `orientation`), instead of rejecting it (docs/SAFETY.md).")
+
+
+def input_rules(no_input_checks: bool, fix_orientation: bool) -> Any:
+    """The InputRules that --no-input-checks and --fix-orientation ask for (None: no checks), for every command."""
+    from dataclasses import replace
+
+    from edgecxr.runtime.input_checks import DEFAULT_RULES
+
+    if fix_orientation and no_input_checks:
+        raise click.UsageError("--fix-orientation needs the input checks (the orientation gate is one); drop one")
+    if no_input_checks:
+        return None
+    return replace(DEFAULT_RULES, orientation="fix") if fix_orientation else DEFAULT_RULES
+
 
 def _allow_outside(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """Set the manifest rule for the whole command: its stages read the manifest deep inside."""

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from edgecxr.cli.options import FIX_ORIENTATION_HELP, input_rules
 from edgecxr.cli.output import _err
 from edgecxr.core.artifacts import PRECISIONS
 from edgecxr.runtime.select import BACKENDS
@@ -37,11 +38,12 @@ from edgecxr.runtime.select import BACKENDS
               help="Require 'Authorization: Bearer TOKEN' (all but /v2/health/*). Prefer the variable: argv is public.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token.")
 @click.option("--no-input-checks", is_flag=True, help="/v1/classify: send every decodable input to the model.")
+@click.option("--fix-orientation", is_flag=True, help="/v1/classify: " + FIX_ORIENTATION_HELP)
 @click.option("--allow-rejected", is_flag=True, help="Serve a model file the accuracy gate rejected (*.rejected.*).")
 @click.option("--json", "as_json", is_flag=True, help="When ready, print one JSON line (url, port, models) to stdout.")
 def serve(models: tuple[str, ...], host: str, port: int, backend: str, precision: str | None, max_batch_size: int,
           max_delay_ms: float, max_queue: int, max_body_mb: float, timeout_s: float, drain_s: float,
-          token: str | None, insecure: bool, no_input_checks: bool, allow_rejected: bool, as_json: bool) -> None:
+          token: str | None, insecure: bool, no_input_checks: bool, fix_orientation: bool, allow_rejected: bool, as_json: bool) -> None:
     """Serve models over HTTP: the KServe v2 Open Inference Protocol (tritonclient works) and /v1/classify.
 
     \b
@@ -75,7 +77,7 @@ def serve(models: tuple[str, ...], host: str, port: int, backend: str, precision
     specs = tuple(ModelSpec.parse(m) for m in (models or ("coronet",)))
     try:
         config = ServeConfig(specs, host=host, port=port, backend=backend, precision=precision,
-                             input_checks=not no_input_checks, allow_rejected=allow_rejected,
+                             input_rules=input_rules(no_input_checks, fix_orientation), allow_rejected=allow_rejected,
                              max_batch=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue,
                              max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s, drain_s=drain_s,
                              token=token)

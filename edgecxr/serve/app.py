@@ -100,7 +100,7 @@ async def _load_all(state: ServiceState) -> None:
     cfg, metrics = state.config, state.metrics
     try:
         for spec in cfg.models:
-            served = await asyncio.to_thread(load_model, spec, cfg.backend, cfg.precision, cfg.input_checks,
+            served = await asyncio.to_thread(load_model, spec, cfg.backend, cfg.precision, cfg.input_rules,
                                              cfg.allow_rejected)
             state.models[spec.name] = served
             for kind, run in (("tensors", served.run_tensors), ("images", served.run_prepared)):

@@ -13,6 +13,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
 from edgecxr.serve.models import ModelSpec
 
 #: environment variable holding the bearer token (so it need not appear in `ps` output)
@@ -30,7 +31,7 @@ class ServeConfig:
     port: int = 8000
     backend: str = "auto"
     precision: str | None = None
-    input_checks: bool = True
+    input_rules: InputRules | None = DEFAULT_RULES  #: None: --no-input-checks
     allow_rejected: bool = False
     max_batch: int = 8
     max_delay_ms: float = 5.0

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgecxr.core.errors import BundleError
 from edgecxr.runtime.base import PROBABILITIES
+from edgecxr.runtime.input_checks import DEFAULT_RULES
 from edgecxr.serve.batching import DynamicBatcher
 from edgecxr.serve.stats import ModelStats
 
@@ -146,14 +147,13 @@ class ServedModel:
         self.classifier.close()
 
 
-def load_model(spec: ModelSpec, backend: str = "auto", precision: str | None = None, input_checks: bool = True,
+def load_model(spec: ModelSpec, backend: str = "auto", precision: str | None = None, input_rules: Any = DEFAULT_RULES,
                allow_rejected: bool = False) -> ServedModel:
-    """`Classifier.load` one model for serving (not yet warmed up)."""
+    """`Classifier.load` one model for serving (not yet warmed up); `input_rules` None: no input checks."""
     from edgecxr.runtime.classifier import Classifier
-    from edgecxr.runtime.input_checks import DEFAULT_RULES
 
     clf = Classifier.load(spec.source, backend=backend, precision=precision, allow_rejected=allow_rejected,
-                          input_rules=DEFAULT_RULES if input_checks else None)
+                          input_rules=input_rules)
     served = ServedModel(spec.name, clf, str(getattr(clf.runner, "input_name", None) or "image"))
     names = file_output_names(clf.runner)
     if names:

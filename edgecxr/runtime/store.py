@@ -21,15 +21,11 @@ at the same time never leaves a half-written model under a name.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import re
-import secrets
 import shutil
 import stat
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,9 @@ from edgecxr.core.artifacts import BUNDLE_FILES, DEPLOYABLE, is_engine, kind
 from edgecxr.core.bundle import BUNDLE_FILE, HASHES, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
-from edgecxr.core.lock import bundle_lock
 from edgecxr.core.metadata import read_sidecar, verify_engine
+from edgecxr.runtime.publish import copy_file as _copy_file  # (a module global: tests slow or fail the copy)
+from edgecxr.runtime.publish import publish, publishing
 
 DEFAULT_MODEL = "coronet"
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
@@ -112,12 +109,12 @@ def writable(path: Path) -> Path:
         shutil.copytree(path, tmp, dirs_exist_ok=True)
         Bundle.load(tmp).update(overlay_of=path.name)
 
-    with _publishing(dest):
+    with publishing(dest):
         if is_copy():  # made by another process while this one waited for the lock
             return dest
         if dest.exists():
             raise BundleError(f"{dest} exists and is not a copy of the reference model {path.name}; move it away")
-        _publish(dest, build)
+        publish(dest, build)
     return dest
 
 
@@ -283,7 +280,7 @@ def copy_deployable(bundle_dir: str | Path, dest: Path, keys: tuple[str, ...], r
     is touched, and the bytes copied are hashed again as they are written (a file changed during
     the copy is refused too). `extra_files` (e.g. the stored reference probabilities, which
     bundle.json does not list) are copied when present. The copy is built in a hidden folder beside
-    `dest` and renamed into place under the folder's lock (`_publish`); any failure removes it.
+    `dest` and renamed into place under the folder's lock (runtime/publish.py); any failure removes it.
     """
     src = Bundle.load(bundle_dir)
     files = listed_files(src, keys)
@@ -316,103 +313,11 @@ def copy_deployable(bundle_dir: str | Path, dest: Path, keys: tuple[str, ...], r
             meta["copied_from"]["hashed_when_copied"] = unrecorded
         Bundle(tmp, meta).save()
 
-    with _publishing(dest):
+    with publishing(dest):
         if dest.exists() and not replace:  # registered by another process while this one waited
             raise BundleError(f"{dest} exists; choose another name or replace it", params=("name", "replace"))
-        _publish(dest, build)
+        publish(dest, build)
     return Bundle.load(dest)
-
-
-# -- publishing a model folder: build aside, rename into place, one writer at a time ------------------------
-#: `bundle_lock` is re-entrant per process; this keeps two threads of one process apart too
-_PUBLISH_THREADS = threading.Lock()
-_TMP, _OLD = ".tmp-", ".old-"
-#: `.NAME.tmp-HEX` (being built), `.NAME.old-HEX` (set aside while replaced), `.NAME.tmp` (older versions)
-_LEFTOVER = re.compile(r"^\.(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?P<kind>\.tmp|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+)$")
-
-
-@contextlib.contextmanager
-def _publishing(dest: Path) -> Iterator[None]:
-    """Hold the models folder's lock (and this process's) while `dest` is checked and published."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _PUBLISH_THREADS, bundle_lock(dest.parent):
-        _sweep(dest.parent)
-        yield
-
-
-def _sweep(folder: Path) -> None:
-    """Clear what processes killed while publishing left in the models folder (only ever under its lock,
-    which every publisher holds: so no one is building now, and every leftover is stale).
-
-    A kill between the two renames of a replacement leaves no model and the old one aside: it is put
-    back. Every other leftover (a half-built folder, an old model already replaced) is removed.
-    """
-    for leftover in sorted(folder.iterdir()):
-        found = _LEFTOVER.match(leftover.name)
-        if not found:
-            continue
-        dest = folder / found["name"]
-        if found["kind"].startswith(_OLD) and not os.path.lexists(dest) and (leftover / BUNDLE_FILE).is_file():
-            os.rename(leftover, dest)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _publish(dest: Path, build: Callable[[Path], None]) -> None:
-    """Build a model folder with `build(tmp)` in a hidden folder beside `dest`, then rename it to `dest`.
-
-    Called under `_publishing(dest)`. An existing `dest` is renamed aside first and removed after
-    the new folder is in place (put back if that rename fails), so `dest` never holds a mix of the
-    two. The temporary folder is inside the models folder (the same file system, so the rename is
-    atomic) and is removed on any failure, a full disk included.
-    """
-    tmp = dest.with_name(f".{dest.name}{_TMP}{secrets.token_hex(4)}")
-    tmp.mkdir()  # (not mkdtemp: the model folder gets the usual mode, not 0700)
-    try:
-        build(tmp)
-        _fsync(tmp)
-        if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}{_OLD}{secrets.token_hex(4)}")
-            os.rename(dest, old)
-            try:
-                os.rename(tmp, dest)
-            except BaseException:
-                os.rename(old, dest)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
-        _fsync(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _copy_file(src: Path, dst: Path) -> str:
-    """Copy `src` to the new file `dst` (fsynced); returns the sha256 of the bytes written."""
-    digest = hashlib.sha256()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        while chunk := fin.read(1 << 20):
-            digest.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return digest.hexdigest()
-
-
-def _fsync(folder: Path) -> None:
-    """Make a folder's entries durable before it is renamed (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def test_metrics(meta: dict[str, Any]) -> dict[str, Any] | None:

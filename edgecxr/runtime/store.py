@@ -35,8 +35,8 @@ from edgecxr.core.bundle import BUNDLE_FILE, HASHES, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.core.metadata import read_sidecar, verify_engine
-from edgecxr.runtime.publish import copy_file as _copy_file  # (a module global: tests slow or fail the copy)
-from edgecxr.runtime.publish import publish, publishing
+from edgecxr.runtime.models_folder import copy_file as _copy_file
+from edgecxr.runtime.models_folder import publish, publishing
 
 DEFAULT_MODEL = "coronet"
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
@@ -280,7 +280,7 @@ def copy_deployable(bundle_dir: str | Path, dest: Path, keys: tuple[str, ...], r
     is touched, and the bytes copied are hashed again as they are written (a file changed during
     the copy is refused too). `extra_files` (e.g. the stored reference probabilities, which
     bundle.json does not list) are copied when present. The copy is built in a hidden folder beside
-    `dest` and renamed into place under the folder's lock (runtime/publish.py); any failure removes it.
+    `dest` and renamed into place under the folder's lock (runtime/models_folder.py); any failure removes it.
     """
     src = Bundle.load(bundle_dir)
     files = listed_files(src, keys)

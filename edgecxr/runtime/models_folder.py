@@ -1,11 +1,12 @@
-"""Publishing a model folder: build it aside, rename it into place, one writer at a time.
+"""Publishing a whole model folder into the models folder: build it aside, rename it into place, one writer at a time.
 
 Why a module of its own: registering a model (`store.add`), copying a reference model to make it
 writable (`store.writable`) and any later writer of the models folder must agree on one protocol,
 or a kill, a full disk or two processes at once leave a half-written model under a name. The
 protocol: hold the models folder's lock (`publishing`), build in a hidden `.NAME.tmp-HEX` folder
 on the same file system, fsync, rename into place (an old model is set aside and removed after),
-and sweep what killed publishers left behind, under the same lock.
+and sweep what killed publishers left behind, under the same lock. (core/publish.py is the
+other half: one derived file inside a bundle, candidate -> check -> publish or reject.)
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ class OodItem:
     name: str
     image: np.ndarray
     path: Path | None = None
+    #: the source item it was made from (ood_large: no source is in both the FIT and the REPORT half)
+    source: str = ""
 
 
 def build(radiographs: Sequence[np.ndarray] = (), seed: int = 0, per_kind: int = 8) -> list[OodItem]:

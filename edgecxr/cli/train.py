@@ -24,7 +24,8 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.command("train")
 @click.argument("model", type=click.Choice(MODEL_NAMES))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Dataset manifest CSV (splits train/val are used; test and calib are never read).")
+              help="Dataset manifest CSV (splits train/val are used; test and calib are never read), or a pack "
+                   "of its train/val images (.npz, `python -m edgecxr.data.packed`; scripts/train_on_gpu.sh).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, train.jsonl, then the bundle [$EDGECXR_RUNS/MODEL, "
                    "default ~/.cache/edgecxr/runs/MODEL]. The same command again resumes the run there.")

@@ -56,8 +56,8 @@ from edgecxr.core.bundle import Bundle, git_commit
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.core.fileutil import read_json, write_json
 from edgecxr.core.lazy import require
-from edgecxr.data.dataset import load_arrays
-from edgecxr.data.manifest import Record, manifest_sha256, read_manifest, select
+from edgecxr.data.manifest import Record, select
+from edgecxr.data.packed import data_identity, load_training_arrays, read_records
 from edgecxr.models import default_spec
 from edgecxr.stages.train.config import (
     CKPT_DIR,
@@ -178,10 +178,9 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     require("keras", "training")
     set_threads(cfg.threads)
     classes = models.get(cfg.model).classes
-    records = read_manifest(cfg.data)
+    records = read_records(cfg.data)  # a manifest CSV, or a pack of its images (edgecxr.data.packed)
     out = Path(cfg.out)
-    dataset = {"manifest": str(Path(cfg.data).resolve()), "sha256": manifest_sha256(cfg.data),
-               "limit_per_class": cfg.limit_per_class}
+    dataset = {**data_identity(cfg.data), "limit_per_class": cfg.limit_per_class}
     existing = [p for p in (out / CKPT_DIR / "state.json", out / "bundle.json", out / "cv.json") if p.is_file()]
     if existing and cfg.resume is False:  # checked before minutes of image decoding, not after
         raise EdgeCXRError(f"{out} already holds a training run; resume it, or choose another output folder",
@@ -192,8 +191,8 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     val_recs = limit_records(select(records, "val"), classes, cfg.limit_per_class, cfg.seed)
     spec = default_spec(cfg.model, cfg.input_size)
     progress = "loading images" if log.isatty() else False
-    x_train, y_train = load_arrays(train_recs, spec, classes, progress=progress)
-    x_val, y_val = load_arrays(val_recs, spec, classes, progress=progress)
+    x_train, y_train = load_training_arrays(cfg.data, train_recs, spec, classes, progress=progress)
+    x_val, y_val = load_training_arrays(cfg.data, val_recs, spec, classes, progress=progress)
     print(f"{cfg.model}: {len(train_recs)} train / {len(val_recs)} val images at {spec.id}, "
           f"batch {cfg.batch_size}, up to {cfg.epochs} epochs -> {out}", file=log, flush=True)
     model, state = fit(out, cfg, (x_train, y_train, x_val, y_val), classes, cfg.seed, log, verbose)
@@ -246,7 +245,8 @@ def _cross_validate(
     pool = limit_records(select(records, ("train", "val")), classes, cfg.limit_per_class, cfg.seed)
     fold_of = group_folds(pool, classes, cfg.folds, cfg.seed)
     spec = default_spec(cfg.model, cfg.input_size)
-    x_all, y_all = load_arrays(pool, spec, classes, progress="loading images" if log.isatty() else False)
+    x_all, y_all = load_training_arrays(cfg.data, pool, spec, classes,
+                                        progress="loading images" if log.isatty() else False)
     results = []
     for k in range(cfg.folds):
         fold_dir = out / "folds" / f"fold_{k + 1}"

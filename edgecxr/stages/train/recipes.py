@@ -56,6 +56,11 @@ def dtype_policy(precision: str) -> str:
 
         if any(d.platform == "gpu" for d in jax.devices()):
             return "mixed_bfloat16"
+    if keras.backend.backend() == "torch":  # a GPU machine without TensorFlow (scripts/train_on_gpu.sh)
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "mixed_bfloat16"
     return "mixed_bfloat16" if bf16_supported() else "float32"
 
 

@@ -238,25 +238,44 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def merge(results: list[dict]) -> list[dict]:
+    """Results of several runs, one per model/precision/split: images joined, an emulated entry of an
+    image kept over one that ran on x86 only. Two runs of one precision must agree on its threshold."""
+    out: dict[tuple[str, str, str], dict] = {}
+    for r in results:
+        key = (r["model"], r["precision"], r["split"])
+        if key not in out:
+            out[key] = {**r, "images": dict(r["images"])}
+            continue
+        have = out[key]
+        if have["threshold"] != r["threshold"]:
+            raise ValueError(f"{'/'.join(key)}: thresholds differ between runs ({have['threshold']} vs {r['threshold']})")
+        for name, rec in r["images"].items():
+            if name not in have["images"] or ("arm" in rec and "arm" not in have["images"][name]):
+                have["images"][name] = rec
+        have["emulated"] = sum("arm" in rec for rec in have["images"].values())
+    return list(out.values())
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The report as text lines (markdown tables), what `--split` and `--summarize` print."""
-    lines = ["| model | precision | split | films emulated | max |Δscore| | p99 | p95 | p50 | mean Δscore (arm-x86) "
-             "| max |Δp| | p99 |Δp| | labels | statuses | verdict flips |", "|" + "---|" * 14]
+    lines = [r"| model | precision | split | films emulated | max \|Δscore\| | p99 | p95 | p50 | mean Δscore (arm-x86) "
+             r"| max \|Δp\| | p99 \|Δp\| | labels | statuses | verdict flips |", "|" + "---|" * 14]
     for d in summary["drift"]:
         lines.append(f"| {d['model']} | {d['precision']} | {d['split']} | {d['n']} | {d['score']['max']:.3f} | "
                      f"{d['score']['p99']:.3f} | {d['score']['p95']:.3f} | {d['score']['p50']:.3f} | "
                      f"{d['score_mean_signed']:+.3f} | {d['p']['max']:.1e} | {d['p']['p99']:.1e} | "
                      f"{d['labels_equal']}/{d['n']} | {d['statuses_equal']}/{d['n']} | "
                      f"{', '.join(d['verdict_flips']) or 'none'} |")
-    lines += ["", "| model | precision | split | films (x86) | threshold | abstained | min |margin| | band (max |Δscore|) "
-              "| within band | nearest (film: score - threshold) |", "|" + "---|" * 10]
+    lines += ["", r"| model | precision | split | films (x86) | threshold | abstained | min \|margin\| "
+              r"| band (max \|Δscore\|) | within band | nearest (film: score - threshold) |", "|" + "---|" * 10]
     for m in summary["margins"]:
         near = "; ".join(f"{n}: {v:+.3f}" for n, v in m["nearest"][:3])
         band = "-" if m["band"] is None else f"{m['band']:.3f}"
         within = "-" if m["within_band"] is None else str(m["within_band"])
         lines.append(f"| {m['model']} | {m['precision']} | {m['split']} | {m['n']} | {m['threshold']:.3f} | "
                      f"{m['abstained']} | {m['min_abs_margin']:.3f} | {band} | {within} | {near} |")
-    lines += ["", "| model | split | precisions | films | max |Δmargin| | p95 | p50 | labels equal | verdicts differ |",
+    lines += ["", r"| model | split | precisions | films | max \|Δmargin\| | p95 | p50 | labels equal | verdicts differ |",
               "|" + "---|" * 9]
     for c in summary["cross_precision"]:
         lines.append(f"| {c['model']} | {c['split']} | {' vs '.join(c['precisions'])} | {c['n']} | "
@@ -331,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", type=Path, help="manifest.csv of --split (paths relative to its folder)")
     ap.add_argument("--limit", type=int, default=0,
                     help="with --split: emulate only this many films, spread over the split (x86 runs all); 0: all")
+    ap.add_argument("--emulate", default="all",
+                    help="with --split: the MODEL/PRECISION pairs to emulate, comma-separated (the others run on "
+                         "x86 only, for margins); 'all' (default) or 'none'")
     ap.add_argument("--x86-splits", default="", help="with --split: also run these splits on x86 only, for margins")
+    ap.add_argument("--x86-edgecxr", type=Path, default=REPO / ".venv" / "bin" / "edgecxr",
+                    help="the x86 side's edgecxr (default: this checkout's venv; a venv with the same wheels "
+                         "pins it while the checkout changes)")
     ap.add_argument("--no-install", action="store_true", help="reuse the wheels already installed in the root")
     ap.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                     help="print the drift report of earlier --split runs (merged) and exit; no emulation")
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     wheels = sorted(args.wheels.glob("*.whl"))
     if not args.no_install and not any(w.name.startswith("edgecxr-") for w in wheels):
         fail(f"no edgecxr wheel in {args.wheels} (run `make dist`)")
-    host_edgecxr = REPO / ".venv" / "bin" / "edgecxr"
+    host_edgecxr = args.x86_edgecxr
     if not host_edgecxr.exists():
         fail(f"{host_edgecxr} missing (run `make setup`)")
     truth: dict[str, str] = {}
@@ -439,7 +464,16 @@ def run_split(args: argparse.Namespace, images: list[Path], all_films: list[Path
     rest = [p for p in all_films if p.name not in emulated]
     for model in args.models.split(","):
         for prec in args.precisions.split(","):
+            emulate = args.emulate == "all" or f"{model}/{prec}" in args.emulate.split(",")
             try:
+                if not emulate:
+                    host, _, _ = infer_both(model, prec, all_films, host_edgecxr, env, arm=False)
+                    results.append(split_result(model, prec, args.split, host, None, truth))
+                    for split, films in x86_only.items():
+                        doc, _, _ = infer_both(model, prec, films, host_edgecxr, env, arm=False)
+                        results.append(split_result(model, prec, split, doc, None, truth))
+                    log(f"{model} {prec}: x86 only")
+                    continue
                 host, arm, took = infer_both(model, prec, images, host_edgecxr, env)
                 if rest:
                     more, _, _ = infer_both(model, prec, rest, host_edgecxr, env, arm=False)
@@ -458,7 +492,7 @@ def run_split(args: argparse.Namespace, images: list[Path], all_films: list[Path
                 log(f"{model} {prec}: failed: {exc}")
     total = time.monotonic() - start
     summary = summarize(results)
-    doc = {"kind": "arm64-drift", "cpu": args.cpu, "arm": arm_info, "x86": {"onnxruntime": _host_ort()},
+    doc = {"kind": "arm64-drift", "cpu": args.cpu, "arm": arm_info, "x86": {"onnxruntime": _host_ort(host_edgecxr), "edgecxr": str(host_edgecxr)},
            "manifest": str(args.manifest), "split": args.split, "limit": args.limit, "errors": errors,
            "seconds": {"infer": timings, "total": round(total, 1)}, "summary": summary, "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -481,16 +515,19 @@ def summarize_files(paths: list[Path]) -> int:
         if doc.get("kind") != "arm64-drift":
             fail(f"{p} is not a drift file of `arm64_check.py --split`")
         results += doc["results"]
+    try:
+        results = merge(results)
+    except ValueError as exc:
+        fail(str(exc))
     print("\n".join(summary_lines(summarize(results))))
     return 0
 
 
-def _host_ort() -> str | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    return onnxruntime.__version__
+def _host_ort(edgecxr: Path) -> str | None:
+    """onnxruntime's version in the x86 side's environment."""
+    res = subprocess.run([str(edgecxr.parent / "python"), "-c", "import onnxruntime; print(onnxruntime.__version__)"],
+                         text=True, capture_output=True)
+    return res.stdout.strip() or None
 
 if __name__ == "__main__":
     sys.exit(main())

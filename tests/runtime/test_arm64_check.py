@@ -103,12 +103,15 @@ def test_split_films_spreads_a_limit_and_refuses_repeated_names(ac, tmp_path):
         ac.split_films(tmp_path / "dup.csv", "val")
 
 
-def test_summarize_option_reads_drift_files_and_refuses_others(ac, tmp_path, capsys):
+def test_summarize_option_merges_drift_files_and_refuses_others(ac, tmp_path, capsys):
     good = tmp_path / "drift.json"
     good.write_text(json.dumps({"kind": "arm64-drift", "results": [
         result("coronet", "int8", "val", 8.0, {"a.png": (7.9, 8.05, 0.9, 0.9)})]}))
-    assert ac.main(["--summarize", str(good)]) == 0
-    assert "| coronet | int8 | val | 1 | 0.150 |" in capsys.readouterr().out
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps({"kind": "arm64-drift", "results": [
+        result("coronet", "int8", "val", 8.0, {"b.png": (3.0, 3.25, 0.9, 0.9)})]}))
+    assert ac.main(["--summarize", str(good), str(more)]) == 0
+    assert r"| coronet | int8 | val | 2 | 0.250 |" in capsys.readouterr().out
     bad = tmp_path / "other.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit) as exc:
@@ -120,3 +123,14 @@ def test_split_needs_a_manifest(ac, capsys):
     with pytest.raises(SystemExit) as exc:
         ac.main(["--split", "val"])
     assert exc.value.code == 2 and "--manifest" in capsys.readouterr().err
+
+
+def test_merge_joins_runs_and_keeps_the_emulated_entry(ac):
+    full = result("coronet", "int8", "val", 8.0, {"a.png": (7.9, None, 0.9, None), "b.png": (3.0, None, 0.9, None)})
+    pilot = result("coronet", "int8", "val", 8.0, {"a.png": (7.9, 8.1, 0.9, 0.9)})
+    merged = ac.merge([full, pilot])
+    assert len(merged) == 1 and merged[0]["emulated"] == 1
+    assert merged[0]["images"]["a.png"]["arm"]["score"] == 8.1 and "arm" not in merged[0]["images"]["b.png"]
+    assert full["images"]["a.png"].get("arm") is None  # the inputs are left as they were
+    with pytest.raises(ValueError, match="thresholds differ"):
+        ac.merge([full, result("coronet", "int8", "val", 8.5, {"a.png": (7.9, 8.1, 0.9, 0.9)})])

@@ -1,6 +1,10 @@
 """`make arm64-check`: the wheels on an emulated aarch64 CPU like Jetson Orin's, compared with x86 (issue 27).
 
-    python scripts/arm64_check.py [--wheels dist] [--images 4] [--cpu cortex-a76] [--models coronet] [--precisions fp16,int8]
+    python scripts/arm64_check.py [--wheels dist] [--images 4] [--cpu cortex-a76] [--models coronet,cnn-lstm]
+                                  [--precisions fp16,int8] [--slow]
+    python scripts/arm64_check.py --split val --manifest DATA/manifest.csv [--limit N] [--emulate coronet/int8]
+                                  [--x86-splits test] [--x86-edgecxr VENV/bin/edgecxr] [--out runs/arm64/drift-val.json]
+    python scripts/arm64_check.py --summarize runs/arm64/*.json
 
 What it does, as root on a Debian/Ubuntu x86 machine (minutes under emulation, not part of `make test`):
 
@@ -9,7 +13,8 @@ What it does, as root on a Debian/Ubuntu x86 machine (minutes under emulation, n
    (qemu-user-static, its binfmt entry registered with the F flag so it works inside the chroot);
 2. installs the wheels of `--wheels` (`make dist`: edgecxr and the model wheels) into a venv there, with
    their aarch64 dependency wheels from the index (binary only; the host's CA bundle is copied in);
-3. runs `edgecxr infer --json` for each reference model and precision on a handful of examples/images,
+3. runs `edgecxr infer --json` for each reference model and precision on a handful of examples/images
+   (CNN-LSTM FP16 only with --slow: minutes per image under emulation),
    inside a private mount namespace with /sys bound read-only (onnxruntime's cpuinfo reads
    /sys/devices/system/cpu; without it 1.23 aborts) and no /proc (QEMU 7.2 shows ARM code the x86 host's
    /proc/cpuinfo, on which onnxruntime 1.32 can crash; edgecxr reads AT_HWCAP instead), QEMU_CPU set to
@@ -22,6 +27,14 @@ What it does, as root on a Debian/Ubuntu x86 machine (minutes under emulation, n
 
 One summary line at the end; exit 0 when everything matches, 1 when something differs, 2 when the
 machine cannot run the check (not root, no qemu-user-static / debootstrap, no wheels).
+
+`--split` measures instead of checking (issue 27 item 4): the films of one split of a manifest, on
+x86 and emulated, each film's OOD score and probabilities written to a JSON, and a report of the
+score drift (max / p99 / p95 / p50 |Δscore|, |Δp|, verdicts that flip), each film's x86 margin to its
+precision's threshold (how many lie within the measured drift of it), and FP16 vs INT8 margins on
+x86. Emulation costs about 10 s per film for CoroNet INT8 and a minute or more for FP16 (FP32
+arithmetic after the up-cast), so `--limit` and `--emulate` choose what to emulate; x86 always runs
+the whole split. `--summarize` merges such files. Exit 0 when every run finished.
 """
 
 from __future__ import annotations
@@ -45,6 +58,9 @@ VENV = "/opt/edgecxr"  #: inside the root
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 PRECISIONS = ("fp16", "int8")
+#: model/precision pairs too slow to emulate in the default check (docs/BENCHMARKS.md "aarch64 under
+#: emulation": CNN-LSTM FP16, up-cast to FP32 at load, takes minutes per film under QEMU); --slow runs them
+SLOW = frozenset({("cnn-lstm", "fp16")})
 
 
 def log(msg: str) -> None:
@@ -341,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", type=Path, default=REPO / "dist", help="folder with the wheels (`make dist`)")
     ap.add_argument("--images", type=int, default=4, help="how many examples/images (spread over the classes)")
     ap.add_argument("--cpu", default="cortex-a76", help="QEMU_CPU: a core like Orin's Cortex-A78AE")
-    ap.add_argument("--models", default="coronet", help="comma-separated; cnn-lstm FP16 takes long under emulation")
+    ap.add_argument("--models", default="coronet,cnn-lstm", help="comma-separated")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON written (default: ~/.cache/edgecxr/arm64-check/arm64-check.json; with --split "
@@ -357,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--x86-edgecxr", type=Path, default=REPO / ".venv" / "bin" / "edgecxr",
                     help="the x86 side's edgecxr (default: this checkout's venv; a venv with the same wheels "
                          "pins it while the checkout changes)")
+    ap.add_argument("--slow", action="store_true",
+                    help="also emulate " + ", ".join("/".join(p) for p in sorted(SLOW)) + " (minutes per image)")
     ap.add_argument("--no-install", action="store_true", help="reuse the wheels already installed in the root")
     ap.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                     help="print the drift report of earlier --split runs (merged) and exit; no emulation")
@@ -426,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, timings = [], {}
     for model in args.models.split(","):
         for prec in args.precisions.split(","):
+            if (model, prec) in SLOW and not args.slow:
+                log(f"{model} {prec}: skipped (minutes per image under emulation; --slow runs it)")
+                continue
             try:
                 host, arm, took = infer_both(model, prec, images, host_edgecxr, env)
             except RuntimeError as exc:
@@ -464,7 +485,8 @@ def run_split(args: argparse.Namespace, images: list[Path], all_films: list[Path
     rest = [p for p in all_films if p.name not in emulated]
     for model in args.models.split(","):
         for prec in args.precisions.split(","):
-            emulate = args.emulate == "all" or f"{model}/{prec}" in args.emulate.split(",")
+            emulate = ((args.emulate == "all" or f"{model}/{prec}" in args.emulate.split(","))
+                       and (args.slow or (model, prec) not in SLOW))
             try:
                 if not emulate:
                     host, _, _ = infer_both(model, prec, all_films, host_edgecxr, env, arm=False)

@@ -97,7 +97,7 @@ def test_infer_json_and_csv(cli, bundle, images, tmp_path):
     assert list(rows[0]) == ["source", "label", "top1", *[f"p_{c}" for c in tinymodels.CLASSES], "preprocess_ms", "inference_ms", "error",
                               "status", "reason", "ood_score", "orientation", "input_sha256", "StudyInstanceUID",
                               "SeriesInstanceUID", "SOPInstanceUID", "time", "model", "artifact_sha256", "precision",
-                              "backend", "preprocess", "temperature", "ood_threshold", "orientation_gate", "edgecxr_version"]
+                              "backend", "preprocess", "temperature", "ood_threshold", "orientation_gate", "cxr_score", "edgecxr_version"]
     assert rows[-1]["error"] and rows[-1]["label"] == ""
     # the audit trail: each input's own sha256, and what ran, on every row and in the JSON
     for row, path in zip(rows, [*images, bad[0]], strict=True):

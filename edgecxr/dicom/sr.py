@@ -76,7 +76,7 @@ STATUS_MEANINGS = {"ok": "Classified", "rejected": "Rejected by input checks",
 
 #: the audit fields written as algorithm parameters, in this order
 AUDIT_PARAMETERS = ("artifact_sha256", "precision", "backend", "preprocess", "temperature", "ood_method",
-                    "ood_threshold", "input_checks", "orientation_gate")
+                    "ood_threshold", "input_checks", "orientation_gate", "cxr_score")
 
 SUMMARY_ID = "edgecxr summary"
 

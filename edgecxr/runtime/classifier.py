@@ -53,6 +53,7 @@ from edgecxr.runtime.load_checks import (
     owning_bundle,
     verify_before_load,
 )
+from edgecxr.runtime.cxr_score import describe as describe_cxr_score
 from edgecxr.runtime.orientation import describe as describe_orientation
 from edgecxr.runtime.prediction import Prediction
 from edgecxr.runtime.select import BACKENDS, _ort_has_cuda, choose_artifact, runs_file
@@ -82,6 +83,7 @@ class Classifier:
         self.backend_info = info
         self.input_rules = InputRules.off() if input_rules is None else input_rules
         self.orientation = describe_orientation(self.input_rules)  # loads the gate: fails here, not per film
+        self.cxr_score = describe_cxr_score(self.input_rules)  # the same for the CXR score's parameters
         self.model_name = model or Path(str(info.get("artifact", "model"))).stem
 
     @property
@@ -102,6 +104,7 @@ class Classifier:
             "ood_threshold": self._ood_threshold(),
             "input_checks": "on" if self.input_rules.enabled else "off",
             "orientation_gate": self.orientation,
+            "cxr_score": self.cxr_score,
             "edgecxr_version": __version__,
         }
 

@@ -85,6 +85,8 @@ class InputRules:
     max_chroma: float = 0.12
     #: the orientation gate (runtime/orientation.py): "reject" a film that is not upright, "fix" it, or "off"
     orientation: str = "reject"
+    #: the CXR score (runtime/cxr_score.py): refuse what is not like a frontal chest radiograph at all
+    cxr_score: bool = True
 
     @classmethod
     def off(cls) -> InputRules:

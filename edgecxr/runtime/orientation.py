@@ -182,6 +182,8 @@ class Verdict:
     p_upright: float  # probability the film is upright (with its mirror image, when the gate is mirror-invariant)
     upright: bool  # p_upright >= the threshold
     confidence: float  # probability of `transform` (with its mirror image, when the gate is mirror-invariant)
+    #: the gate's 16 logits (the input of its softmax), for the CXR score (runtime/cxr_score.py); None from `verdicts`
+    logits: np.ndarray | None = None
 
     @property
     def reason(self) -> str:
@@ -207,7 +209,8 @@ class OrientationGate:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        model, self.has_logits = _with_logits(self.path)
+        self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
 
     @classmethod
@@ -230,7 +233,13 @@ class OrientationGate:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 16) for gate inputs (N, size, size, 1)."""
-        return self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, logits) (N, 16) each for gate inputs (N, size, size, 1); logits None when the
+        gate's graph does not end in a softmax (then no CXR score can be computed from it)."""
+        out = self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return out[0], (out[1] if self.has_logits else None)
 
     def verdicts(self, probs: np.ndarray) -> list[Verdict]:
         """One verdict per row of class probabilities: upright or not, and the most likely layout.
@@ -255,11 +264,28 @@ class OrientationGate:
         return out
 
     def check(self, image: np.ndarray) -> Verdict:
-        """The verdict on one decoded image (any size, gray or color, any pixel dtype)."""
-        return self.verdicts(self.probabilities(gate_input(image, self.size)[None]))[0]
+        """The verdict on one decoded image (any size, gray or color, any pixel dtype), with its logits."""
+        from dataclasses import replace
+
+        probs, logits = self.outputs(gate_input(image, self.size)[None])
+        return replace(self.verdicts(probs)[0], logits=None if logits is None else logits[0])
 
     def describe(self) -> str:
         return f"orientation gate {self.meta.get('sha256', '')[:12]} ({self.size}x{self.size}, p(upright) >= {self.threshold:g})"
+
+
+def _with_logits(path: Path) -> tuple[bytes | str, bool]:
+    """The gate's ONNX model with the input of its final Softmax (the logits) as a second output, in
+    memory (the file, and so its checked sha256, is unchanged); the path as is when there is none."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    last = [n for n in graph.node if graph.output and graph.output[0].name in n.output]
+    if len(graph.output) != 1 or not last or last[0].op_type != "Softmax":
+        return str(path), False
+    graph.output.append(onnx.helper.make_tensor_value_info(last[0].input[0], onnx.TensorProto.FLOAT, None))
+    return model.SerializeToString(), True
 
 
 @functools.lru_cache(maxsize=4)
@@ -295,28 +321,32 @@ def gate_and_check(image: np.ndarray, tensor: np.ndarray, spec: Any, rules: Any,
     said. Order, so that each refusal names what is wrong: with "reject", the pixel rules first
     (noise, blank, color... are not films at all, whatever the gate would say of them), then the
     gate; with "fix", the gate first, then the pixel rules on the turned film (so a negative the
-    gate turned positive is not refused as a negative).
+    gate turned positive is not refused as a negative). Last, on the film as it would be
+    classified, the CXR score (runtime/cxr_score.py: is this like a frontal chest film at all?),
+    from the gate's logits of that same film when the gate has run on it.
     """
+    from edgecxr.runtime.cxr_score import check as cxr_check
+
     mode = mode_of(rules)
     if mode == "off":
-        return tensor, rules.check_pixels(image)
+        return tensor, rules.check_pixels(image) or cxr_check(image, rules)
     if mode == "reject":
         reason = rules.check_pixels(image)
         if reason:
             return tensor, reason
         verdict = shipped_gate().check(image)
         pred.orientation = verdict.transform.name if not verdict.upright else "upright"
-        return tensor, None if verdict.upright else verdict.reason
+        return tensor, cxr_check(image, rules, verdict.logits) if verdict.upright else verdict.reason
     verdict = shipped_gate().check(image)
     if verdict.upright:
         pred.orientation = "upright"
-        return tensor, rules.check_pixels(image)
+        return tensor, rules.check_pixels(image) or cxr_check(image, rules, verdict.logits)
     from edgecxr.core.spec import preprocess
 
     image = verdict.transform.undo(image)
     pred.orientation = (f"{verdict.transform.name}: {verdict.transform.reason}, p(upright) {verdict.p_upright:.2f}; "
                         "turned upright before classification")
-    return preprocess(image, spec), rules.check_pixels(image)
+    return preprocess(image, spec), rules.check_pixels(image) or cxr_check(image, rules)  # scored as turned upright
 
 
 def timed_check(gate: OrientationGate, image: np.ndarray) -> tuple[float, float]:

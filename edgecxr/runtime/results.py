@@ -18,7 +18,7 @@ from edgecxr.runtime.prediction import Prediction
 
 #: the run-level audit fields, in the order the CSV and the table footer show them
 AUDIT_FIELDS = ("model", "artifact_sha256", "precision", "backend", "preprocess", "temperature", "ood_threshold",
-                "orientation_gate", "edgecxr_version")
+                "orientation_gate", "cxr_score", "edgecxr_version")
 #: the DICOM UIDs a prediction may carry, as CSV columns
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -133,6 +133,7 @@ def audit_footer(audit: Mapping[str, Any]) -> str:
         "temperature " + ("none" if temp is None else f"{temp:.3f}"),
         "OOD threshold " + ("none" if ood is None else f"{ood:.4g}"),
         "orientation gate " + str(audit.get("orientation_gate") or "off").split(":")[0],
+        "CXR score " + str(audit.get("cxr_score") or "off").split(":")[0],
         f"edgecxr {audit.get('edgecxr_version')}",
     ]
     return "audit: " + " | ".join(parts)

@@ -345,7 +345,8 @@ def format_report(report: dict[str, Any]) -> str:
         if gate:
             lines.append(f"  orientation gate per film ({gate['image_size'][0]}x{gate['image_size'][1]}), median ms: "
                          f"resize {gate['resize_ms']['median']:.3f} + run {gate['onnx_ms']['median']:.3f} = "
-                         f"{gate['total_ms']['median']:.3f} (p99 {gate['total_ms']['p99']:.3f})")
+                         f"{gate['total_ms']['median']:.3f} (p99 {gate['total_ms']['p99']:.3f})"
+                         + (f"; CXR score on its logits {gate['cxr_score_ms']['median']:.4f}" if "cxr_score_ms" in gate else ""))
 
     if "entries" in report:
         for e in report["entries"]:

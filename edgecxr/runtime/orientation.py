@@ -384,6 +384,19 @@ def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s:
         resize.append(r)
         run.append(o)
         total.append(r + o)
-    return {"gate": gate.describe(), "image_size": [int(image.shape[1]), int(image.shape[0])],
-            "iterations": iterations, "resize_ms": summarize(resize), "onnx_ms": summarize(run),
-            "total_ms": summarize(total)}
+    out = {"gate": gate.describe(), "image_size": [int(image.shape[1]), int(image.shape[0])],
+           "iterations": iterations, "resize_ms": summarize(resize), "onnx_ms": summarize(run),
+           "total_ms": summarize(total)}
+    try:  # the CXR score (runtime/cxr_score.py) reuses the gate's logits: its own cost is one distance
+        from edgecxr.runtime.cxr_score import shipped_score
+
+        scorer, logits = shipped_score(), gate.check(image).logits
+    except BundleError:
+        return out
+    dist = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        scorer.reason(float(scorer.score(logits)))
+        dist.append((time.perf_counter() - t0) * 1e3)
+    out["cxr_score_ms"] = summarize(dist)
+    return out

@@ -171,3 +171,10 @@ def test_watch_folder_runs_it(tmp_path, tiny_bundle, strict):
         w.poll()
     (pred,) = [json.loads(p.read_text())["predictions"][0] for p in out.glob("*.json")]
     assert pred["status"] == "rejected" and pred["reason"].startswith(NOT_CXR)
+
+
+def test_bench_gate_times_the_score_on_the_gates_logits():
+    from edgecxr.runtime.orientation import bench_gate
+
+    out = bench_gate(load_image(FILM), iterations=5, warmup_s=0.0)
+    assert 0 < out["cxr_score_ms"]["median"] < 1.0  # a 16 x 16 quadratic form: microseconds

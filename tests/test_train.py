@@ -406,3 +406,38 @@ def test_runs_go_outside_the_checkout_by_default(manifest, tmp_path, monkeypatch
     assert record["epoch"] == 1 and record["images_per_second"] > 0
     monkeypatch.delenv(RUNS_ENV)
     assert default_run_dir("x") == Path.home() / ".cache" / "edgecxr" / "runs" / "x"
+
+
+def test_distilled_run_trains_on_mixed_targets_and_records_its_teachers(manifest, tmp_path, monkeypatch):
+    """--soft-labels: the batches carry alpha x soft + (1 - alpha) x one-hot; bundle.json says which file taught it."""
+    from edgecxr.data.manifest import read_manifest
+    from edgecxr.stages.train import distill
+    from edgecxr.stages.train import run as run_mod
+
+    rows = [r for r in read_manifest(manifest) if r.split == "train"]
+    soft = tmp_path / "soft.json"
+    doc = distill.document({r.relative_path: [0.25] * 4 for r in rows}, CLASSES_4, [{"model": "t"}], "m.csv", "train")
+    soft.write_text(json.dumps(doc))
+    seen = {}
+    real_batches = run_mod.fit.__globals__["batch_sequence"]
+
+    def spy(*args, **kwargs):
+        seq = real_batches(*args, **kwargs)
+        seen["labels"] = seq.batch(0, 0)[1]
+        return seq
+
+    monkeypatch.setitem(run_mod.fit.__globals__, "batch_sequence", spy)
+    out = tmp_path / "run"
+    train(_cfg(manifest, out, epochs=1, soft_labels=str(soft), distill_alpha=0.5))
+    labels = seen["labels"]
+    assert labels.max(axis=1) == pytest.approx(0.625) and labels.min(axis=1) == pytest.approx(0.125)
+    recorded = Bundle.load(out).meta["dataset"]["distillation"]
+    assert recorded["alpha"] == 0.5 and recorded["teachers"] == ["t"] and len(recorded["sha256"]) == 64
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(doc, teachers=[{"model": "u"}])))
+    with pytest.raises(EdgeCXRError, match="different options"):  # a resumed run learns from the same file
+        train(_cfg(manifest, out, epochs=2, soft_labels=str(other), distill_alpha=0.5))
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps(dict(doc, labels=dict(list(doc["labels"].items())[1:]))))
+    with pytest.raises(EdgeCXRError, match="1 of 16 training images have no soft label"):
+        train(_cfg(manifest, tmp_path / "run2", epochs=1, soft_labels=str(gap)))

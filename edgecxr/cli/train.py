@@ -74,6 +74,10 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
 @click.option("--keep", type=click.Choice(["all", "last", "best"]), default="all", show_default=True,
               help="Checkpoints left in OUT/checkpoints once the bundle is written: all (resume or extend later), "
                    "last (extend later), best (drops last.keras, ~540 MB for CoroNet).")
+@click.option("--soft-labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Distil: a soft-label file for every training image (scripts/soft_labels.py; docs/REPRODUCTION.md).")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --soft-labels: the teachers' weight in the training targets (the rest: the true label).")
 @click.option("--resume/--no-resume", default=None,
               help="[default: resume by itself] --resume: continue the run in --out from its last saved epoch; "
                    "--no-resume: refuse a folder that already holds a run.")

@@ -94,10 +94,11 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, policy: AugmentPolicy,
                    seed: int, class_weights: dict[int, float] | None = None,
-                   scale: float = 1.0, offset: float = 0.0) -> Any:
+                   scale: float = 1.0, offset: float = 0.0, targets: np.ndarray | None = None) -> Any:
     """A `keras.utils.PyDataset` of shuffled (images, one-hot labels[, sample weights]) batches.
 
-    One-hot labels let the loss apply label smoothing; class weights become per-sample weights
+    One-hot labels let the loss apply label smoothing (`targets`, (N, C), replace them: distillation's
+    mix of soft and true labels); class weights become per-sample weights
     (works the same on every backend). The order is reshuffled every epoch from `seed` + epoch,
     so a resumed run sees the same sequence of epochs as an uninterrupted one would.
     """
@@ -106,7 +107,7 @@ def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: i
     if class_weights:
         table = np.array([class_weights.get(c, 1.0) for c in range(num_classes)], dtype=np.float32)
         weights = table[np.asarray(y, dtype=np.int64)]
-    labels = one_hot(y, num_classes)
+    labels = one_hot(y, num_classes) if targets is None else np.asarray(targets, dtype=np.float32)  # distillation
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:

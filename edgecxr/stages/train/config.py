@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import ArgumentError, DataError, EdgeCXRError
+from edgecxr.core.fileutil import sha256_file
 from edgecxr.data.manifest import Record, label_indices
 from edgecxr.models import default_input_size, model_options
 from edgecxr.models import get as get_model
@@ -87,6 +88,10 @@ class TrainConfig:
     #: which checkpoints stay in out/checkpoints/ once the bundle is written: "all" (resume or extend
     #: later), "last" (last.keras + state: extend later), "best" (drop the large last.keras)
     keep: str = "all"
+    #: distillation (stages/train/distill.py): a soft-label file for every training image, and the
+    #: weight of the teachers' soft labels against the true one-hot label in the targets
+    soft_labels: str | None = None
+    distill_alpha: float = 0.5
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -120,6 +125,13 @@ class TrainConfig:
             raise ArgumentError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}", params=("keep",))
         if not 0.0 <= cfg.ema < 1.0:
             raise ArgumentError(f"ema must be in [0, 1), got {cfg.ema}", params=("ema",))
+        if not 0.0 <= cfg.distill_alpha <= 1.0:
+            raise ArgumentError(f"distill alpha must be in [0, 1], got {cfg.distill_alpha}", params=("distill_alpha",))
+        if cfg.soft_labels is not None:
+            if cfg.folds:
+                raise ArgumentError("soft labels are for one model, not a cross-validation", params=("soft_labels", "folds"))
+            if not Path(cfg.soft_labels).is_file():
+                raise ArgumentError(f"{cfg.soft_labels}: no such soft-label file", params=("soft_labels",))
         if not 0.0 <= cfg.label_smoothing < 1.0 or cfg.weight_decay < 0 or cfg.warmup_epochs < 0:
             raise EdgeCXRError("label smoothing must be in [0, 1), weight decay and warm-up epochs >= 0")
         return cfg
@@ -193,6 +205,9 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     identity = {k: getattr(cfg, k) for k in keys}
     if cfg.ema:  # only when set, so runs saved before the option existed still resume
         identity["ema"] = cfg.ema
+    if cfg.soft_labels:  # the teachers' file by content: a resumed run must learn from the same one
+        identity["soft_labels_sha256"] = sha256_file(Path(cfg.soft_labels))
+        identity["distill_alpha"] = cfg.distill_alpha
     return identity
 
 

@@ -250,8 +250,13 @@ def fit(
     seed: int,
     log: TextIO,
     verbose: int = 0,
+    targets: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train (or resume) one model in `workdir`; return the best-val-loss model (uncompiled) and the run state."""
+    """Train (or resume) one model in `workdir`; return the best-val-loss model (uncompiled) and the run state.
+
+    `targets` ((N, C) rows summing to 1) replace the one-hot training labels (distillation); the
+    validation loss stays against the true labels, so model selection is unchanged.
+    """
     keras = require("keras", "training")
     x_train, y_train, x_val, y_val = arrays
     ckpt = workdir / CKPT_DIR
@@ -305,7 +310,7 @@ def fit(
         keras.utils.set_random_seed(seed + start)
         cw = balanced_class_weights(y_train, len(classes)) if cfg.class_weights else None
         batches = batch_sequence(x_train, y_train, len(classes), cfg.batch_size, get_policy(cfg.augment), seed,
-                                 class_weights=cw, scale=spec.scale, offset=spec.offset)
+                                 class_weights=cw, scale=spec.scale, offset=spec.offset, targets=targets)
         batches.set_epoch(start)
         def recalibrate(m: Any) -> int:
             return recalibrate_batchnorm(m, x_train, cfg.batch_size, cfg.bn_recalibration, seed)

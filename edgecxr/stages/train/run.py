@@ -54,11 +54,13 @@ import numpy as np
 from edgecxr import models
 from edgecxr.core.bundle import Bundle, git_commit
 from edgecxr.core.errors import EdgeCXRError
-from edgecxr.core.fileutil import read_json, write_json
+from edgecxr.core.fileutil import read_json, recorded_path, sha256_file, write_json
 from edgecxr.core.lazy import require
 from edgecxr.data.manifest import Record, select
 from edgecxr.data.packed import data_identity, load_training_arrays, read_records
 from edgecxr.models import default_spec
+from edgecxr.stages.train import distill
+from edgecxr.stages.train.augment import one_hot
 from edgecxr.stages.train.config import (
     CKPT_DIR,
     CV_SELECT_FRACTION,
@@ -195,16 +197,36 @@ def train(cfg: TrainConfig, log: TextIO | None = None, verbose: int = 0) -> dict
     x_val, y_val = load_training_arrays(cfg.data, val_recs, spec, classes, progress=progress)
     print(f"{cfg.model}: {len(train_recs)} train / {len(val_recs)} val images at {spec.id}, "
           f"batch {cfg.batch_size}, up to {cfg.epochs} epochs -> {out}", file=log, flush=True)
-    model, state = fit(out, cfg, (x_train, y_train, x_val, y_val), classes, cfg.seed, log, verbose)
+    targets, distilled = _distillation(cfg, train_recs, y_train, classes, log)
+    model, state = fit(out, cfg, (x_train, y_train, x_val, y_val), classes, cfg.seed, log, verbose, targets=targets)
     metrics = val_metrics(model, x_val, y_val, classes, cfg.seed)
     dataset.update(train_split="train", val_split="val",
                    counts={"train": _counts(train_recs, classes), "val": _counts(val_recs, classes)})
+    if distilled:
+        dataset["distillation"] = distilled
     bundle = _write_bundle(out, cfg, model, state, classes, dataset, metrics, "val")
     summary = _summary(bundle, state, metrics)
     print(f"best epoch {state['best_epoch']} (val loss {state['best']:.4f}), val accuracy "
           f"{metrics['accuracy']:.4f}; bundle {bundle.path}", file=log, flush=True)
     summary["checkpoints"] = prune_checkpoints(out / CKPT_DIR, cfg.keep, log)
     return summary
+
+
+def _distillation(cfg: TrainConfig, records: Sequence[Record], y: np.ndarray, classes: Sequence[str],
+                  log: TextIO) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The training targets of a distilled run (soft labels mixed with the true ones) and what bundle.json records."""
+    if cfg.soft_labels is None:
+        return None, None
+    path = Path(cfg.soft_labels)
+    doc = distill.read(path)
+    soft = distill.soft_targets(doc, [r.relative_path for r in records], classes, where=str(path))
+    targets = distill.mix(one_hot(y, len(classes)), soft, cfg.distill_alpha)
+    agree = float(np.mean(soft.argmax(1) == np.asarray(y)))
+    print(f"distilling from {path.name}: {len(doc.get('teachers') or [])} teacher(s), weight {cfg.distill_alpha}, "
+          f"teachers agree with the true label on {agree:.1%} of {len(records)} training images", file=log, flush=True)
+    return targets, {"soft_labels": recorded_path(path), "sha256": sha256_file(path), "alpha": cfg.distill_alpha,
+                     "teachers": [t.get("model") for t in doc.get("teachers") or []],
+                     "teacher_train_agreement": round(agree, 4)}
 
 
 #: what each --keep value removes once the bundle (whose model.keras holds the best weights) is written

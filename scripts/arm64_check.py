@@ -179,10 +179,11 @@ def stats(values: list[float]) -> dict[str, float]:
             "p50": percentile(values, 50), "mean": sum(values) / len(values)}
 
 
-def drift(images: dict[str, dict], threshold: float | None) -> dict:
+def drift(images: dict[str, dict]) -> dict:
     """x86 vs aarch64 over the images run on both: |Δscore|, per-image max |Δp|, and what flipped.
 
-    A flip is an image whose abstention verdict (score > threshold) differs between the two CPUs.
+    A flip is an image abstained on one CPU and not on the other: the runtime's own verdict (the JSON
+    rounds the score to 4 decimals, too coarse to recompute it at the threshold).
     """
     both = {n: r for n, r in images.items() if r.get("arm")}
     dscore = [abs(r["arm"]["score"] - r["x86"]["score"]) for r in both.values()
@@ -191,8 +192,8 @@ def drift(images: dict[str, dict], threshold: float | None) -> dict:
               if r["x86"]["score"] is not None and r["arm"]["score"] is not None]
     dp = [max((abs(p - r["arm"]["probabilities"].get(c, float("nan"))) for c, p in r["x86"]["probabilities"].items()),
               default=float("nan")) for r in both.values() if r["x86"]["probabilities"]]
-    flips = sorted(n for n, r in both.items() if threshold is not None and None not in (r["x86"]["score"], r["arm"]["score"])
-                   and (r["x86"]["score"] > threshold) != (r["arm"]["score"] > threshold))
+    flips = sorted(n for n, r in both.items()
+                   if (r["x86"]["status"] == "abstained") != (r["arm"]["status"] == "abstained"))
     return {"n": len(both), "score": stats(dscore), "p": stats(dp),
             "score_mean_signed": sum(signed) / len(signed) if signed else None,
             "labels_equal": sum(r["x86"]["label"] == r["arm"]["label"] for r in both.values()),
@@ -208,7 +209,8 @@ def margins(images: dict[str, dict], threshold: float, band: float | None, neare
     """
     m = {n: r["x86"]["score"] - threshold for n, r in images.items() if r["x86"]["score"] is not None}
     close = sorted(m, key=lambda n: abs(m[n]))
-    return {"n": len(m), "threshold": threshold, "abstained": sum(v > 0 for v in m.values()),
+    return {"n": len(m), "threshold": threshold,
+            "abstained": sum(r["x86"]["status"] == "abstained" for r in images.values()),
             "min_abs_margin": abs(m[close[0]]) if close else None, "band": band,
             "within_band": None if band is None else sum(abs(v) <= band for v in m.values()),
             "nearest": [[n, round(m[n], 4)] for n in close[:nearest]]}
@@ -220,7 +222,7 @@ def cross_precision(a: dict[str, dict], ta: float, b: dict[str, dict], tb: float
     compared: each precision has its own threshold."""
     common = [n for n in a if n in b and a[n]["x86"]["score"] is not None and b[n]["x86"]["score"] is not None]
     dm = [abs((a[n]["x86"]["score"] - ta) - (b[n]["x86"]["score"] - tb)) for n in common]
-    disagree = sorted(n for n in common if (a[n]["x86"]["score"] > ta) != (b[n]["x86"]["score"] > tb))
+    disagree = sorted(n for n in common if (a[n]["x86"]["status"] == "abstained") != (b[n]["x86"]["status"] == "abstained"))
     labels = sum(a[n]["x86"]["label"] == b[n]["x86"]["label"] for n in common)
     return {"n": len(common), "margin_diff": stats(dm), "verdict_disagree": disagree, "labels_equal": labels}
 
@@ -234,7 +236,7 @@ def summarize(results: list[dict]) -> dict:
     out: dict[str, list] = {"drift": [], "margins": [], "cross_precision": []}
     band: dict[tuple[str, str], float] = {}
     for r in results:
-        d = drift(r["images"], r["threshold"])
+        d = drift(r["images"])
         if d["n"]:
             out["drift"].append({"model": r["model"], "precision": r["precision"], "split": r["split"],
                                  "threshold": r["threshold"], **d})

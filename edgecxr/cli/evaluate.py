@@ -98,11 +98,14 @@ def evaluate(
     title = f"{prov['model']} [{artifact}, {prov['backend'].get('backend', backend)}] on {split}"
     click.echo(format_report(result, title), nl=False)
     cal = result["calibration"]
-    if cal.get("temperature") is None:
-        click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} (no temperature fitted: `edgecxr confidence`)")
+    if cal.get("calibrator", "none") == "none":
+        click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} (no calibrator fitted: `edgecxr confidence`)")
+    elif cal.get("temperature") is None:
+        click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} raw, {cal['ece_after']:.3f} with the "
+                   f"{cal['calibrator']} calibrator (fitted on held-out splits)")
     else:
         click.echo(f"\ncalibration: ECE {cal['ece_before']:.3f} raw, {cal['ece_after']:.3f} with temperature "
-                   f"{cal['temperature']:.3g} (fitted on val)")
+                   f"{cal['temperature']:.3g} (fitted on held-out splits)")
     files = result.get("files", {})
     click.echo(f"\nwritten: {files.get('json')}" + "".join(f", {files[k]}" for k in ("figure", "reliability", "roc")
                                                           if files.get(k)))

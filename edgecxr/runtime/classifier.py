@@ -44,6 +44,8 @@ from edgecxr.core.errors import (
 from edgecxr.core.spec import PreprocessSpec
 from edgecxr.runtime.base import FEATURES
 from edgecxr.runtime.confidence import Confidence
+from edgecxr.runtime.confidence import labels as confidence_labels
+from edgecxr.runtime.cxr_score import describe as describe_cxr_score
 from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
 from edgecxr.runtime.inputs import file_sha256, prepare
 from edgecxr.runtime.load_checks import (
@@ -53,7 +55,6 @@ from edgecxr.runtime.load_checks import (
     owning_bundle,
     verify_before_load,
 )
-from edgecxr.runtime.cxr_score import describe as describe_cxr_score
 from edgecxr.runtime.orientation import describe as describe_orientation
 from edgecxr.runtime.prediction import Prediction
 from edgecxr.runtime.select import BACKENDS, _ort_has_cuda, choose_artifact, runs_file
@@ -100,6 +101,7 @@ class Classifier:
             "backend": info.get("backend"),
             "preprocess": self.spec.id,
             "temperature": self.confidence.temperature,
+            "calibrator": self.confidence.calibrator.describe(),
             "ood_method": None if self.confidence.ood is None else self.confidence.ood.method,
             "ood_threshold": self._ood_threshold(),
             "input_checks": "on" if self.input_rules.enabled else "off",
@@ -264,11 +266,12 @@ class Classifier:
         outputs = self.runner.infer_outputs(np.stack(tensors))
         per_image = (time.perf_counter() - t0) * 1e3 / len(good)
         probs, scores, threshold = self.confidence.apply(outputs, str(self.backend_info.get("precision")))
+        picked = confidence_labels(outputs)  # the model's own argmax: a calibrator never relabels
         if probs.ndim != 2 or probs.shape != (len(good), len(self.classes)):
             raise BundleError(
                 f"model returned shape {probs.shape}, expected ({len(good)}, {len(self.classes)}) for classes {self.classes}"
             )
-        for row, i in zip(probs, good, strict=True):
+        for row, i, k in zip(probs, good, picked, strict=True):
             p = preds[i]
             p.inference_ms = per_image
             if not np.isfinite(row).all():
@@ -276,7 +279,7 @@ class Classifier:
                 # input fails, the batch goes on, and the CLI counts it as failed (exit code 1)
                 p.error = NOT_FINITE
                 continue
-            k = int(np.argmax(row))
+            k = int(k)
             p.label = self.classes[k]
             p.top1 = float(row[k])
             p.probabilities = {c: float(v) for c, v in zip(self.classes, row, strict=True)}
@@ -303,8 +306,8 @@ class Classifier:
 def _describe_confidence(confidence: Confidence, runner: Any, precision: str) -> str:
     """One line for backend_info: what happens to the model's outputs after it ran."""
     parts = []
-    if confidence.temperature is not None:
-        parts.append(f"temperature {confidence.temperature:.3f}")
+    if confidence.calibrator.kind != "none":
+        parts.append(confidence.calibrator.describe())
     ood = confidence.ood
     if ood is not None:
         names = runner.output_names()

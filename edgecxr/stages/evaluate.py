@@ -147,7 +147,7 @@ def evaluate_bundle(
     from edgecxr.runtime.confidence import Confidence
     from edgecxr.stages.confidence.report import calibration_report
 
-    calibration = calibration_report(probs, y, classes, Confidence.from_bundle(bundle).temperature, bundle.dir, tag,
+    calibration = calibration_report(probs, y, classes, Confidence.from_bundle(bundle).calibrator, bundle.dir, tag,
                                      f"{bundle.model} {artifact}, {split}")
     if "figure_error" in calibration:
         warnings.warn(f"calibration figures skipped: {calibration['figure_error']}", UserWarning, stacklevel=2)

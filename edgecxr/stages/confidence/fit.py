@@ -53,11 +53,17 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: floa
     return float(np.exp((a + b) / 2))
 
 
-def reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
-    """Expected calibration error and the per-bin table of the reliability diagram."""
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Expected calibration error and the per-bin table of the reliability diagram.
+
+    `labels`: the class each row reports (default its argmax); the confidence is the probability
+    of that class. The runtime reports the raw argmax with calibrated probabilities, so a
+    calibrator that could move the argmax (vector, Dirichlet) is measured on what is reported.
+    """
     probs = np.asarray(probs, dtype=np.float64)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
+    labels = probs.argmax(axis=1) if labels is None else np.asarray(labels)
+    conf = probs[np.arange(len(labels)), labels]
+    correct = labels == y
     edges = np.linspace(0, 1, bins + 1)
     rows, ece = [], 0.0
     for k in range(bins):

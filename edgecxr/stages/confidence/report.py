@@ -1,4 +1,4 @@
-"""Figures of the confidence fit: reliability diagram (before/after temperature) and per-class ROC curves."""
+"""Figures of the confidence fit: reliability diagram (before/after the calibrator) and per-class ROC curves."""
 
 from __future__ import annotations
 
@@ -9,28 +9,32 @@ from typing import Any
 import numpy as np
 
 from edgecxr.core.errors import MissingDependencyError
-from edgecxr.runtime.confidence import apply_temperature
+from edgecxr.runtime.confidence import Calibrator
 from edgecxr.stages.confidence.fit import auroc, nll, reliability, roc_curve
 from edgecxr.stages.plots import _figure, _save
 
 
-def calibration_report(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], temperature: float | None,
+def calibration_report(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], calibrator: Calibrator,
                        folder: Path, tag: str, title: str) -> dict[str, Any]:
-    """ECE and NLL of the raw probabilities and, where the bundle has a temperature, of the calibrated
-    ones; a reliability diagram (reliability-TAG.png) and per-class ROC curves (roc-TAG.png).
+    """ECE and NLL of the raw probabilities and, where the bundle has a calibrator, of the calibrated
+    ones (the raw argmax's calibrated probability: what the runtime reports); a reliability diagram
+    (reliability-TAG.png) and per-class ROC curves (roc-TAG.png).
 
     What `evaluate` reports (issue "honest answers", item 3). A missing matplotlib costs the figures
     only (a warning in "figure_error"), never the numbers.
     """
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
-    out: dict[str, Any] = {"temperature": temperature, "ece_before": reliability(probs, y)["ece"],
-                           "nll_before": nll(probs, y)}
-    curves = {"raw": (probs, y)}
+    temperature = calibrator.temperature if calibrator.kind == "temperature" else None
+    out: dict[str, Any] = {"temperature": temperature, "calibrator": calibrator.kind,
+                           "ece_before": reliability(probs, y)["ece"], "nll_before": nll(probs, y)}
+    curves: dict[str, tuple[np.ndarray, ...]] = {"raw": (probs, y)}
     final = probs
-    if temperature is not None:
-        final = apply_temperature(probs, temperature)
-        out.update(ece_after=reliability(final, y)["ece"], nll_after=nll(final, y))
-        curves[f"T = {temperature:.3g}"] = (final, y)
+    if calibrator.kind != "none":
+        final = calibrator.apply(probs)
+        labels = probs.argmax(axis=1)
+        out.update(ece_after=reliability(final, y, labels=labels)["ece"], nll_after=nll(final, y))
+        name = f"T = {temperature:.3g}" if temperature is not None else calibrator.kind
+        curves[name] = (final, y, labels)
     try:
         out["reliability_figure"] = str(plot_reliability(curves, folder / f"reliability-{tag}.png", f"{title}: reliability"))
         out["roc_figure"] = str(plot_roc(final, y, classes, folder / f"roc-{tag}.png", f"{title}: one-vs-rest ROC"))
@@ -39,13 +43,14 @@ def calibration_report(probs: np.ndarray, y: np.ndarray, classes: Sequence[str],
     return out
 
 
-def plot_reliability(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """One reliability diagram: accuracy against mean confidence per bin, one line per labelled (probs, y)."""
+def plot_reliability(curves: Mapping[str, tuple[np.ndarray, ...]], path: str | Path, title: str = "") -> Path:
+    """One reliability diagram: accuracy against mean confidence per bin, one line per labelled
+    (probs, y) or (probs, y, reported labels)."""
     fig = _figure(4.6, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
-    for label, (probs, y) in curves.items():
-        rel = reliability(probs, y)
+    for label, (probs, y, *picked) in curves.items():
+        rel = reliability(probs, y, labels=picked[0] if picked else None)
         xs = [b["confidence"] for b in rel["bins"]]
         ys = [b["accuracy"] for b in rel["bins"]]
         ax.plot(xs, ys, marker="o", linewidth=1.5, label=f"{label} (ECE {rel['ece']:.3f})")

@@ -1,9 +1,11 @@
-"""`edgecxr confidence`: fit temperature scaling and the OOD score of a bundle, and measure them.
+"""`edgecxr confidence`: fit the probability calibrator and the OOD score of a bundle, and measure them.
 
 What is chosen where (nothing on `test`):
 - the model's `features` output is added to every ONNX artifact that lacks it (probabilities
   checked unchanged on `val` images, new sha256 recorded);
-- the temperature is fitted on `val` (NLL), with ECE before and after on `val`;
+- the probability calibrator (none, temperature, vector or Dirichlet; stages/confidence/calibrate.py)
+  is fitted on `val` + `calib` by NLL, the kind chosen by 5-fold cross-validated ECE on that pool
+  (`calib`'s labels are free to use: INT8 calibration reads only its pixels, for activation ranges);
 - the OOD score's statistics come from `train` (class means, covariance); the method
   (Mahalanobis, energy, max-softmax) is the one with the highest AUROC of `val` against the
   built-in OOD set (stages/confidence/ood_set.py, inverted/rotated kinds made from `val`);
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from edgecxr.core.spec import preprocess
 from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import read_manifest, select
 from edgecxr.runtime.base import FEATURES, PROBABILITIES
-from edgecxr.runtime.confidence import FILE, SECTION, OodScore, save_arrays
+from edgecxr.runtime.confidence import FILE, SECTION, Calibrator, OodScore, save_arrays
 from edgecxr.runtime.input_checks import DEFAULT_RULES
 from edgecxr.runtime.onnxrt import session_options
 from edgecxr.stages.confidence import fit, ood_set
@@ -93,9 +96,81 @@ def _probs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     return session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: x})[0]
 
 
+#: the labelled splits the probability calibrator is fitted on (those present in the manifest)
+CALIBRATOR_POOL = ("val", "calib")
+
+
+def calibrator_section(probs: np.ndarray, y: np.ndarray, kind: str = "auto", splits: Sequence[str] = ("val",),
+                       artifact: str = "", seed: int = 0) -> dict[str, Any]:
+    """bundle.json's confidence.calibrator: the fitted parameters plus how they were chosen.
+
+    `kind` "auto" picks by cross-validated ECE on (probs, y) (calibrate.cross_validate; the table is
+    recorded either way, so a forced kind shows what auto would have said).
+    """
+    from edgecxr.stages.confidence import calibrate
+
+    choice = calibrate.cross_validate(probs, y, seed=seed)
+    chosen = choice.kind if kind == "auto" else kind
+    cal, inner = calibrate.fit_calibrator(chosen, probs, y, seed=seed)
+    try:  # what load will check: refuse to record a fit the runtime would refuse
+        Calibrator.from_section(cal.params(), probs.shape[1], "fit")
+    except BundleError as exc:
+        raise BundleError(f"the {chosen} calibrator fitted on {len(y)} images is out of range ({exc}); "
+                          "use more images or --calibrator temperature / none") from None
+    after = cal.apply(probs)
+    return {
+        **cal.params(),
+        "label": "argmax of the raw probabilities (the gate-verified label); only probabilities are calibrated",
+        "fitted_on": list(splits), "n": int(len(y)), "artifact": artifact,
+        "chosen_by": "cross-validated ECE" if kind == "auto" else "--calibrator option",
+        "cv": {"folds": calibrate.CV_FOLDS, "repeats": calibrate.CV_REPEATS, "rule": choice.rule,
+               "choice": choice.kind,
+               "table": {k: {m: round(v, 5) for m, v in row.items()} for k, row in choice.table.items()}},
+        **({"fit": inner} if inner else {}),
+        "ece_before": calibrate.ece(probs, probs, y), "ece_after": calibrate.ece(probs, after, y),
+        "nll_before": fit.nll(probs, y), "nll_after": fit.nll(after, y),
+    }
+
+
+def pool_outputs(bundle: Bundle, manifest: str | Path, artifact: str, batch_size: int = 16,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(probabilities, labels, splits) of `artifact` on the calibrator's pool (CALIBRATOR_POOL)."""
+    records = read_manifest(manifest)
+    probs, ys, used = [], [], []
+    for split in CALIBRATOR_POOL:
+        recs = select(records, split)
+        if not recs:
+            continue
+        x, y = load_arrays(recs, bundle.spec, bundle.classes, progress=f"loading {split}" if progress else False)
+        probs.append(outputs_of(bundle.artifact(artifact), x, batch_size)[0])
+        ys.append(y)
+        used.append(split)
+    if not used:
+        raise BundleError(f"{manifest}: no {' or '.join(CALIBRATOR_POOL)} split to fit the calibrator on")
+    return np.concatenate(probs), np.concatenate(ys), used
+
+
+def record_calibrator(bundle_dir: str | Path, manifest: str | Path, kind: str = "auto", artifact: str | None = None,
+                      batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Refit only confidence.calibrator of a bundle whose confidence fit exists; nothing else moves."""
+    bundle = Bundle.load(bundle_dir)
+    section = dict(bundle.meta.get(SECTION) or {})
+    if not section:
+        raise BundleError(f"{bundle.dir}: no confidence fit; run `edgecxr confidence` first")
+    old = section.get("calibrator") or section.get("temperature") or {}
+    artifact = artifact or old.get("artifact") or next(
+        k for k in ONNX_KEYS if bundle.artifact(k, must_exist=False) is not None)
+    probs, y, splits = pool_outputs(bundle, manifest, artifact, batch_size, progress)
+    section.pop("temperature", None)
+    section["calibrator"] = calibrator_section(probs, y, kind, splits, artifact)
+    bundle.update(**{SECTION: section})
+    return section["calibrator"]
+
+
 def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest: str | Path | None = None,
-                   batch_size: int = 16, per_kind: int = 8, progress: bool = True) -> dict[str, Any]:
-    """Fit and record the temperature and the OOD score in bundle.json["confidence"]; returns the report."""
+                   batch_size: int = 16, per_kind: int = 8, progress: bool = True,
+                   calibrator: str = "auto") -> dict[str, Any]:
+    """Fit and record the calibrator and the OOD score in bundle.json["confidence"]; returns the report."""
     bundle = Bundle.load(bundle_dir)
     spec, classes = bundle.spec, bundle.classes
     val_recs = select(read_manifest(manifest), "val")
@@ -104,6 +179,8 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
         raise BundleError(f"{manifest}: the fit needs a train and a val split")
     x_val, y_val = load_arrays(val_recs, spec, classes, progress="loading val" if progress else False)
     added = ensure_features(bundle, x_val[:16])
+    if added:  # the new files' sha256 now, so a failure further on leaves a bundle that still loads
+        bundle.save()
     keys = [k for k in ONNX_KEYS if bundle.artifact(k, must_exist=False) is not None]
     if not keys:
         raise BundleError(f"{bundle.dir}: no ONNX artifact to fit on (run `edgecxr export` first)")
@@ -116,13 +193,13 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
     x_ood = np.stack([preprocess(it.image, spec) for it in items])
     ood_out = {k: outputs_of(bundle.artifact(k), x_ood, batch_size) for k in keys}
 
-    # 1. temperature on val
+    # 1. the probability calibrator on val (+ calib)
     p_val, f_val = val_out[ref]
-    temperature = fit.fit_temperature(p_val, y_val)
-    from edgecxr.runtime.confidence import apply_temperature
-
+    p_pool, y_pool, pool = pool_outputs(bundle, manifest, ref, batch_size, progress)
+    calibrated = calibrator_section(p_pool, y_pool, calibrator, pool, ref)
+    applied = Calibrator.from_section(calibrated, len(classes), SECTION).apply(p_val)
     cal_before = fit.reliability(p_val, y_val)
-    cal_after = fit.reliability(apply_temperature(p_val, temperature), y_val)
+    cal_after = fit.reliability(applied, y_val, labels=p_val.argmax(axis=1))
 
     # 2. the OOD score: candidates fitted on train, compared on val vs the OOD set
     import onnx
@@ -148,10 +225,7 @@ def fit_confidence(bundle_dir: str | Path, manifest: str | Path, train_manifest:
         atomic_write_bytes(npz, save_arrays(arrays))
     kinds = _per_kind(items, chosen, ood_out[ref], thresholds[PRECISION[ref]], chosen.score(p_val, f_val))
     section = {
-        "temperature": {"value": round(temperature, 6), "fitted_on": "val", "n": len(y_val), "artifact": ref,
-                        "nll_before": fit.nll(p_val, y_val),
-                        "nll_after": fit.nll(apply_temperature(p_val, temperature), y_val),
-                        "ece_before": cal_before["ece"], "ece_after": cal_after["ece"]},
+        "calibrator": calibrated,
         "ood": {"method": method, "file": FILE if arrays else None, "sha256": sha256_file(npz) if arrays else None,
                 "thresholds": {k: _round_up(v) for k, v in thresholds.items()}, "target_pass_rate": fit.TARGET_PASS,
                 "statistics_from": {"split": "train", "n": len(y_tr), "artifact": ref,

@@ -126,12 +126,17 @@ def _confidence_lines(conf: dict | None) -> list[str]:
     if not conf:
         return ["- Probabilities are not calibrated and there is no out-of-distribution abstention "
                 "(`edgecxr confidence` has not been run on this bundle)."]
-    t, ood = conf["temperature"], conf["ood"]
+    t, ood = conf.get("calibrator") or {"kind": "temperature", **conf["temperature"]}, conf["ood"]
     thr = ", ".join(f"{k.upper()} {v:.3f}" for k, v in ood["thresholds"].items())
+    splits = t.get("fitted_on") if isinstance(t.get("fitted_on"), list) else ["val"]
+    where = " + ".join(f"`{s}`" for s in splits)
+    how = {"none": "not recalibrated (no calibrator beat the raw probabilities in cross-validation",
+           "temperature": f"temperature-scaled (T = {t.get('temperature', t.get('value', 1.0)):.3f}",
+           "vector": "recalibrated by vector scaling (the label stays the model's own argmax",
+           "dirichlet": "recalibrated by Dirichlet scaling (the label stays the model's own argmax"}[t["kind"]]
     return [
-        f"- Probabilities are temperature-scaled (T = {t['value']:.3f}, fitted on `val`: ECE {t['ece_before']:.3f} -> "
-        f"{t['ece_after']:.3f} there; on `test` see docs/SAFETY.md, where one scalar fitted on 129 images does not "
-        "always transfer).",
+        f"- Probabilities are {how}, fitted on {where}: ECE {t['ece_before']:.3f} -> {t['ece_after']:.3f} there; "
+        "on `test`, with its bootstrap interval, see docs/SAFETY.md).",
         f"- Out-of-distribution abstention: {ood['method']} score on the penultimate features (statistics from "
         f"{ood['statistics_from']['n']} `train` images), threshold {thr} (conformal rank of `val`). Noise, blanks, "
         "text, color photos, CT/MR/US DICOMs, lateral DICOMs, most negatives and most films turned 90 degrees are refused (input checks or "

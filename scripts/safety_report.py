@@ -3,12 +3,13 @@
     python scripts/safety_report.py coronet  --data ../shared/data/cxr/manifest.csv
     python scripts/safety_report.py cnn-lstm --data ../shared/data/cxr/manifest.csv
 
-Nothing is fitted or chosen here: the temperature, OOD method and thresholds are read from the
+Nothing is fitted or chosen here: the calibrator, OOD method and thresholds are read from the
 bundle. `test` is read for the report only: the share of test images rejected or abstained (the
 whole product: input checks, then the model's OOD score, as `edgecxr infer` runs it), ECE before
-and after temperature scaling, per-class ROC. The built-in OOD set goes through the same
+and after the bundle's calibrator, per-class ROC. The reliability diagrams and the comparison of
+calibrators are scripts/calibration_report.py's. The built-in OOD set goes through the same
 `Classifier.predict` (arrays; DICOM files by path, so the header rules apply too).
-Writes safety-MODEL.json and MODEL-{reliability,roc-test,ood-scores}.png into --out (default
+Writes safety-MODEL.json and MODEL-{roc-test,ood-scores}.png into --out (default
 runs/safety/, git-ignored); --update-docs writes them where SAFETY.md reads them instead
 (docs/results/ and docs/img/), the one way this script changes the checkout.
 """
@@ -29,9 +30,9 @@ from edgecxr.data.dataset import load_arrays
 from edgecxr.data.manifest import read_manifest, select
 from edgecxr.runtime import store
 from edgecxr.runtime.classifier import Classifier
-from edgecxr.runtime.confidence import Confidence, apply_temperature
+from edgecxr.runtime.confidence import Confidence
 from edgecxr.stages.confidence import fit, ood_set
-from edgecxr.stages.confidence.report import plot_ood_scores, plot_reliability, plot_roc
+from edgecxr.stages.confidence.report import plot_ood_scores, plot_roc
 from edgecxr.stages.confidence.run import outputs_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,8 @@ def main() -> None:
 
     bundle = Bundle.load(store.resolve(args.model))
     conf = Confidence.from_bundle(bundle)
-    if conf.ood is None or conf.temperature is None:
+    fitted = bundle.meta.get("confidence") or {}
+    if conf.ood is None or not (fitted.get("calibrator") or fitted.get("temperature")):
         raise SystemExit(f"error: {bundle.dir} has no confidence fit; run `edgecxr confidence` first")
     records = read_manifest(args.data)
     out: dict = {"model": args.model, "bundle": recorded_path(bundle.dir), "confidence": bundle.meta["confidence"]}
@@ -79,23 +81,22 @@ def main() -> None:
         precision = clf.backend_info["precision"]
 
     # calibration and ROC from the model's raw outputs (the artifact the fit came from)
-    ref = bundle.artifact(bundle.meta["confidence"]["temperature"]["artifact"])
-    curves, raw = {}, {}
+    ref_key = (fitted.get("calibrator") or fitted.get("temperature"))["artifact"]
+    ref = bundle.artifact(ref_key)
+    raw = {}
     for split in ("val", "test"):
         x, y = load_arrays(select(records, split), bundle.spec, bundle.classes, progress=False)
         p, f = outputs_of(ref, x)
         raw[split] = (p, f, y)
-        cal = apply_temperature(p, conf.temperature)
-        out[f"ece_{split}"] = {"before": fit.reliability(p, y)["ece"], "after": fit.reliability(cal, y)["ece"],
+        cal = conf.calibrator.apply(p)
+        out[f"ece_{split}"] = {"calibrator": conf.calibrator.kind, "before": fit.reliability(p, y)["ece"],
+                               "after": fit.reliability(cal, y, labels=p.argmax(axis=1))["ece"],
                                "nll_before": fit.nll(p, y), "nll_after": fit.nll(cal, y), "n": len(y)}
-        curves[f"{split}, raw"] = (p, y)
-        curves[f"{split}, T={conf.temperature:.2f}"] = (cal, y)
     img = REPO / "docs" / "img" if args.update_docs else args.out
     img.mkdir(parents=True, exist_ok=True)
     name = args.model
-    plot_reliability(curves, img / f"{name}-reliability.png", f"{name}: reliability (val fits T; test reported)")
     p, _, y = raw["test"]
-    plot_roc(apply_temperature(p, conf.temperature), y, bundle.classes, img / f"{name}-roc-test.png",
+    plot_roc(conf.calibrator.apply(p), y, bundle.classes, img / f"{name}-roc-test.png",
              f"{name}: per-class ROC on test")
     x_ood = np.stack([preprocess(it.image, bundle.spec) for it in items])
     p_ood, f_ood = outputs_of(ref, x_ood)
@@ -103,7 +104,7 @@ def main() -> None:
     s_val = conf.ood.score(raw["val"][0], raw["val"][1])
     s_test = conf.ood.score(raw["test"][0], raw["test"][1])
     by_kind = {k: s_ood[[i for i, it in enumerate(items) if it.kind == k]] for k in dict.fromkeys(it.kind for it in items)}
-    thr = conf.ood.threshold(bundle.meta["confidence"]["temperature"]["artifact"].split("_")[-1])
+    thr = conf.ood.threshold(ref_key.split("_")[-1])
     plot_ood_scores(np.concatenate([s_val, s_test]), by_kind, thr, img / f"{name}-ood-scores.png",
                     f"{name}: {conf.ood.method} OOD score (val + test vs OOD set)")
     out["ood_score_auroc"] = {"val_vs_all_ood": fit.auroc(s_val, s_ood), "test_vs_all_ood": fit.auroc(s_test, s_ood),

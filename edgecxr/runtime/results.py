@@ -130,6 +130,8 @@ def audit_footer(audit: Mapping[str, Any]) -> str:
         f"{audit.get('backend')} {audit.get('precision')}",
         f"sha256 {sha}",
         f"preprocess {audit.get('preprocess')}",
+        # a vector / Dirichlet calibrator has no temperature: name it rather than say "temperature none"
+        str(audit["calibrator"]) if audit.get("calibrator") and temp is None else
         "temperature " + ("none" if temp is None else f"{temp:.3f}"),
         "OOD threshold " + ("none" if ood is None else f"{ood:.4g}"),
         "orientation gate " + str(audit.get("orientation_gate") or "off").split(":")[0],

@@ -88,3 +88,11 @@ def test_both_the_calibrator_and_the_old_temperature_is_ambiguous():
         _load({"calibrator": {"kind": "none"}, "temperature": {"value": 1.2}})
     with pytest.raises(BundleError, match="temperature must be a table"):
         _load({"temperature": 1.2})
+
+
+def test_the_table_footer_names_a_calibrator_that_is_not_a_temperature():
+    from edgecxr.runtime.results import audit_footer
+
+    assert "| vector calibrator |" in audit_footer({"calibrator": "vector calibrator", "temperature": None})
+    assert "| temperature 0.700 |" in audit_footer({"calibrator": "temperature 0.700", "temperature": 0.7})
+    assert "| temperature none |" in audit_footer({"temperature": None})  # an older audit

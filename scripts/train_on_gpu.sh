@@ -170,7 +170,7 @@ EOF
     cp "$run/train.jsonl" "$OUT/" 2>/dev/null || true
     local tarball="$RUN_DIR/$model-result.tar"
     if [ -f "$run/bundle.json" ]; then
-        tar -C "$run" --exclude=checkpoints -cf "$tarball" .
+        tar -C "$run" --exclude=checkpoints --exclude=.bundle.lock -cf "$tarball" .
         echo "finished: the bundle comes back"
     elif [ -f "$run/checkpoints/best.weights.h5" ]; then
         tar -C "$run" -cf "$tarball" train.jsonl checkpoints/state.json checkpoints/best.weights.h5

@@ -76,7 +76,8 @@ def compare(pool_p: np.ndarray, pool_y: np.ndarray, test_p: np.ndarray, test_y: 
                "test_ece": round(calibrate.ece(test_p, q, test_y), 4), "test_ece_ci95": [round(lo, 4), round(hi, 4)],
                "test_nll": round(fit.nll(q, test_y), 4),
                "test_ece_if_calibrated": {k: round(v, 4) for k, v in calibrate.calibrated_ece(test_p, q, bootstrap).items()},
-               "test_argmax_would_move": int((np.asarray(q).argmax(1) != test_p.argmax(1)).sum()),
+               "test_accuracy": round(float(np.mean(np.asarray(q).argmax(1) == test_y)), 4),
+               "test_labels_moved": int((np.asarray(q).argmax(1) != test_p.argmax(1)).sum()),
                "params": cal.params(), **({"fit": inner} if inner else {})}
         if int8_p is not None:
             q8 = cal.apply(int8_p)
@@ -115,8 +116,7 @@ def report_model(name: str, manifest: Path, args: argparse.Namespace, img: Path)
         out["bundle_written"] = str(bundle.path.relative_to(REPO))
     cal = Confidence.from_bundle(Bundle.load(bundle.dir)).calibrator if args.write_bundles else \
         calibrate.fit_calibrator(chosen, pool_p, pool_y)[0]
-    labels = test_p.argmax(1)
-    curves = {"test, raw": (test_p, test_y), f"test, {chosen}": (cal.apply(test_p), test_y, labels)}
+    curves = {"test, raw": (test_p, test_y), f"test, {chosen}": (cal.apply(test_p), test_y)}
     plot_reliability(curves, img / f"{name}-reliability.png",
                      f"{name}: reliability on test ({chosen} fitted on {' + '.join(CALIBRATOR_POOL)})")
     return out
@@ -144,8 +144,7 @@ def main() -> int:
     results.mkdir(parents=True, exist_ok=True)
     doc = {"ece_bins": fit.ECE_BINS, "cv_folds": calibrate.CV_FOLDS, "cv_repeats": args.repeats,
            "bootstrap": args.bootstrap,
-           "label": "the argmax of the raw probabilities; ECE is that label's calibrated probability against "
-                    "its correctness",
+           "label": "the argmax of the calibrated probabilities; ECE is its probability against its correctness",
            "models": {m: report_model(m, args.data, args, img) for m in args.models}}
     dest = results / "calibration.json"
     dest.write_text(json.dumps(doc, indent=1) + "\n")

@@ -132,8 +132,8 @@ def _confidence_lines(conf: dict | None) -> list[str]:
     where = " + ".join(f"`{s}`" for s in splits)
     how = {"none": "not recalibrated (no calibrator beat the raw probabilities in cross-validation",
            "temperature": f"temperature-scaled (T = {t.get('temperature', t.get('value', 1.0)):.3f}",
-           "vector": "recalibrated by vector scaling (the label stays the model's own argmax",
-           "dirichlet": "recalibrated by Dirichlet scaling (the label stays the model's own argmax"}[t["kind"]]
+           "vector": "recalibrated by vector scaling (the label is the calibrated argmax",
+           "dirichlet": "recalibrated by Dirichlet scaling (the label is the calibrated argmax"}[t["kind"]]
     return [
         f"- Probabilities are {how}, fitted on {where}: ECE {t['ece_before']:.3f} -> {t['ece_after']:.3f} there; "
         "on `test`, with its bootstrap interval, see docs/SAFETY.md).",

@@ -278,7 +278,7 @@ def check(args: argparse.Namespace) -> int:
         for i, path in enumerate(images):
             ref = want[path.name]
             ref_p = np.array([ref["probabilities"][c] for c in classes])
-            label = classes[int(got["files"][i].argmax())]  # the raw argmax, as infer reports it
+            label = classes[int(scaled[i].argmax())]  # the calibrated argmax, as infer reports it
             dp = float(np.abs(scaled[i] - ref_p).max())
             worst_dp = max(worst_dp, dp)
             if label != ref["label"] or dp > TOL:

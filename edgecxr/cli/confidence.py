@@ -42,7 +42,7 @@ def confidence(model: str | None, manifest: Path, train_manifest: Path | None, p
        ONNX Runtime and TensorRT engines built from it return the features with the probabilities;
     2. fits the probability calibrator on val + calib (NLL): none, temperature, vector or
        Dirichlet scaling, chosen by cross-validated ECE unless --calibrator names one; the label
-       stays the model's own argmax, only its probabilities are calibrated;
+       is the calibrated argmax (a vector or Dirichlet fit can move it);
     3. fits the OOD score on train features, picks Mahalanobis / energy / max-softmax by AUROC of
        val against a built-in OOD set (CT/MR/US/NM DICOMs, noise, blanks, text, photos, inverted
        and rotated X-rays), and sets its threshold per precision at the split-conformal rank of

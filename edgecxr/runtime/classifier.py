@@ -44,7 +44,6 @@ from edgecxr.core.errors import (
 from edgecxr.core.spec import PreprocessSpec
 from edgecxr.runtime.base import FEATURES
 from edgecxr.runtime.confidence import Confidence
-from edgecxr.runtime.confidence import labels as confidence_labels
 from edgecxr.runtime.cxr_score import describe as describe_cxr_score
 from edgecxr.runtime.input_checks import DEFAULT_RULES, InputRules
 from edgecxr.runtime.inputs import file_sha256, prepare
@@ -266,7 +265,7 @@ class Classifier:
         outputs = self.runner.infer_outputs(np.stack(tensors))
         per_image = (time.perf_counter() - t0) * 1e3 / len(good)
         probs, scores, threshold = self.confidence.apply(outputs, str(self.backend_info.get("precision")))
-        picked = confidence_labels(outputs)  # the model's own argmax: a calibrator never relabels
+        picked = probs.argmax(axis=1)  # the calibrated argmax: a label never disagrees with its probabilities
         if probs.ndim != 2 or probs.shape != (len(good), len(self.classes)):
             raise BundleError(
                 f"model returned shape {probs.shape}, expected ({len(good)}, {len(self.classes)}) for classes {self.classes}"

@@ -236,8 +236,8 @@ class Confidence:
     def apply(self, outputs: dict[str, np.ndarray], precision: str) -> tuple[np.ndarray, np.ndarray | None, float | None]:
         """(calibrated probabilities, OOD score per row or None, threshold or None) for one batch.
 
-        The label is the argmax of `outputs[PROBABILITIES]` (the raw row), not of the calibrated
-        probabilities: `labels` says so in one place for every caller.
+        The label is the argmax of the calibrated probabilities (stages/confidence/calibrate.py says
+        why), so a label and its probabilities never disagree.
         """
         from edgecxr.runtime.base import FEATURES, PROBABILITIES
 
@@ -249,13 +249,6 @@ class Confidence:
         if self.ood.needs_features and features is None:
             return probs, None, None
         return probs, self.ood.score(raw, features), self.ood.threshold(precision)
-
-
-def labels(outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The class index per row: the argmax of the model's own probabilities, before any calibrator."""
-    from edgecxr.runtime.base import PROBABILITIES
-
-    return np.asarray(outputs[PROBABILITIES]).argmax(axis=1)
 
 
 def _calibrator(section: dict[str, Any], bundle: Any, where: str) -> Calibrator:

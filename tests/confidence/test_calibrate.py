@@ -84,13 +84,13 @@ def test_cross_validation_prefers_a_calibrator_only_when_there_is_something_to_f
     assert all(row["cv_nll"] > choice.table["none"]["cv_nll"] for k, row in choice.table.items() if k != "none")
 
 
-def test_reported_ece_is_the_raw_labels_calibrated_probability():
+def test_reported_ece_is_the_calibrated_labels_probability():
     raw = np.array([[0.6, 0.4], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
     calibrated = np.array([[0.45, 0.55], [0.45, 0.55], [0.2, 0.8]])
     labels, conf = calibrate.reported(raw, calibrated)
-    assert labels.tolist() == [0, 0, 1] and conf.tolist() == [0.45, 0.45, 0.8]
+    assert labels.tolist() == [1, 1, 1] and conf.tolist() == [0.55, 0.55, 0.8]  # the calibrator moved two labels
     y = np.array([0, 1, 1])
-    # bins: 0.45 holds two images (one right), 0.8 one (right): |0.5 - 0.45| * 2/3 + |1 - 0.8| / 3
+    # bins: 0.55 holds two images (one right), 0.8 one (right): |0.5 - 0.55| * 2/3 + |1 - 0.8| / 3
     assert calibrate.ece(raw, calibrated, y) == pytest.approx(0.05 * 2 / 3 + 0.2 / 3)
 
 

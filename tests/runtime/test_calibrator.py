@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgecxr.core.errors import BundleError
-from edgecxr.runtime.confidence import Calibrator, Confidence, apply_temperature, labels
+from edgecxr.runtime.confidence import Calibrator, Confidence, apply_temperature
 
 CLASSES = ["a", "b", "c"]
 RAW = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.34, 0.33, 0.33]], dtype=np.float32)
@@ -55,10 +55,22 @@ def test_vector_and_dirichlet_compute_softmax_of_the_affine_log_probabilities():
     np.testing.assert_allclose(cal.apply(RAW), np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-6)
 
 
-def test_the_label_is_the_raw_argmax_whatever_the_calibrator_does():
-    cal = Calibrator("vector", scale=np.ones(3), bias=np.array([0.0, 0.0, 5.0]))  # pushes every row to "c"
-    assert (np.asarray(cal.apply(RAW)).argmax(1) == 2).all()
-    assert labels({"probabilities": RAW}).tolist() == [0, 2, 0]
+def test_the_label_follows_the_calibrated_probabilities(tiny_bundle, images):
+    """A vector calibrator that moves every row to the last class moves the label with it: a label
+    never disagrees with its own probabilities (stages/confidence/calibrate.py says why)."""
+    from edgecxr.runtime.classifier import Classifier
+    from edgecxr.runtime.input_checks import InputRules
+
+    classes = tiny_bundle.classes
+    bias = [0.0] * (len(classes) - 1) + [20.0]
+    section = dict(tiny_bundle.meta.get("confidence") or {})
+    section.pop("temperature", None)
+    tiny_bundle.update(confidence={**section, "calibrator": {"kind": "vector", "scale": [1.0] * len(classes),
+                                                             "bias": bias}})
+    with Classifier.load(tiny_bundle.dir, input_rules=InputRules.off()) as clf:
+        preds = clf.predict(images[:3], workers=0)
+    for p in preds:
+        assert p.label == classes[-1] and p.top1 == pytest.approx(max(p.probabilities.values()))
 
 
 @pytest.mark.parametrize(("spec", "message"), [

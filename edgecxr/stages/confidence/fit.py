@@ -57,8 +57,7 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS, labels: 
     """Expected calibration error and the per-bin table of the reliability diagram.
 
     `labels`: the class each row reports (default its argmax); the confidence is the probability
-    of that class. The runtime reports the raw argmax with calibrated probabilities, so a
-    calibrator that could move the argmax (vector, Dirichlet) is measured on what is reported.
+    of that class (the runtime reports the calibrated argmax, so the default is what it reports).
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = probs.argmax(axis=1) if labels is None else np.asarray(labels)

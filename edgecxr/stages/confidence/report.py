@@ -17,7 +17,7 @@ from edgecxr.stages.plots import _figure, _save
 def calibration_report(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], calibrator: Calibrator,
                        folder: Path, tag: str, title: str) -> dict[str, Any]:
     """ECE and NLL of the raw probabilities and, where the bundle has a calibrator, of the calibrated
-    ones (the raw argmax's calibrated probability: what the runtime reports); a reliability diagram
+    ones (the calibrated argmax and its probability: what the runtime reports); a reliability diagram
     (reliability-TAG.png) and per-class ROC curves (roc-TAG.png).
 
     What `evaluate` reports (issue "honest answers", item 3). A missing matplotlib costs the figures
@@ -31,10 +31,11 @@ def calibration_report(probs: np.ndarray, y: np.ndarray, classes: Sequence[str],
     final = probs
     if calibrator.kind != "none":
         final = calibrator.apply(probs)
-        labels = probs.argmax(axis=1)
-        out.update(ece_after=reliability(final, y, labels=labels)["ece"], nll_after=nll(final, y))
+        out.update(ece_after=reliability(final, y)["ece"], nll_after=nll(final, y),
+                   accuracy_before=float(np.mean(probs.argmax(axis=1) == y)),
+                   accuracy_after=float(np.mean(final.argmax(axis=1) == y)))
         name = f"T = {temperature:.3g}" if temperature is not None else calibrator.kind
-        curves[name] = (final, y, labels)
+        curves[name] = (final, y)
     try:
         out["reliability_figure"] = str(plot_reliability(curves, folder / f"reliability-{tag}.png", f"{title}: reliability"))
         out["roc_figure"] = str(plot_roc(final, y, classes, folder / f"roc-{tag}.png", f"{title}: one-vs-rest ROC"))

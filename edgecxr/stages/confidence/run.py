@@ -120,7 +120,7 @@ def calibrator_section(probs: np.ndarray, y: np.ndarray, kind: str = "auto", spl
     after = cal.apply(probs)
     return {
         **cal.params(),
-        "label": "argmax of the raw probabilities (the gate-verified label); only probabilities are calibrated",
+        "label": "argmax of the calibrated probabilities",
         "fitted_on": list(splits), "n": int(len(y)), "artifact": artifact,
         "chosen_by": "cross-validated ECE" if kind == "auto" else "--calibrator option",
         "cv": {"folds": calibrate.CV_FOLDS, "repeats": calibrate.CV_REPEATS, "rule": choice.rule,

@@ -59,9 +59,10 @@ def test_mahalanobis_separates_far_points_and_threshold_passes_99_percent():
 
 def test_threshold_is_the_conformal_rank():
     scores = np.arange(1, 130, dtype=float)  # 129 val images, as in the shared data
-    assert fit.threshold_for(scores) == 129.0  # ceil(130 * 0.99) = 129: every val image passes
-    assert fit.threshold_for(np.arange(1, 1001, dtype=float)) == 991.0  # ceil(1001 * 0.99) = 991
-    assert fit.threshold_for(scores, target=0.5) == 65.0
+    assert fit.threshold_for(scores) == pytest.approx(129.0 * (1 + fit.SCORE_TOLERANCE))  # ceil(130 * 0.99) = 129: every val image passes
+    assert fit.threshold_for(np.arange(1, 1001, dtype=float)) == pytest.approx(991.0 * 1.0001)  # ceil(1001 * 0.99) = 991
+    assert 129.0 * (1 + 1e-6) <= fit.threshold_for(scores) < 129.1  # the film that sets it passes despite run-to-run noise
+    assert fit.threshold_for(scores, target=0.5) == pytest.approx(65.0 * 1.0001)
 
 
 def test_auroc_known_values():

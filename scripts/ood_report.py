@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecxr.core.fileutil import recorded_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -96,6 +98,7 @@ def model_rows(model: str, items: list, c: dict[str, np.ndarray]) -> dict:
 
     with Classifier.load(model, precision="fp16", input_rules=None) as clf:
         runtime = {k: clf.backend_info.get(k) for k in ("backend", "precision", "artifact")}
+        runtime["artifact"] = recorded_path(runtime["artifact"]) if runtime["artifact"] else None  # no machine paths in docs/results
         threshold = clf.audit.get("ood_threshold")
         preds = clf.predict([it.image for it in items], batch_size=16)
     kind = np.array([it.kind for it in items])

@@ -123,20 +123,13 @@ def threshold_for(scores: np.ndarray, target: float = TARGET_PASS) -> float:
 
 def auroc(inside: Sequence[float], outside: Sequence[float]) -> float:
     """P(score of an OOD image > score of an in-distribution one), ties counted half (Mann-Whitney)."""
-    a = np.asarray(inside, dtype=np.float64)
+    a = np.sort(np.asarray(inside, dtype=np.float64))
     b = np.asarray(outside, dtype=np.float64)
     if not len(a) or not len(b):
         return float("nan")
-    both = np.concatenate([a, b])
-    order = both.argsort(kind="mergesort")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    for value in np.unique(both):  # average ranks of ties
-        same = both == value
-        if same.sum() > 1:
-            ranks[same] = ranks[same].mean()
-    rb = ranks[len(a):].sum()
-    return float((rb - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+    below = np.searchsorted(a, b, side="left")  # in-distribution scores under each OOD score
+    upto = np.searchsorted(a, b, side="right")  # ... and those equal to it, counted half
+    return float(np.mean((below + upto) / 2.0) / len(a))
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

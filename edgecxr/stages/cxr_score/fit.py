@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,25 +27,21 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.stages.confidence import fit as confidence_fit
+
 SHRINKAGES = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 ALPHA = 0.01
 
 
 def auroc(ood: np.ndarray, ind: np.ndarray) -> float:
-    """P(an OOD score > an in-distribution score), ties counted half (the Mann-Whitney AUROC)."""
-    ood, ind = np.asarray(ood, dtype=np.float64), np.sort(np.asarray(ind, dtype=np.float64))
-    if not len(ood) or not len(ind):
-        return float("nan")
-    below = np.searchsorted(ind, ood, side="left")
-    upto = np.searchsorted(ind, ood, side="right")
-    return float(np.mean((below + upto) / 2.0) / len(ind))
+    """P(an OOD score > an in-distribution score), ties counted half: confidence.fit.auroc, OOD first."""
+    return confidence_fit.auroc(ind, ood)
 
 
 def conformal_threshold(values: np.ndarray, alpha: float = ALPHA) -> float:
-    """The k-th smallest of n values, k = ceil((n + 1)(1 - alpha)) (the largest when k > n)."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    k = min(len(v), math.ceil((len(v) + 1) * (1 - alpha)))
-    return float(v[k - 1])
+    """The split-conformal threshold of confidence.fit (k-th smallest, k = ceil((n + 1)(1 - alpha)),
+    with its small margin above that film's score for run-to-run noise)."""
+    return confidence_fit.threshold_for(values, 1 - alpha)
 
 
 def gate_logits(images: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:

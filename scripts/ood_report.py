@@ -8,7 +8,7 @@ Per kind, for the FIT half (what thresholds and choices may look at; `val` films
 transforms) and the REPORT half (`test` films; never fitted on): n, and the share caught by the
 pixel rules (`InputRules.check_pixels`), by the orientation gate, by the CXR score
 (runtime/cxr_score.py, on the picture as given), and by all of them in the product's order
-(`orientation.gate_and_check`, "reject"); the AUROC of the CXR score against the upright films of
+(`inputs.gate_and_check`, "reject"); the AUROC of the CXR score against the upright films of
 the same split. Upright `val` / `test` films are rows too: what is refused there is the price.
 Items are decoded arrays, so the DICOM header rules (which refuse every pydicom CT/MR/US file by its
 Modality or SOP class) are not counted: the `dicom` row is what the pixels alone give.

@@ -157,3 +157,18 @@ def timed(image: np.ndarray) -> tuple[float, float]:
     scorer.reason(float(scorer.score(logits)))
     t2 = time.perf_counter()
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def bench_distance(image: np.ndarray, iterations: int = 200) -> dict[str, float]:
+    """The score's own cost on one film: the distance on the gate's logits (the gate's run, timed by
+    `orientation.bench_gate`, is shared with the gate's own check)."""
+    from edgecxr.runtime.orientation import shipped_gate
+    from edgecxr.runtime.timing import summarize
+
+    scorer, logits = shipped_score(), shipped_gate().check(image).logits
+    dist = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        scorer.reason(float(scorer.score(logits)))
+        dist.append((time.perf_counter() - t0) * 1e3)
+    return summarize(dist)

@@ -21,8 +21,9 @@ from edgecxr.core.errors import ImageLoadError
 from edgecxr.core.spec import PreprocessSpec, preprocess
 from edgecxr.data.io import _is_dicom_head, load_image, load_image_bytes, open_regular
 from edgecxr.data.limits import DEFAULT_LIMITS, DecodeLimits
+from edgecxr.runtime.cxr_score import check as cxr_check
 from edgecxr.runtime.input_checks import InputRules
-from edgecxr.runtime.orientation import gate_and_check
+from edgecxr.runtime.orientation import mode_of, shipped_gate
 from edgecxr.runtime.prediction import Prediction
 
 
@@ -221,3 +222,35 @@ def uids_of(ds: Any) -> dict[str, str] | None:
         if value:
             uids[key] = value
     return uids or None
+
+
+def gate_and_check(image: np.ndarray, tensor: np.ndarray, spec: Any, rules: Any, pred: Any) -> tuple[np.ndarray, str | None]:
+    """The pixel checks, the orientation gate and the CXR score for one decoded input, in `prepare`'s order.
+
+    Returns the tensor for the model (the upright film's, when the gate turned it) and the reason
+    the input is rejected (None: it goes to the model). `pred.orientation` records what the gate
+    said. Order, so that each refusal names what is wrong: with "reject", the pixel rules first
+    (noise, blank, color... are not films at all, whatever the gate would say of them), then the
+    gate; with "fix", the gate first, then the pixel rules on the turned film (so a negative the
+    gate turned positive is not refused as a negative). Last, on the film as it would be
+    classified, the CXR score (runtime/cxr_score.py: is this like a frontal chest film at all?),
+    from the gate's logits of that same film when the gate has run on it.
+    """
+    mode = mode_of(rules)
+    if mode == "off":
+        return tensor, rules.check_pixels(image) or cxr_check(image, rules)
+    if mode == "reject":
+        reason = rules.check_pixels(image)
+        if reason:
+            return tensor, reason
+        verdict = shipped_gate().check(image)
+        pred.orientation = verdict.transform.name if not verdict.upright else "upright"
+        return tensor, cxr_check(image, rules, verdict.logits) if verdict.upright else verdict.reason
+    verdict = shipped_gate().check(image)
+    if verdict.upright:
+        pred.orientation = "upright"
+        return tensor, rules.check_pixels(image) or cxr_check(image, rules, verdict.logits)
+    image = verdict.transform.undo(image)
+    pred.orientation = (f"{verdict.transform.name}: {verdict.transform.reason}, p(upright) {verdict.p_upright:.2f}; "
+                        "turned upright before classification")
+    return preprocess(image, spec), rules.check_pixels(image) or cxr_check(image, rules)  # scored as turned upright

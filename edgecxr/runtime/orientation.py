@@ -313,42 +313,6 @@ def describe(rules: Any) -> str:
     return mode if mode == "off" else f"{mode}: {shipped_gate().describe()}"
 
 
-def gate_and_check(image: np.ndarray, tensor: np.ndarray, spec: Any, rules: Any, pred: Any) -> tuple[np.ndarray, str | None]:
-    """The orientation gate and the pixel checks for one decoded input, as `inputs.prepare` runs them.
-
-    Returns the tensor for the model (the upright film's, when the gate turned it) and the reason
-    the input is rejected (None: it goes to the model). `pred.orientation` records what the gate
-    said. Order, so that each refusal names what is wrong: with "reject", the pixel rules first
-    (noise, blank, color... are not films at all, whatever the gate would say of them), then the
-    gate; with "fix", the gate first, then the pixel rules on the turned film (so a negative the
-    gate turned positive is not refused as a negative). Last, on the film as it would be
-    classified, the CXR score (runtime/cxr_score.py: is this like a frontal chest film at all?),
-    from the gate's logits of that same film when the gate has run on it.
-    """
-    from edgecxr.runtime.cxr_score import check as cxr_check
-
-    mode = mode_of(rules)
-    if mode == "off":
-        return tensor, rules.check_pixels(image) or cxr_check(image, rules)
-    if mode == "reject":
-        reason = rules.check_pixels(image)
-        if reason:
-            return tensor, reason
-        verdict = shipped_gate().check(image)
-        pred.orientation = verdict.transform.name if not verdict.upright else "upright"
-        return tensor, cxr_check(image, rules, verdict.logits) if verdict.upright else verdict.reason
-    verdict = shipped_gate().check(image)
-    if verdict.upright:
-        pred.orientation = "upright"
-        return tensor, rules.check_pixels(image) or cxr_check(image, rules, verdict.logits)
-    from edgecxr.core.spec import preprocess
-
-    image = verdict.transform.undo(image)
-    pred.orientation = (f"{verdict.transform.name}: {verdict.transform.reason}, p(upright) {verdict.p_upright:.2f}; "
-                        "turned upright before classification")
-    return preprocess(image, spec), rules.check_pixels(image) or cxr_check(image, rules)  # scored as turned upright
-
-
 def timed_check(gate: OrientationGate, image: np.ndarray) -> tuple[float, float]:
     """(ms to make the gate's input, ms of its ONNX run and verdict) for one film, as `check` does it:
     the one timing of the gate that `edgecxr bench` and scripts/orientation_report.py report."""
@@ -360,6 +324,12 @@ def timed_check(gate: OrientationGate, image: np.ndarray) -> tuple[float, float]
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
+def synthetic_film() -> np.ndarray:
+    """A 2048 x 2048 uint16 image, a large detector's size, for timing what grows with the film."""
+    yy, xx = np.mgrid[0:2048, 0:2048]
+    return ((np.sin(xx / 37.0) * np.cos(yy / 53.0) + 1) * 20000).astype(np.uint16)
+
+
 def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s: float = 0.5,
                folder: str | Path | None = None) -> dict[str, Any]:
     """The gate's cost per film, one at a time, as `inputs.prepare` pays it: its resize of the decoded
@@ -368,13 +338,11 @@ def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s:
     `image` None: a synthetic 2048 x 2048 uint16 film (a large detector's size: the resize is the
     part that grows with the film).
     """
-
     from edgecxr.runtime.timing import summarize
 
     gate = shipped_gate(folder)
     if image is None:
-        yy, xx = np.mgrid[0:2048, 0:2048]
-        image = ((np.sin(xx / 37.0) * np.cos(yy / 53.0) + 1) * 20000).astype(np.uint16)
+        image = synthetic_film()
     end = time.perf_counter() + warmup_s
     while time.perf_counter() < end:
         gate.check(image)
@@ -387,16 +355,4 @@ def bench_gate(image: np.ndarray | None = None, iterations: int = 200, warmup_s:
     out = {"gate": gate.describe(), "image_size": [int(image.shape[1]), int(image.shape[0])],
            "iterations": iterations, "resize_ms": summarize(resize), "onnx_ms": summarize(run),
            "total_ms": summarize(total)}
-    try:  # the CXR score (runtime/cxr_score.py) reuses the gate's logits: its own cost is one distance
-        from edgecxr.runtime.cxr_score import shipped_score
-
-        scorer, logits = shipped_score(), gate.check(image).logits
-    except BundleError:
-        return out
-    dist = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        scorer.reason(float(scorer.score(logits)))
-        dist.append((time.perf_counter() - t0) * 1e3)
-    out["cxr_score_ms"] = summarize(dist)
     return out

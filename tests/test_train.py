@@ -6,7 +6,6 @@ test/calib rows point at files that do not exist, so a run that read them would 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from manifest_files import write_manifest
 
 from edgecxr.cli import main
 from edgecxr.core.bundle import Bundle
@@ -45,12 +45,7 @@ def manifest(tmp_path_factory) -> Path:
         for split in ("calib", "test"):
             rows.append({"relative_path": f"images/{label}/{split}_missing.png", "label": label, "split": split,
                          "patient_id": f"{label}:{split}"})
-    path = root / "manifest.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def _cfg(manifest: Path, out: Path, model: str = "coronet", **kw) -> TrainConfig:

@@ -8,7 +8,6 @@ tested is what the script copies, splits, checks and unpacks.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from manifest_files import write_manifest
 
 from edgecxr.data.manifest import CLASSES_3
 from edgecxr.data.packed import pack
@@ -37,12 +37,7 @@ def _manifest(root: Path) -> Path:
                 rel = f"{label}/{split}_{i}.png"
                 cv2.imwrite(str(root / rel), (rng.random((40, 40)) * 60 + 50 * c).astype(np.uint8))
                 rows.append({"relative_path": rel, "label": label, "split": split, "patient_id": f"{label}{i}"})
-    path = root / "manifest.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def _script(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from manifest_files import write_manifest
 
 from edgecxr.core.errors import DataError
 from edgecxr.data.check import TOTAL, check_manifest
@@ -41,11 +42,7 @@ def _copy_examples(examples: Path, dest: Path) -> list[dict[str, str]]:
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_manifest(path, rows)
 
 
 def test_broken_manifest_lists_every_problem(examples: Path, tmp_path: Path) -> None:

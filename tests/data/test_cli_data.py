@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
+from manifest_files import write_manifest
 
 from edgecxr.cli import main
 
@@ -46,10 +47,7 @@ def test_check_broken_manifest_exits_1_and_lists_problems(examples: Path, tmp_pa
     rows[1]["patient_id"] = rows[0]["patient_id"]
     rows[1]["patient_group"] = rows[0]["patient_group"]
     (root / rows[2]["relative_path"]).unlink()
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     result = _run("check", str(root / "manifest.csv"))
     assert result.exit_code == 1
     out = result.stdout
@@ -104,10 +102,7 @@ def test_check_refuses_rows_outside_unless_allowed(examples: Path, tmp_path: Pat
         rows = list(csv.DictReader(fh))
     rows[0]["relative_path"] = "../../../../etc/passwd"
     rows[0]["sha256"] = ""
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root / "manifest.csv", rows)
     result = _run("check", str(root / "manifest.csv"))
     assert result.exit_code == 1
     assert "[outside] line 2: ../../../../etc/passwd: climbs out of the manifest's folder" in result.stdout

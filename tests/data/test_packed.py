@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from cxr_fixtures import write_jpeg, xray
+from manifest_files import write_manifest
 
 from edgecxr.core.errors import DataError
 from edgecxr.data.dataset import load_arrays
@@ -42,12 +43,7 @@ def manifest(tmp_path_factory) -> Path:
                     rel += ".png"
                 rows.append({"relative_path": rel, "label": label, "split": split, "patient_id": f"{label}:{i}"})
                 k += 1
-    path = root / "manifest.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_manifest(root / "manifest.csv", rows)
 
 
 @pytest.fixture(scope="module")

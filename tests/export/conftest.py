@@ -6,13 +6,13 @@ exported once per session and copied per test that changes its bundle.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from manifest_files import write_manifest
 
 from edgecxr.core.bundle import Bundle
 from edgecxr.core.lazy import require
@@ -156,12 +156,7 @@ def write_synthetic_manifest(root: Path, splits: tuple[tuple[str, int], ...], se
                 cv2.imwrite(str(root / rel), img)
                 rows.append({"relative_path": rel, "label": label, "split": split, "patient_id": f"p{k}"})
                 k += 1
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(root / "manifest.csv", rows)
 
 
 @pytest.fixture(scope="session")

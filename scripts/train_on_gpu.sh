@@ -22,6 +22,13 @@
 #            puts the parts from the returned folders together, checks every sha256, unpacks into
 #            DEST: a bundle (model.keras, bundle.json, ...) to evaluate and export with TensorFlow.
 #
+#   here   bash scripts/train_on_gpu.sh slim | unslim
+#            the device call sends tracked files, and the shipped model files under edgecxr/reference/
+#            (148 MiB) alone are over its 64 MiB: `slim` takes them out of git's index (the files stay
+#            on disk, ignored through .git/info/exclude, and a pre-commit hook refuses every commit
+#            meanwhile, so their removal cannot be committed by accident); `unslim` puts them back,
+#            leaving the index as it was. Training there does not read them.
+#
 # docs/REPRODUCTION.md "Training on a GPU machine" has the whole sequence and what was tested.
 set -euo pipefail
 
@@ -79,7 +86,9 @@ print(f"travels: {sum(sizes.values()) / 2**20:.1f} MiB of working tree + {carry 
 if total > limit:
     big = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
     print("WARNING: over the limit; the device call will be refused. Largest files that travel:\n" +
-          "\n".join(f"  {s / 2**20:6.1f} MiB  {n}" for n, s in big), file=sys.stderr)
+          "\n".join(f"  {s / 2**20:6.1f} MiB  {n}" for n, s in big) +
+          "\n(the shipped ONNX files: 'bash scripts/train_on_gpu.sh slim' takes them out of the index for the "
+          "call, 'unslim' puts them back)", file=sys.stderr)
     sys.exit(1)
 EOF
     cat <<EOF
@@ -91,7 +100,61 @@ Ready. On a session that has a device machine (status: can_start_another true), 
 then, at once, while it is warm, as often as parts.json says parts are left:
   command: bash scripts/train_on_gpu.sh fetch
 and here: bash scripts/train_on_gpu.sh join runs/gpu-$model <files_at of each call>
+     and, when the device calls are done: bash scripts/train_on_gpu.sh unslim
 EOF
+}
+
+# The tracked files that make the tree too big to travel: the shipped models' ONNX files.
+slim_paths() { git -C "$REPO" ls-files -- 'edgecxr/reference/*/model.*.onnx'; }
+SLIM_BEGIN="# edgecxr train_on_gpu.sh slim: begin"
+SLIM_END="# edgecxr train_on_gpu.sh slim: end"
+
+slim() {
+    local marker exclude hook paths
+    marker="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path edgecxr-slim)")"
+    exclude="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path info/exclude)")"
+    hook="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path hooks)")/pre-commit"
+    [ ! -e "$marker" ] || die "already slim ($(wc -l < "$marker") files out of the index); 'unslim' puts them back"
+    paths="$(slim_paths)"
+    [ -n "$paths" ] || die "no tracked edgecxr/reference/*/model.*.onnx: nothing to take out"
+    # Only files identical to HEAD: unslim re-adds what is on disk, which must be what was committed.
+    # shellcheck disable=SC2086
+    git -C "$REPO" diff --quiet HEAD -- $paths || die "the reference ONNX files differ from HEAD: commit or restore them first"
+    [ ! -e "$hook" ] || grep -q "edgecxr-slim" "$hook" || die "$hook exists and is not ours: not replacing it"
+    mkdir -p "$(dirname "$exclude")" "$(dirname "$hook")"
+    printf '%s\n' "$paths" > "$marker"
+    { echo "$SLIM_BEGIN"; sed 's|^|/|' "$marker"; echo "$SLIM_END"; } >> "$exclude"
+    cat > "$hook" <<'HOOK'
+#!/bin/sh
+# installed by scripts/train_on_gpu.sh slim (edgecxr-slim): the reference ONNX files are out of the index
+if [ -e "$(git rev-parse --git-path edgecxr-slim)" ]; then
+    echo "pre-commit: the checkout is slim for a device call (reference ONNX files out of the index);" \
+         "run 'bash scripts/train_on_gpu.sh unslim' before committing" >&2
+    exit 1
+fi
+HOOK
+    chmod +x "$hook"
+    # shellcheck disable=SC2086
+    git -C "$REPO" rm -q --cached -- $paths
+    echo "slim: $(wc -l < "$marker") reference ONNX files out of the index (still on disk, ignored);" \
+         "commits are refused until 'bash scripts/train_on_gpu.sh unslim'"
+}
+
+unslim() {
+    local marker exclude hook
+    marker="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path edgecxr-slim)")"
+    exclude="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path info/exclude)")"
+    hook="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path hooks)")/pre-commit"
+    [ -e "$marker" ] || die "not slim: nothing to put back"
+    # shellcheck disable=SC2046
+    git -C "$REPO" add -f -- $(cat "$marker")
+    # shellcheck disable=SC2046
+    git -C "$REPO" diff --cached --quiet HEAD -- $(cat "$marker") \
+        || echo "unslim: WARNING: the files put back differ from HEAD (changed on disk meanwhile): see git status" >&2
+    [ -f "$exclude" ] && sed -i "/^$SLIM_BEGIN\$/,/^$SLIM_END\$/d" "$exclude"
+    [ -f "$hook" ] && grep -q "edgecxr-slim" "$hook" && rm -f "$hook"
+    echo "unslim: $(wc -l < "$marker") reference ONNX files back in the index"
+    rm -f "$marker"
 }
 
 install_wheels() {
@@ -232,5 +295,7 @@ case "$cmd" in
     train) train "$@" ;;
     fetch) fetch ;;
     join) join_parts "$@" ;;
-    *) die "usage: $0 prepare MODEL [SIZE] [MANIFEST] | train MODEL [options] | fetch | join DEST DIR..." ;;
+    slim) slim ;;
+    unslim) unslim ;;
+    *) die "usage: $0 prepare MODEL [SIZE] [MANIFEST] | slim | train MODEL [options] | fetch | join DEST DIR... | unslim" ;;
 esac

@@ -104,6 +104,55 @@ def test_train_refuses_without_a_pack(tmp_path):
     assert _script("nonsense", env=env, timeout=60).returncode == 2
 
 
+def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=check)
+
+
+def test_slim_takes_the_reference_onnx_out_of_the_index_and_unslim_restores_it(tmp_path):
+    """The device call sends tracked files (64 MiB at most): slim untracks the shipped ONNX files for
+    the call, refuses commits meanwhile, and unslim leaves the index exactly as HEAD has it."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "train_on_gpu.sh").write_bytes(SCRIPT.read_bytes())
+    models = [repo / "edgecxr" / "reference" / m / f"model.{p}.onnx" for m in ("coronet", "cnn-lstm")
+              for p in ("fp16", "int8")]
+    for f in models:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(os.urandom(2048))
+    (repo / "edgecxr" / "reference" / "coronet" / "card.json").write_text("{}")
+    _git(tmp_path, "init", "-q", str(repo))
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    run = dict(os.environ)
+    slim_script = repo / "scripts" / "train_on_gpu.sh"
+
+    def script(*args):
+        return subprocess.run(["bash", str(slim_script), *args], env=run, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    proc = script("slim")
+    assert proc.returncode == 0, proc.stderr
+    travels = _git(repo, "ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
+    assert not any(t.endswith(".onnx") for t in travels)
+    assert "edgecxr/reference/coronet/card.json" in travels
+    assert all(f.is_file() for f in models)  # still on disk
+    assert script("slim").returncode == 2  # twice is refused
+    (repo / "x.txt").write_text("x")
+    _git(repo, "add", "x.txt")
+    commit = _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "oops", check=False)
+    assert commit.returncode != 0 and "unslim" in commit.stderr
+    _git(repo, "rm", "-q", "--cached", "x.txt")
+
+    proc = script("unslim")
+    assert proc.returncode == 0, proc.stderr
+    assert _git(repo, "diff", "--cached", "--quiet", "HEAD", check=False).returncode == 0
+    assert "slim" not in (repo / ".git" / "info" / "exclude").read_text()
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert script("unslim").returncode == 2
+    (models[0]).write_bytes(b"changed")  # a changed model is not taken out: unslim could not restore HEAD's
+    assert script("slim").returncode == 2
+
+
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
     module = importlib.util.module_from_spec(spec)

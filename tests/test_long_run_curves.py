@@ -1,0 +1,66 @@
+"""scripts/long_run_curves.py: the long runs' report comes from their own train.jsonl."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def curves():
+    spec = importlib.util.spec_from_file_location("long_run_curves", REPO / "scripts" / "long_run_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _log(folder: Path, records: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{\"epoch\": 3, \"va")
+
+
+def _epoch(e: int, acc: float, raw: float, seconds: float = 3600.0) -> dict:
+    return {"epoch": e, "of": 40, "val_accuracy": acc, "raw_val_accuracy": raw, "val_loss": 1 - acc,
+            "raw_val_loss": 1 - raw, "seconds": seconds, "images_per_second": 1.5, "time": f"2026-12-07T0{e}:00:00"}
+
+
+def test_report_reads_every_run_and_updates_the_doc_between_markers(curves, tmp_path):
+    runs = tmp_path / "runs"
+    # epoch 2 logged twice (a resumed run): the later record wins; the cut last line is skipped
+    _log(runs / "b-run", [_epoch(1, 0.5, 0.6), _epoch(2, 0.4, 0.9), _epoch(2, 0.7, 0.8, 1800.0)])
+    _log(runs / "a-run", [_epoch(1, 0.8, 0.7)])
+    (runs / "a-run" / "bundle.json").write_text("{}")
+    (runs / "empty").mkdir()
+    doc = tmp_path / "docs" / "REPRODUCTION.md"
+    doc.parent.mkdir()
+    doc.write_text(f"before\n{curves.BEGIN}\nold table\n{curves.END}\nafter\n")
+
+    assert curves.main(["--runs", str(runs), "--update-docs", "--doc", str(doc)]) == 0
+    report = json.loads((tmp_path / "docs" / "results" / "long-runs.json").read_text())
+    b = {r["run"]: r for r in report["runs"]}
+    assert list(b) == ["a-run", "b-run"]
+    assert b["b-run"]["epochs_done"] == 2 and [e["val_accuracy"] for e in b["b-run"]["epochs"]] == [0.5, 0.7]
+    assert b["b-run"]["hours"] == 1.5 and b["b-run"]["best_val_epoch"] == 2 and b["b-run"]["best_raw_val_epoch"] == 2
+    assert b["a-run"]["finished"] and not b["b-run"]["finished"]
+    assert (tmp_path / "docs" / "results" / "long-runs.png").stat().st_size > 1000
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
+    assert "| b-run | 2 of 40 | 1.5 | 1.5 | 70.0% / 80.0% | 70.0% (2) | 80.0% (2) |" in text
+    assert "| a-run | 1 of 40 (finished) |" in text
+    assert str(tmp_path) not in (tmp_path / "docs" / "results" / "long-runs.json").read_text()
+
+
+def test_no_runs_and_no_markers_are_refused(curves, tmp_path, capsys):
+    assert curves.main(["--runs", str(tmp_path / "nothing")]) == 2
+    assert "no run with a train.jsonl" in capsys.readouterr().err
+    _log(tmp_path / "runs" / "r", [_epoch(1, 0.5, 0.5)])
+    doc = tmp_path / "docs" / "REPRODUCTION.md"
+    doc.parent.mkdir()
+    doc.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- long-runs:begin -->"):
+        curves.main(["--runs", str(tmp_path / "runs"), "--update-docs", "--doc", str(doc)])

@@ -21,7 +21,7 @@ Kinds, and how many distinct sources underlie them (be careful reading "n = 200"
   modalities. About 25 distinct pictures, 12 of them 16 x 16 px thumbnails (pydicom's DICOMDIR
   tests), upscaled like a viewer would; items are random crops (50-100% a side) rescaled to
   128-512 px.
-- `text`: rendered pages of random words (OpenCV's Hershey fonts), dark on light or light on dark,
+- `text`, `chart`, `ui` (drawn in `ood_drawn`): rendered pages of random words (OpenCV's Hershey fonts), dark on light or light on dark,
   some with a gray background and scanner noise; every item its own seed.
 - `chart`: matplotlib line, bar, scatter, heat map and pie charts with random data, sizes, styles
   and colour maps (some gray), each its own seed.
@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.stages.confidence.ood_set import TRANSFORM_KINDS, OodItem, transformed
+from edgecxr.stages.confidence import ood_drawn
+from edgecxr.stages.confidence.ood_set import TRANSFORM_KINDS, OodItem, crop, resize_short, transformed
 
 KINDS = ("dicom", "text", "chart", "ui", "picture", "noise", "blank")
 HALVES = ("fit", "report")
@@ -68,11 +69,11 @@ def build(half: str, per_kind: int = 200, kinds: Sequence[str] = KINDS) -> list[
     """`per_kind` items of each of `kinds` for one half ("fit" or "report"); deterministic."""
     if half not in HALVES:
         raise ValueError(f"half must be one of {HALVES}, got {half!r}")
-    makers = {"dicom": _dicom, "text": _text, "chart": _chart, "ui": _ui, "picture": _picture,
-              "noise": _noise, "blank": _blank}
+    makers = {"dicom": _dicom, "picture": _picture, "noise": _noise, "blank": _blank}
+    drawn = {"text": ood_drawn.text, "chart": ood_drawn.chart, "ui": ood_drawn.ui}  # seeded here, drawn there
     items: list[OodItem] = []
     for kind in kinds:
-        items += makers[kind](half, per_kind)
+        items += drawn[kind](_rng(kind, half), half, per_kind) if kind in drawn else makers[kind](half, per_kind)
     return items
 
 
@@ -87,26 +88,6 @@ def film_transforms(records: Sequence[Any], half: str) -> Iterator[OodItem]:
 def _rng(kind: str, half: str) -> np.random.Generator:
     """One generator per kind and half: the halves never share a seed."""
     return np.random.default_rng([KINDS.index(kind) + 1, HALVES.index(half) + 1, 25])
-
-
-def _resize(image: np.ndarray, short: int) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
-
-
-def _crop(rng: np.random.Generator, image: np.ndarray, low: float) -> np.ndarray:
-    """A random crop of `low`-100% of each side (images under 64 px a side are taken whole)."""
-    h, w = image.shape[:2]
-    if min(h, w) < 64:
-        return image
-    ch, cw = int(h * rng.uniform(low, 1.0)), int(w * rng.uniform(low, 1.0))
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return image[y : y + ch, x : x + cw]
 
 
 # -- dicom ------------------------------------------------------------------------------------------
@@ -224,166 +205,10 @@ def _dicom(half: str, n: int) -> list[OodItem]:
         sources = mine[modality]
         source, members = sources[(i // len(modalities)) % len(sources)]
         member, img = members[int(rng.integers(len(members)))]
-        img = _resize(_crop(rng, img, 0.5), int(rng.integers(128, 513)))
+        img = resize_short(crop(rng, img, 0.5), int(rng.integers(128, 513)))
         out.append(OodItem("dicom", f"dicom-{half}-{i}-{modality}-{member}", np.clip(img, 0, 1).astype(np.float32),
                            source=f"pydicom:{source}"))
     return out
-
-
-# -- text -------------------------------------------------------------------------------------------
-_WORDS = ("patient report chest film normal findings impression lungs clear no acute disease heart size "
-          "within limits the of and to in is for with on as by at from page date name study series image "
-          "total amount invoice order number table figure result value 2026 12 07 0451 mm kV mAs left right "
-          "upper lower lobe view PA AP lateral portable supine signed reviewed radiology department").split()
-
-
-def _text(half: str, n: int) -> list[OodItem]:
-    import cv2
-
-    rng = _rng("text", half)
-    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
-             cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
-    out = []
-    for i in range(n):
-        h, w = int(rng.integers(256, 641)), int(rng.integers(256, 641))
-        dark_on_light = rng.random() < 0.7
-        paper, ink = (int(rng.integers(200, 256)), int(rng.integers(0, 80))) if dark_on_light else \
-                     (int(rng.integers(0, 60)), int(rng.integers(170, 256)))
-        img = np.full((h, w), paper, np.uint8)
-        font, scale = fonts[int(rng.integers(len(fonts)))], float(rng.uniform(0.4, 1.4))
-        thick = int(rng.integers(1, 3))
-        step = int(28 * scale + rng.integers(6, 20))
-        y = int(rng.integers(step, 2 * step))
-        while y < h - 8:
-            words = rng.choice(_WORDS, int(rng.integers(2, 12)))
-            cv2.putText(img, " ".join(words), (int(rng.integers(4, 40)), y), font, scale, ink, thick, cv2.LINE_AA)
-            y += step * (2 if rng.random() < 0.1 else 1)
-        if rng.random() < 0.4:  # a scanned page: blur and grain
-            img = cv2.GaussianBlur(img, (3, 3), 0)
-            img = np.clip(img + rng.normal(0, rng.uniform(2, 12), img.shape), 0, 255).astype(np.uint8)
-        out.append(OodItem("text", f"text-{half}-{i}", img, source=f"text-{half}-{i}"))
-    return out
-
-
-# -- charts and screenshots (matplotlib, Agg, no pyplot) --------------------------------------------
-def _render(fig: Any) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
-
-
-def _figure(rng: np.random.Generator, dark: bool = False) -> Any:
-    from matplotlib.figure import Figure
-
-    w, h = float(rng.uniform(2.6, 6.0)), float(rng.uniform(2.6, 6.0))
-    return Figure(figsize=(w, h), dpi=int(rng.integers(50, 91)), facecolor="#202124" if dark else "white")
-
-
-_CMAPS = ("viridis", "gray", "magma", "coolwarm", "Greys", "bone", "jet", "plasma", "cividis", "RdBu")
-
-
-#: matplotlib draws ~10 charts a second on one core: each render is seen as this many crops and rescales
-VIEWS_PER_RENDER = 5
-
-
-def _views(rng: np.random.Generator, kind: str, half: str, i: int, img: np.ndarray, label: str) -> list[OodItem]:
-    """`VIEWS_PER_RENDER` items of one render: the whole picture, then crops of 60-100% a side, rescaled,
-    in colour or gray; all share the render as their source."""
-    out = []
-    for v in range(VIEWS_PER_RENDER):
-        view = img if v == 0 else _resize(_crop(rng, img, 0.6), int(rng.integers(128, 513)))
-        if view.ndim == 3 and rng.random() < 0.3:
-            view = _gray(view)
-        out.append(OodItem(kind, f"{kind}-{half}-{i}.{v}-{label}", np.ascontiguousarray(view), source=f"{kind}-{half}-{i}"))
-    return out
-
-
-def _chart(half: str, n: int) -> list[OodItem]:
-    rng = _rng("chart", half)
-    styles = ("line", "bar", "scatter", "heatmap", "pie")
-    out: list[OodItem] = []
-    for i in range(-(-n // VIEWS_PER_RENDER)):
-        style = styles[i % len(styles)]
-        fig = _figure(rng)
-        ax = fig.add_subplot(1, 1, 1)
-        k = int(rng.integers(1, 5))
-        if style == "line":
-            x = np.arange(int(rng.integers(10, 200)))
-            for _ in range(k):
-                ax.plot(x, np.cumsum(rng.normal(0, 1, x.size)), lw=float(rng.uniform(0.8, 3)))
-            ax.grid(rng.random() < 0.5)
-        elif style == "bar":
-            m = int(rng.integers(3, 15))
-            (ax.barh if rng.random() < 0.3 else ax.bar)(np.arange(m), rng.uniform(0, 10, m),
-                                                        color=None if rng.random() < 0.5 else "0.4")
-        elif style == "scatter":
-            m = int(rng.integers(20, 500))
-            ax.scatter(rng.normal(0, 1, m), rng.normal(0, 1, m), s=float(rng.uniform(2, 40)),
-                       c=rng.random(m) if rng.random() < 0.5 else None)
-        elif style == "heatmap":
-            import cv2
-
-            small = rng.normal(0, 1, (int(rng.integers(4, 12)),) * 2).astype(np.float32)
-            field = small if rng.random() < 0.5 else cv2.resize(small, (40, 40), interpolation=cv2.INTER_CUBIC)
-            im = ax.imshow(field, cmap=_CMAPS[int(rng.integers(len(_CMAPS)))])
-            if rng.random() < 0.6:
-                fig.colorbar(im, ax=ax)
-        else:
-            m = int(rng.integers(2, 8))
-            ax.pie(rng.uniform(1, 10, m), labels=list(rng.choice(_WORDS, m)) if rng.random() < 0.5 else None)
-        if style != "pie":  # few ticks: tick labels are most of matplotlib's drawing time
-            ax.locator_params(nbins=int(rng.integers(2, 6)))
-        if rng.random() < 0.7:
-            ax.set_title(" ".join(rng.choice(_WORDS, int(rng.integers(1, 5)))))
-        out += _views(rng, "chart", half, i, _render(fig), style)
-    return out[:n]
-
-
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    from edgecxr.core.spec import to_gray
-
-    return to_gray(rgb)
-
-
-def _ui(half: str, n: int) -> list[OodItem]:
-    from matplotlib.patches import FancyBboxPatch, Rectangle
-
-    rng = _rng("ui", half)
-    out: list[OodItem] = []
-    for i in range(-(-n // VIEWS_PER_RENDER)):
-        dark = rng.random() < 0.35
-        fg, panel = ("#e8eaed", "#303134") if dark else ("#202124", "#f1f3f4")
-        fig = _figure(rng, dark)
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.set_xlim(0, 100)
-        ax.set_ylim(0, 100)
-        ax.axis("off")
-        accent = tuple(rng.uniform(0.1, 0.9, 3))
-        ax.add_patch(Rectangle((0, 92), 100, 8, color=accent))  # title bar
-        ax.text(2, 95, " ".join(rng.choice(_WORDS, 3)), color="white", fontsize=float(rng.uniform(7, 12)), va="center")
-        if rng.random() < 0.6:  # a side bar of menu entries
-            ax.add_patch(Rectangle((0, 0), 20, 92, color=panel))
-            for j in range(int(rng.integers(4, 10))):
-                ax.text(2, 86 - 8 * j, str(rng.choice(_WORDS)), color=fg, fontsize=8)
-        for _ in range(int(rng.integers(2, 7))):  # boxes and buttons
-            x, y = float(rng.uniform(22, 80)), float(rng.uniform(5, 80))
-            bw, bh = float(rng.uniform(8, 30)), float(rng.uniform(4, 12))
-            ax.add_patch(FancyBboxPatch((x, y), bw, bh, boxstyle="round,pad=0.5", fc=panel if rng.random() < 0.5 else accent,
-                                        ec=fg, lw=0.8))
-            ax.text(x + 1, y + bh / 2, str(rng.choice(_WORDS)), color=fg, fontsize=7, va="center")
-        if rng.random() < 0.5:  # a table
-            rows, cols = int(rng.integers(3, 8)), int(rng.integers(2, 5))
-            cells = [[str(rng.choice(_WORDS)) if rng.random() < 0.5 else f"{rng.uniform(0, 999):.1f}"
-                      for _ in range(cols)] for _ in range(rows)]
-            tab = ax.table(cellText=cells, bbox=(0.25, 0.05, 0.7, 0.4))
-            tab.set_fontsize(7)
-        if rng.random() < 0.4:  # a small plot inside the window
-            inset = fig.add_axes((0.55, 0.5, 0.4, 0.3))
-            inset.plot(np.cumsum(rng.normal(0, 1, 50)), color=accent)
-        out += _views(rng, "ui", half, i, _render(fig), "dark" if dark else "light")
-    return out[:n]
 
 
 # -- pictures the wheels ship -----------------------------------------------------------------------
@@ -450,8 +275,8 @@ def _picture(half: str, n: int) -> list[OodItem]:
     out = []
     for i in range(n):
         name, img = sources[i % len(sources)]
-        img = _crop(rng, img, 0.3)
-        img = _resize(img, int(rng.integers(128, 513)))
+        img = crop(rng, img, 0.3)
+        img = resize_short(img, int(rng.integers(128, 513)))
         if img.ndim == 3 and rng.random() < 0.5:
             img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         out.append(OodItem("picture", f"picture-{half}-{i}-{name.split(':', 1)[1]}", np.ascontiguousarray(img),

@@ -199,3 +199,24 @@ def _sample_data() -> Path | None:
         return None
     folder = Path(matplotlib.get_data_path()) / "sample_data"
     return folder if folder.is_dir() else None
+
+
+def resize_short(image: np.ndarray, short: int) -> np.ndarray:
+    """`image` rescaled so its short side is `short` (area filter down, linear up)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
+
+
+def crop(rng: np.random.Generator, image: np.ndarray, low: float) -> np.ndarray:
+    """A random crop of `low`-100% of each side (images under 64 px a side are taken whole)."""
+    h, w = image.shape[:2]
+    if min(h, w) < 64:
+        return image
+    ch, cw = int(h * rng.uniform(low, 1.0)), int(w * rng.uniform(low, 1.0))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return image[y : y + ch, x : x + cw]

@@ -16,31 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from runtime import tinymodels
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-httpx = pytest.importorskip("httpx")
-tritonhttp = pytest.importorskip("tritonclient.http")
-
-from click.testing import CliRunner  # noqa: E402
-from runtime import tinymodels  # noqa: E402
-
-from edgecxr.serve import ModelSpec, ServeConfig  # noqa: E402
-from edgecxr.serve.server import start_in_thread  # noqa: E402
-
-SHAPE = tinymodels.SPEC.input_shape
-#: the tiny ONNX's output name (tinymodels.make_onnx), which the service answers under
-OUT = "probs"
+from serve.serving import OUT, SHAPE, httpx, start, tiny_bundle, tritonhttp
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tinymodels.make_bundle(tmp_path_factory.mktemp("serve") / "tiny", int8=False, fp16=False).dir
+    return tiny_bundle(tmp_path_factory.mktemp("serve"))
 
 
 def _start(bundle_dir: Path, **kw):
-    return start_in_thread(ServeConfig((ModelSpec.parse(f"tiny={bundle_dir}"),), port=0, **kw))
+    return start(f"tiny={bundle_dir}", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +340,7 @@ def test_reference_coronet_through_tritonclient_matches_the_in_process_model(ima
     with Classifier.load("coronet") as clf:
         x = np.stack([prepare(p, i, clf.spec, clf.input_rules)[1] for i, p in enumerate(images[:2])])
         expected = clf.runner.infer(x)
-    running = start_in_thread(ServeConfig((ModelSpec.parse("coronet"),), port=0))
+    running = start("coronet")
     try:
         client = _client(running)
         assert client.is_model_ready("coronet")

@@ -16,28 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime import tinymodels
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-httpx = pytest.importorskip("httpx")
-tritonhttp = pytest.importorskip("tritonclient.http")
+from serve.serving import (
+    OUT,
+    SHAPE,
+    InferenceServerException,
+    ModelSpec,
+    httpx,
+    start,
+    tiny_bundle,
+    tritonhttp,
+)
 
-from runtime import tinymodels  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
-
-from edgecxr.serve import ModelSpec, ServeConfig  # noqa: E402
-from edgecxr.serve.server import start_in_thread  # noqa: E402
-
-SHAPE = tinymodels.SPEC.input_shape
-OUT = "probs"
 LIMIT = 256 << 10  #: the server's body limit in these tests (compressed and decompressed)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    bundle = tinymodels.make_bundle(tmp_path_factory.mktemp("ext") / "tiny", int8=False, fp16=False).dir
-    running = start_in_thread(ServeConfig((ModelSpec.parse(f"tiny={bundle}"),), port=0, max_body_bytes=LIMIT))
+    running = start(f"tiny={tiny_bundle(tmp_path_factory.mktemp('ext'))}", max_body_bytes=LIMIT)
     yield running
     running.stop()
 

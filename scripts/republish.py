@@ -282,17 +282,24 @@ def report(ctx: Context, out: Callable[[str], None] = print) -> int:
     if ood:
         out("  OOD thresholds: " + ", ".join(f"{k} {v:g}" for k, v in (ood.get("thresholds") or {}).items()))
     calib = REPO / "docs" / "results" / "calibration.json"
+    labels: dict[str, str] = {}
     if calib.is_file():
         models = json.loads(calib.read_text()).get("models") or {}
         for m, r in models.items():
             row = ((r.get("pool") or {}).get("methods") or {}).get(r.get("chosen")) or {}
-            out(f"  {m}: calibrated label on test ({r.get('chosen')}): {pct(row.get('test_accuracy'))} "
+            labels[m] = pct(row.get("test_accuracy"))
+            out(f"  {m}: calibrated label on test ({r.get('chosen')}): {labels[m]} "
                 f"(raw argmax {pct(r.get('test_accuracy'))}), test ECE {row.get('test_ece')}")
+    title = {"coronet": "CoroNet", "cnn-lstm": "CNN-LSTM"}[ctx.name]
+    headline = f"{title} {pct(test.get('accuracy'))} `test` accuracy with {pct(cv.get('sensitivity'))} COVID sensitivity"
+    calibrated = " and ".join(labels.get(m, "n/a") for m in MODELS)
+    val = d.get("candidate") or {}
     out("\nLeft by hand:")
     for line in (
-        "README.md \"Status\": the first bullet's test accuracy / COVID sensitivity and the calibrated-label numbers above",
+        f"README.md \"Status\", first bullet: \"{headline}\"; the calibrated labels: \"{calibrated} on `test`\"",
         "docs/REPRODUCTION.md: the Summary table, \"Results on `test`\" for this model, the long-run status",
-        "CHANGELOG.md: today's entry (what was republished, val before/after, test, INT8)",
+        f"CHANGELOG.md, today: \"{title} republished from {d.get('run', ctx.run.name)}: val accuracy "
+        f"{pct((d.get('shipped') or {}).get('accuracy'))} -> {pct(val.get('accuracy'))}; {headline}\" (+ the INT8 line above)",
         "docs/SAFETY.md: its numbers from docs/results/{safety-NAME,calibration,ood-report,orientation-gate}.json",
         "docs/QUANTIZATION.md: this model's INT8 section (bundle.json \"calibration\", calibration/ files)",
         "scripts/model_card.py FAILURES: still true of the new model? (then rerun the card step)",

@@ -139,8 +139,9 @@ def test_from_resumes_after_package_and_skips_the_earlier_steps(rp, world, recor
                 "candidate": rp.val_row(Bundle.load(world["run"]).meta), "int8_method": "percentile",
                 "shipped": rp.val_row(Bundle.load(world["ref"] / "coronet").meta), "replaced": {"bundle": "coronet"}}
     (world["run"] / "republish.json").write_text(json.dumps(decision))
+    test = {**_val(102, 29, n=126, covid_n=30), "accuracy_ci95": [0.74, 0.87], "macro_auc": 0.95}
     Bundle.load(world["ref"] / "coronet").update(copied_from={"bundle": "coronet-e80-ema"},
-                                                 metrics=Bundle.load(world["run"]).meta["metrics"])
+                                                 metrics={**Bundle.load(world["run"]).meta["metrics"], "test": test})
 
     assert rp.main(_args(world, "--dry-run", "--from", "int8")) == 0
     out = capsys.readouterr().out
@@ -155,7 +156,9 @@ def test_from_resumes_after_package_and_skips_the_earlier_steps(rp, world, recor
     assert scripts == ["quantize_reference.py", "calibration_report.py", "safety_report.py", "ood_report.py",
                        "orientation_report.py", "model_card.py"]
     assert Bundle.load(world["ref"] / "coronet").meta["republished"]["candidate"]["accuracy"] == 120 / 129
-    assert "Left by hand:" in out and "README.md" in out
+    assert "test (n=126): accuracy 81.0% (95% CI 74.0-87.0), COVID sensitivity 96.7% (29/30)" in out
+    assert 'README.md "Status", first bullet: "CoroNet 81.0% `test` accuracy with 96.7% COVID sensitivity"' in out
+    assert "republished from coronet-e80-ema: val accuracy 88.4% -> 93.0%" in out
 
     assert rp.main(_args(world, "--from", "export")) == 2  # package again would read test again
     assert "already ships coronet-e80-ema" in capsys.readouterr().err
@@ -197,3 +200,25 @@ def test_an_unfinished_run_and_a_foreign_model_are_refused(rp, world, capsys):
     Bundle.load(world["run"]).update(model="cnn-lstm")
     assert rp.main(_args(world, "--dry-run")) == 2
     assert "is a cnn-lstm model" in capsys.readouterr().err
+
+
+def test_refit_only_when_the_shipped_confidence_names_a_file_that_is_not_shipped(rp, world, monkeypatch, capsys):
+    import edgecxr.stages.confidence.run as confidence_run
+
+    calls = []
+    monkeypatch.setattr(confidence_run, "fit_confidence", lambda *a, **k: calls.append((a, k)))
+    ctx = rp.context(rp.argparse.Namespace(name="coronet", init_from=None, int8_method=None, train_data=None,
+                                           ood_data=None), world["run"], world["ref"], world["data"], {}, {},
+                     Bundle.load(world["run"]).meta)
+    shipped = Bundle.load(world["ref"] / "coronet")
+    shipped.update(confidence={"calibrator": {"artifact": "onnx_fp16"}, "ood": {"statistics_from": {"artifact": "onnx_fp16"}}})
+    assert rp.refit(ctx) == 0 and calls == []
+    assert "not needed" in capsys.readouterr().out
+    # as the run's own fit leaves it when no INT8 step refitted it: fitted on the run's FP32, which is not shipped
+    shipped.update(confidence={"calibrator": {"artifact": "onnx_fp32"}, "ood": {"statistics_from": {"artifact": "onnx_fp32"}}})
+    shipped.meta["artifacts"].pop("onnx_fp32")
+    shipped.meta.get("artifact_sha256", {}).pop("onnx_fp32", None)
+    shipped.save()
+    assert rp.refit(ctx) == 0
+    assert [c[0][0] for c in calls] == [world["ref"] / "coronet"]
+    assert calls[0][1]["train_manifest"] == world["data"].with_name("manifest-extended.csv")

@@ -8,7 +8,7 @@
 # (human) and <run>/train.jsonl (one JSON record per epoch).
 #
 #   bash scripts/long_runs.sh            # start (or resume) both lanes in the background, print the PIDs
-#   bash scripts/long_runs.sh status     # last line of each run's log
+#   bash scripts/long_runs.sh status     # each run's last finished epoch and the current one's progress
 #   bash scripts/long_runs.sh stop       # SIGTERM both lanes (the current epoch is lost, nothing else)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -55,10 +55,13 @@ case "${1:-start}" in
             echo $! > "$runs/$lane.pid"
             echo "$lane: pid $! (logs under $runs)"
         done ;;
-    status)
+    status)  # per run: the last finished epoch (val, best, ETA) and where the current one is
         for log in "$runs"/*/train.log; do
-            [[ -f "$log" ]] && echo "$(basename "$(dirname "$log")"): $(tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 1)"
-        done ;;
+            [[ -f "$log" ]] || continue
+            echo "$(basename "$(dirname "$log")"):$([[ -f "$(dirname "$log")/bundle.json" ]] && echo " finished (bundle.json)")"
+            tr '\r' '\n' < "$log" | grep '^epoch ' | tail -n 1 | sed 's/^/  /'
+            tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 1 | grep ' batch ' | sed 's/^ */  now: /'
+        done; true ;;
     stop)
         for lane in coronet_lane cnn_lstm_lane; do
             [[ -f "$runs/$lane.pid" ]] && kill -TERM -- "-$(cat "$runs/$lane.pid")" 2>/dev/null && echo "stopped $lane"

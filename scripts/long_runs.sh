@@ -59,9 +59,9 @@ case "${1:-start}" in
         for log in "$runs"/*/train.log; do
             [[ -f "$log" ]] || continue
             echo "$(basename "$(dirname "$log")"):$([[ -f "$(dirname "$log")/bundle.json" ]] && echo " finished (bundle.json)")"
-            tr '\r' '\n' < "$log" | grep '^epoch ' | tail -n 1 | sed 's/^/  /'
-            tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 1 | grep ' batch ' | sed 's/^ */  now: /'
-        done; true ;;
+            { tr '\r' '\n' < "$log" | grep '^epoch ' | tail -n 1 | sed 's/^/  /'; } || true
+            { tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 1 | grep ' batch ' | sed 's/^ */  now: /'; } || true
+        done ;;
     stop)
         for lane in coronet_lane cnn_lstm_lane; do
             [[ -f "$runs/$lane.pid" ]] && kill -TERM -- "-$(cat "$runs/$lane.pid")" 2>/dev/null && echo "stopped $lane"

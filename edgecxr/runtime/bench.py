@@ -172,15 +172,14 @@ def _bench_classifier(
                 clf.runner, clf.spec, image, e2e_iters, min(warmup_s, 1.0), full_decode=True
             )
     if clf.orientation != "off":  # the orientation gate runs on every decoded film before the model
+        from edgecxr.runtime import cxr_score
         from edgecxr.runtime.orientation import bench_gate, synthetic_film
 
         log("  orientation gate: one film at a time")
         film = load_image(image) if image else None
         out["orientation_gate"] = gate = bench_gate(film, max(iterations, 100), min(warmup_s, 0.5))
-        if clf.input_rules.enabled and getattr(clf.input_rules, "cxr_score", True):
-            from edgecxr.runtime.cxr_score import bench_distance
-
-            gate["cxr_score_ms"] = bench_distance(film if film is not None else synthetic_film(), max(iterations, 100))
+        if cxr_score.enabled(clf.input_rules):
+            gate["cxr_score_ms"] = cxr_score.bench_distance(film if film is not None else synthetic_film(), max(iterations, 100))
     out["warnings"] = [w for r in results for w in r["warnings"]]
     for key in ("end_to_end", "end_to_end_full_decode"):
         out["warnings"] += list((out.get(key) or {}).get("warnings", []))

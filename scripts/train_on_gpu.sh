@@ -109,11 +109,16 @@ slim_paths() { git -C "$REPO" ls-files -- 'edgecxr/reference/*/model.*.onnx'; }
 SLIM_BEGIN="# edgecxr train_on_gpu.sh slim: begin"
 SLIM_END="# edgecxr train_on_gpu.sh slim: end"
 
+# The files slim writes in git's folder (a worktree has its own): the list of paths taken out, the
+# ignore file, the hook.
+slim_files() {
+    git_path() { (cd "$REPO" && realpath -m "$(git rev-parse --git-path "$1")"); }
+    marker="$(git_path edgecxr-slim)" exclude="$(git_path info/exclude)" hook="$(git_path hooks)/pre-commit"
+}
+
 slim() {
     local marker exclude hook paths
-    marker="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path edgecxr-slim)")"
-    exclude="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path info/exclude)")"
-    hook="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path hooks)")/pre-commit"
+    slim_files
     [ ! -e "$marker" ] || die "already slim ($(wc -l < "$marker") files out of the index); 'unslim' puts them back"
     paths="$(slim_paths)"
     [ -n "$paths" ] || die "no tracked edgecxr/reference/*/model.*.onnx: nothing to take out"
@@ -142,9 +147,7 @@ HOOK
 
 unslim() {
     local marker exclude hook
-    marker="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path edgecxr-slim)")"
-    exclude="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path info/exclude)")"
-    hook="$(cd "$REPO" && realpath -m "$(git rev-parse --git-path hooks)")/pre-commit"
+    slim_files
     [ -e "$marker" ] || die "not slim: nothing to put back"
     # shellcheck disable=SC2046
     git -C "$REPO" add -f -- $(cat "$marker")

@@ -75,6 +75,10 @@ class Step:
     def line(self) -> str:
         return "+ " + (show(self.argv) if self.argv is not None else self.shown)
 
+    def header(self, number: int) -> str:
+        """How the chain shows this step, run or dry: its name, place, what it does and its command."""
+        return f"== {self.name} ({number}/{len(STEPS)}): {self.what}\n{self.line()}"
+
 
 @dataclass
 class Context:
@@ -384,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ships_run:
         (run / DECISION).write_text(json.dumps(decision, indent=1) + "\n")
     for i, step in enumerate(steps, start + 1):
-        print(f"\n== {step.name} ({i}/{len(STEPS)}): {step.what}\n{step.line()}", flush=True)
+        print(f"\n{step.header(i)}", flush=True)
         rc = run_argv(step.argv) if step.argv is not None else in_process(step)
         if rc:
             print(f"\nrepublish: {step.name} failed (exit {rc}); once fixed, resume with --from {step.name}",
@@ -462,7 +466,12 @@ def new_decision(args: argparse.Namespace, run: Path, ref: Path, data: Path, shi
             "reason": why, "candidate": row, "shipped": ship_row,
             "replaced": {"bundle": (shipped.get("copied_from") or {}).get("bundle"),
                          "git_commit": shipped.get("git_commit")},
-            "int8_method": args.int8_method or (shipped.get("calibration") or {}).get("method") or "minmax"}, cand
+            "int8_method": args.int8_method or shipped_int8_method(shipped)}, cand
+
+
+def shipped_int8_method(shipped: dict[str, Any]) -> str:
+    """The calibration method of the INT8 being replaced: the new one is calibrated the same way."""
+    return (shipped.get("calibration") or {}).get("method") or "minmax"
 
 
 def context(args: argparse.Namespace, run: Path, ref: Path, data: Path, decision: dict[str, Any],
@@ -477,7 +486,7 @@ def context(args: argparse.Namespace, run: Path, ref: Path, data: Path, decision
         print(f"progressive resizing: --init-from {init_from} (the run's training.config.weights)")
     elif init_from is not None and weights and Path(weights).parent.name != init_from.name:
         print(f"note: --init-from {init_from.name}, but the run started from {weights}")
-    method = args.int8_method or decision.get("int8_method") or (shipped.get("calibration") or {}).get("method") or "minmax"
+    method = args.int8_method or decision.get("int8_method") or shipped_int8_method(shipped)
     return Context(args.name, run, data, (args.train_data or data.with_name(trained_on)).expanduser().absolute(),
                    (args.ood_data or data.with_name("manifest-extended.csv")).expanduser().absolute(), ref,
                    init_from.expanduser().absolute() if init_from else None, method, decision)
@@ -486,7 +495,7 @@ def context(args: argparse.Namespace, run: Path, ref: Path, data: Path, decision
 def print_chain(ctx: Context, start: int) -> None:
     print(f"\ndry run: the chain{f' from {STEPS[start]}' if start else ''}, nothing run:")
     for i, step in enumerate(chain(ctx)[start:], start + 1):
-        print(f"== {step.name} ({i}/{len(STEPS)}): {step.what}\n{step.line()}")
+        print(step.header(i))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ from a hand-copied line. Each epoch record of `edgecxr train` carries the EMA-we
 metrics (`val_accuracy`, `val_loss`: what model selection uses), the raw weights' (`raw_val_*`),
 seconds and images/s. Only `val` is read by training: nothing here touches `test`.
 
+A run recorded in the committed JSON whose folder is gone stays in the report, marked `folder_gone`:
+the runs live on the build machine, and a machine is not always kept from one session to the next
+(on 2026-12-07 one was not, and 15 hours of two runs went with it); their record must not go too.
+
 The committed JSON names runs, not machine paths. Epoch seconds include whatever else the machine
 ran at the time (they are wall clock, the runs `nice`d under tests and benchmarks), so the table
 shows the median images/s beside the total hours.
@@ -74,6 +78,17 @@ def collect(runs: Path) -> list[dict[str, Any]]:
     return [r for r in found if r]
 
 
+def keep_recorded(runs: list[dict[str, Any]], recorded: Path) -> list[dict[str, Any]]:
+    """`runs` plus every run of the committed report at `recorded` that has no folder here any more."""
+    try:
+        earlier = json.loads(recorded.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return runs
+    here = {r["run"] for r in runs}
+    gone = [dict(r, folder_gone=True) for r in earlier if isinstance(r, dict) and r.get("run") not in here]
+    return sorted(runs + gone, key=lambda r: r["run"])
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -83,7 +98,8 @@ def table(runs: list[dict[str, Any]]) -> str:
              "| best raw (epoch) |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         last = r["epochs"][-1]
-        done = f"{r['epochs_done']} of {r['epochs_planned']}" + (" (finished)" if r["finished"] else "")
+        done = f"{r['epochs_done']} of {r['epochs_planned']}" + (
+            " (finished)" if r["finished"] else " (stopped: its folder was lost)" if r.get("folder_gone") else "")
         lines.append(f"| {r['run']} | {done} | {r['hours']:.1f} | {r['median_images_per_second'] or '-'} "
                      f"| {pct(last.get('val_accuracy'))} / {pct(last.get('raw_val_accuracy'))} "
                      f"| {pct(r['best_val_accuracy'])} ({r['best_val_epoch']}) "
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     runs = collect(args.runs)
+    if args.update_docs:
+        runs = keep_recorded(runs, args.doc.parent / "results" / "long-runs.json")
     if not runs:
         print(f"long_run_curves: no run with a train.jsonl under {args.runs}", file=sys.stderr)
         return 2

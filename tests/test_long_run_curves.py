@@ -64,3 +64,27 @@ def test_no_runs_and_no_markers_are_refused(curves, tmp_path, capsys):
     doc.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- long-runs:begin -->"):
         curves.main(["--runs", str(tmp_path / "runs"), "--update-docs", "--doc", str(doc)])
+
+
+def test_a_recorded_run_whose_folder_is_gone_stays_in_the_report(curves, tmp_path):
+    """The runs live on the build machine, which is not always kept: their committed record must stay."""
+    doc = tmp_path / "docs" / "REPRODUCTION.md"
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    doc.write_text(f"{curves.BEGIN}\n{curves.END}\n")
+    _log(tmp_path / "old" / "lost-run", [_epoch(1, 0.5, 0.6), _epoch(2, 0.6, 0.7)])
+    _log(tmp_path / "old" / "kept-run", [_epoch(1, 0.3, 0.3)])
+    assert curves.main(["--runs", str(tmp_path / "old"), "--update-docs", "--doc", str(doc)]) == 0
+
+    _log(tmp_path / "new" / "kept-run", [_epoch(1, 0.4, 0.4), _epoch(2, 0.8, 0.8)])  # this machine's copy
+    _log(tmp_path / "new" / "fresh-run", [_epoch(1, 0.9, 0.9)])
+    assert curves.main(["--runs", str(tmp_path / "new"), "--update-docs", "--doc", str(doc)]) == 0
+    report = {r["run"]: r for r in json.loads((tmp_path / "docs" / "results" / "long-runs.json").read_text())["runs"]}
+    assert list(report) == ["fresh-run", "kept-run", "lost-run"]
+    assert report["lost-run"]["folder_gone"] and report["lost-run"]["epochs_done"] == 2
+    assert "folder_gone" not in report["kept-run"] and report["kept-run"]["epochs_done"] == 2  # the folder wins
+    text = doc.read_text()
+    assert "| lost-run | 2 of 40 (stopped: its folder was lost) |" in text and "| fresh-run | 1 of 40 |" in text
+    # without --update-docs nothing committed is read: the table is this machine's runs only
+    assert curves.main(["--runs", str(tmp_path / "new"), "--out", str(tmp_path / "out")]) == 0
+    assert [r["run"] for r in json.loads((tmp_path / "out" / "long-runs.json").read_text())["runs"]] == [
+        "fresh-run", "kept-run"]

@@ -31,6 +31,7 @@ from edgecxr.stages.export.triton_config import onnx_io, parse_pbtxt
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient (extra `triton`)")
 
 STUB = Path(__file__).parent / "triton_stub"
+REFERENCE = Path(__file__).resolve().parents[2] / "edgecxr" / "reference"
 
 
 def _config(repo: Path, name: str):
@@ -50,7 +51,9 @@ def test_reference_repository_parses_and_matches_the_onnx_files(reference_repo):
     assert check_repository(repo) == []
     assert sorted(p.name for p in repo.iterdir()) == sorted(
         ["coronet", "coronet_preprocess", "coronet_image", "cnn-lstm", "cnn-lstm_preprocess", "cnn-lstm_image", MANIFEST])
-    for name, size, classes in (("coronet", (150, 150, 3), 4), ("cnn-lstm", (224, 224, 1), 3)):
+    for name, classes in (("coronet", 4), ("cnn-lstm", 3)):
+        size = tuple(json.loads((REFERENCE / name / "bundle.json").read_text())["input_shape"])  # as shipped
+        assert len(size) == 3 and size[2] == (3 if name == "coronet" else 1)
         cfg = _config(repo, name)
         assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 8
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000

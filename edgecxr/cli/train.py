@@ -49,9 +49,11 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
                    "The saved model is float32 either way.")
 @click.option("--input-size", type=click.IntRange(min=16, max=4096), default=None,
               help="Square input side [coronet 150, cnn-lstm 224; --tiny 32].")
-@click.option("--weights", default=None, metavar="imagenet|none|PATH",
+@click.option("--weights", default=None, metavar="imagenet|none|reference|PATH",
               help="Initial weights [coronet imagenet (needs internet), cnn-lstm none]. "
-                   "PATH: Xception no-top .h5 for CoroNet, a same-architecture weights file for the CNN-LSTM.")
+                   "reference: go on from the shipped model (its FP16 ONNX, checked against ONNX Runtime; "
+                   "CoroNet's BatchNorm frozen). PATH: an edgecxr-exported .onnx file, Xception no-top .h5 "
+                   "for CoroNet, or a same-architecture weights file for the CNN-LSTM.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, data order, augmentation, folds.")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
               help="Stop after N epochs without a lower val loss; 0 = off [scratch 12; paper: coronet 0, cnn-lstm 20].")

@@ -33,6 +33,7 @@ from edgecxr.stages.train.recipes import (
     dtype_scope,
     make_optimizer,
 )
+from edgecxr.stages.train.warm_start import is_onnx_weights, load_from_onnx
 
 
 # -- one training run (also one CV fold) ------------------------------------------------------------
@@ -82,6 +83,18 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray, batch_size: int, images: in
         for layer, momentum in zip(layers, saved, strict=True):
             layer.momentum = momentum
     return batches
+
+
+def initial_model(cfg: TrainConfig, opts: dict[str, Any], log: TextIO) -> Any:
+    """The model a new run starts from: random, ImageNet, a weights file, or an exported ONNX file."""
+    if not is_onnx_weights(cfg.weights):
+        return build_model(cfg.model, weights=cfg.weights, **opts)
+    model = build_model(cfg.model, weights=None, **opts)
+    info = load_from_onnx(model, str(cfg.weights), cfg.model,
+                          lambda side: build_model(cfg.model, weights=None, **{**opts, "input_size": side}))
+    print(f"initial weights from {info['onnx']} ({info['layers']} layers; max difference "
+          f"{info['max_diff']:.1e} against ONNX Runtime at {info['side']}px)", file=log, flush=True)
+    return model
 
 
 def ema_pairs(model: Any) -> list[tuple[Any, Any]]:
@@ -293,7 +306,7 @@ def fit(
             print(f"nothing to resume in {workdir}; starting a new run", file=log, flush=True)
         keras.utils.set_random_seed(seed)
         with dtype_scope(dtype_policy(cfg.precision)):
-            model = build_model(cfg.model, weights=cfg.weights, **opts)
+            model = initial_model(cfg, opts, log)
         model.compile(
             optimizer=make_optimizer(cfg, math.ceil(len(x_train) / cfg.batch_size)),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),

@@ -110,13 +110,17 @@ def make_optimizer(cfg: Any, steps_per_epoch: int) -> Any:
 
 
 class dtype_scope:
-    """Build models under a dtype policy, then restore float32 (the saved artifact is always float32)."""
+    """Build models under a dtype policy, then restore the one before (float32 outside training: the saved
+    artifact is always float32). Nests: a float32 twin built inside a bf16 scope leaves the bf16 scope on."""
 
     def __init__(self, name: str):
         self.name = name
+        self.before: Any = "float32"
 
     def __enter__(self) -> None:
-        require("keras", "training").config.set_dtype_policy(self.name)
+        config = require("keras", "training").config
+        self.before = config.dtype_policy()
+        config.set_dtype_policy(self.name)
 
     def __exit__(self, *exc: object) -> None:
-        require("keras", "training").config.set_dtype_policy("float32")
+        require("keras", "training").config.set_dtype_policy(self.before)

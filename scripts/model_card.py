@@ -116,7 +116,7 @@ def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
     lines += ["", "The FP32 model is not shipped (size); its probabilities on `test` are, per image sha256 "
               "(`reference_probs.json`), so an engine built from this model is gated against the trained model "
               "(`edgecxr verify --reference stored_fp32`).", "", "## Known failure modes", ""]
-    lines += FAILURES[bundle.model]
+    lines += _resolution_lines(m) + FAILURES[bundle.model]
     lines += _confidence_lines(m.get("confidence"))
     return "\n".join(lines) + "\n"
 
@@ -144,6 +144,22 @@ def _confidence_lines(conf: dict | None) -> list[str]:
     ]
 
 
+def _resolution_lines(m: dict) -> list[str]:
+    """What the input side costs, from the bundle: under the paper's 224, or 224 reached from 128."""
+    side, pre = m["input_shape"][0], m.get("progressive") or {}
+    if m["model"] != "cnn-lstm":
+        return []
+    if side < 224:
+        return [f"- Trained and run at {side}x{side}, under the paper's 224x224 (the side chosen on `val`; see "
+                "REPRODUCTION): fine detail that only the full resolution shows is not seen."]
+    if pre:
+        first = "x".join(map(str, pre["input_shape"][:2]))
+        return [f"- Trained mostly at {first} ({pre['epochs_run']} epochs) and fine-tuned at {side}x{side} for "
+                f"{m['training']['epochs_run']} (progressive resizing; see REPRODUCTION): fine detail that only "
+                "the full resolution shows is under-used."]
+    return []
+
+
 FAILURES = {
     "coronet": [
         "- Bacterial vs viral pneumonia is the main error (see the matrix): the two look alike on a film, and "
@@ -152,8 +168,6 @@ FAILURES = {
         "(source confounding). A healthy adult chest film is outside what this model has seen.",
     ],
     "cnn-lstm": [
-        "- Trained mostly at 128x128 and fine-tuned briefly at 224x224 (progressive resizing; see REPRODUCTION): "
-        "fine detail that only the full resolution shows is under-used.",
         "- `pneumonia` merges bacterial and viral; `normal` vs `pneumonia` errors are children's films from one "
         "centre, so the figures may not transfer to adults or other scanners.",
         "- Adult images are pushed towards `covid` (source confounding).",

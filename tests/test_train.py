@@ -347,6 +347,26 @@ def test_ema_selects_and_saves_the_averaged_weights_and_scores_the_raw_ones(mani
         train(_cfg(manifest, tmp_path / "bad", ema=1.5))
 
 
+def test_the_weight_average_warms_up_instead_of_keeping_the_random_start(manifest, tmp_path):
+    """Keras's own EMA would still hold 0.998^8 = 98% of the random initial weights after 8 steps; with the
+    warm-up momentum min(0.998, (1 + t) / (10 + t)) the product over the steps is under 1e-6."""
+    from edgecxr.models import build_model
+    from edgecxr.stages.train.loop import ema_pairs
+
+    out = tmp_path / "warm-ema"
+    cfg = _cfg(manifest, out, epochs=2, ema=0.998, augment="none", precision="float32")
+    train(cfg)  # 16 train images, batch 4: 8 steps
+    last = keras.saving.load_model(out / "checkpoints" / "last.keras")
+    assert type(last.optimizer).__name__ == "WarmEMAAdamW"
+    assert Bundle.load(out).meta["training"]["optimizer"]["class"] == "WarmEMAAdamW"
+    keras.utils.set_random_seed(cfg.seed)  # the run's initial weights
+    start = {w.path: np.asarray(w) for w in build_model("coronet", tiny=True, weights=None).trainable_weights}
+    moved = [(np.abs(np.asarray(avg) - start[var.path]).sum(), np.abs(np.asarray(avg) - np.asarray(var)).sum())
+             for var, avg in ema_pairs(last) if var.path in start]
+    # nearer the last weights than the start by far (the plain average: 20x nearer the start)
+    assert moved and sum(to_start for to_start, _ in moved) > 3 * sum(to_raw for _, to_raw in moved)
+
+
 def test_a_run_killed_mid_epoch_resumes_with_the_same_next_batch_and_schedule_value(manifest, tmp_path):
     """SIGKILL during epoch 2, the same command again: epochs 2-3 start with the batch and learning rate
     an uninterrupted run starts them with (train.jsonl records both)."""

@@ -31,6 +31,7 @@ from edgecxr.stages.train.progress import progress_callback
 from edgecxr.stages.train.recipes import (
     dtype_policy,
     dtype_scope,
+    ema_optimizers,
     make_optimizer,
 )
 from edgecxr.stages.train.warm_start import is_onnx_weights, load_from_onnx
@@ -289,6 +290,7 @@ def fit(
             raise EdgeCXRError(f"{workdir}: cannot resume, {ckpt / 'last.keras'} is gone (--keep best drops it); "
                                "the bundle's model.keras is the finished model, or choose another output folder",
                                params=("out",))
+        ema_optimizers()  # registers the warm-up EMA optimizers that last.keras may name
         model = keras.saving.load_model(ckpt / "last.keras")
         if state.get("stopped_early") and (not cfg.patience or state["wait"] < cfg.patience):
             state.pop("stopped_early")  # resumed with a longer (or no) patience: training goes on
@@ -317,6 +319,8 @@ def fit(
         ckpt.mkdir(parents=True, exist_ok=True)
     state["config"] = cfg.to_dict()
     state["train_images"] = len(x_train)
+    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    state["optimizer_class"] = type(opt).__name__  # WarmEMA* where the weight average warms up
     start = int(state["epoch"])
     best = build_model(cfg.model, weights=None, **opts)  # uncompiled: the deployable artifact has no optimizer
     if start < cfg.epochs and not state.get("stopped_early"):

@@ -121,8 +121,8 @@ def ema_optimizers() -> tuple[Any, Any]:
 
     Why: Keras's own average starts at the first weights and uses `ema_momentum` from the first step,
     so after t steps it still holds ema_momentum^t of the random initialisation: 0.998 over a 16-epoch
-    run of 816 steps keeps 20% of it, and both long runs of 2026-12-07 scored 2-15 points under their
-    raw weights on `val` for most of their epochs. The warm-up (as in TensorFlow's
+    run of 816 steps keeps 20% of it, and the long runs of 2026-12-07 scored up to 16 (CNN-LSTM) and 40
+    (CoroNet) points under their raw weights on `val` in their early epochs. The warm-up (as in TensorFlow's
     ExponentialMovingAverage with num_updates, and timm's ModelEmaV2) averages over about t / 10
     steps early on and reaches the set momentum after ~5,000 steps at 0.998. Registered with Keras, so
     last.keras loads (call this before `keras.saving.load_model` in a fresh process).

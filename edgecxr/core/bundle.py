@@ -33,6 +33,10 @@ from edgecxr.core.schema import (
 from edgecxr.core.spec import PreprocessSpec
 
 BUNDLE_FILE = "bundle.json"
+#: Bundle file with the FP32 reference's probabilities per image sha256 (`stages.gate.reference`), so a
+#: shipped model that carries no FP32 file can still be gated against its trained model; `models add`
+#: copies it with the deployable files.
+STORED_REFERENCE = "reference_probs.json"
 #: bundle.json section holding every accuracy-gate verdict (see Bundle.gate_verdicts)
 GATE_SECTION = "gate"
 #: bundle.json map artifact key -> sha256 of the file, written whenever an artifact is set

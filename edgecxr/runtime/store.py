@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecxr.core.artifacts import BUNDLE_FILES, DEPLOYABLE, is_engine, kind
-from edgecxr.core.bundle import BUNDLE_FILE, HASHES, Bundle
+from edgecxr.core.bundle import BUNDLE_FILE, HASHES, STORED_REFERENCE, Bundle
 from edgecxr.core.errors import BundleError
 from edgecxr.core.fileutil import sha256_file
 from edgecxr.core.metadata import read_sidecar, verify_engine
@@ -251,8 +251,6 @@ def add(bundle_dir: str | Path, name: str, replace: bool = False,
     (a file without a recorded hash is hashed as found, and `warn` is told). An existing model of
     that name is kept unless `replace`; it is replaced atomically.
     """
-    from edgecxr.stages.gate.reference import STORED_REFERENCE
-
     if not _NAME.match(name):
         raise BundleError(f"model name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-' (starting with a letter or digit)")
     if (REFERENCE_DIR / name / BUNDLE_FILE).is_file():

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.core.bundle import Bundle
+from edgecxr.core.bundle import STORED_REFERENCE, Bundle
 from edgecxr.core.errors import BackendUnavailableError, BundleError
 from edgecxr.core.fileutil import read_json, sha256_file, write_json
 from edgecxr.data.manifest import Record
@@ -19,9 +19,6 @@ from edgecxr.data.manifest import Record
 log = logging.getLogger(__name__)
 
 
-#: Bundle file with the FP32 reference's probabilities per image sha256 (`store_reference`), so a
-#: shipped model that carries no FP32 file can still be gated against its trained model.
-STORED_REFERENCE = "reference_probs.json"
 
 
 STORED_KEY = "stored_fp32"

@@ -16,8 +16,9 @@ How the ONNX graph maps back (our own export: tf2onnx names every weight after i
     beta = bias, mean 0, variance 1 - epsilon) and frozen (`trainable = False`, so it keeps these
     statistics in training too): a fine-tune with frozen BatchNorm, the usual way to fine-tune.
   * Gemm -> Dense kernel and bias; LSTM (gates i, o, f, c; W, R, Wb + Rb) -> Keras LSTM (i, f, c, o).
-Layers Keras names by a counter ("conv2d_4": the residual convolutions of Xception) are matched in
-order of that counter, which depends on what the exporting process built before.
+Layers Keras names by a counter ("conv2d_4": the residual convolutions of Xception and their BatchNorm)
+are matched in the order of that counter, never by name: the number depends on what the exporting
+process had built before, and the same name here may be another layer.
 
 Nothing is trusted on names alone: after loading, the Keras model and ONNX Runtime run the same
 inputs, and a difference above `TOLERANCE` in probabilities or features refuses the file (FP16 weights
@@ -128,22 +129,32 @@ def _keras_layers(model: Any) -> list[Any]:
     return out
 
 
+def _auto_named(layer: Any) -> bool:
+    """Whether Keras named `layer` by its class and a counter ("conv2d_4", "batch_normalization")."""
+    snake = re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)).lower()
+    return _COUNTED.match(layer.name).group(1) == snake
+
+
 def _match_names(onnx_names: list[str], layers: list[Any]) -> dict[str, Any]:
-    """ONNX layer name -> Keras layer: by name, else counter-named layers in counter order."""
-    by_name = {layer.name: layer for layer in layers}
+    """ONNX layer name -> Keras layer: by name, but counter-named layers by their order.
+
+    A counter name says how many layers of that class the process had built before, not which one it
+    is: "batch_normalization_5" in the exporting process may be "batch_normalization_5" here and yet a
+    different layer. So those are matched in counter order on both sides (build order = counter order).
+    """
+    counted: dict[str, list[Any]] = defaultdict(list)
+    for layer in layers:
+        if _auto_named(layer):
+            counted[_COUNTED.match(layer.name).group(1)].append(layer)
+    by_name = {layer.name: layer for layer in layers if not _auto_named(layer)}
     matched = {n: by_name[n] for n in onnx_names if n in by_name}
-    onnx_left: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    keras_left: dict[str, list[Any]] = defaultdict(list)
+    onnx_counted: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for n in onnx_names:
         if n not in matched:
             base, count = _COUNTED.match(n).groups()
-            onnx_left[base].append((int(count or 0), n))
-    used = {id(layer) for layer in matched.values()}
-    for layer in layers:
-        if id(layer) not in used:
-            keras_left[_COUNTED.match(layer.name).group(1)].append(layer)
-    for base, names in onnx_left.items():
-        candidates = keras_left.get(base, [])
+            onnx_counted[base].append((int(count or 0), n))
+    for base, names in onnx_counted.items():
+        candidates = counted.get(base, [])
         if len(candidates) != len(names):
             raise EdgeCXRError(f"the ONNX file's layers {sorted(n for _, n in names)} do not match this model's "
                                f"{[c.name for c in candidates]}; was it exported from this architecture?",

@@ -29,5 +29,5 @@ setup(
     package_dir={"edgecxr.profiles": "build_engines"},
     package_data={"": ["*"]},
     include_package_data=False,  # the rule above only: a stale egg-info SOURCES.txt once shipped the weights
-    exclude_package_data={"": ["*.pyc", "*.pyo"]},
+    exclude_package_data={"": ["*.pyc", "*.pyo", ".bundle.lock"]},  # the lock a bundle write leaves (core/lock.py)
 )

@@ -42,7 +42,8 @@ def card(name: str, reference_dir: Path = REFERENCE_DIR) -> str:
         f"# Model card: `{name}` (edgecxr reference model)",
         "",
         f"**Architecture.** {PAPERS[bundle.model]}. {m['architecture']['params']:,} parameters, input "
-        f"{'x'.join(map(str, m['input_shape']))} (`{bundle.spec.id}`), classes {', '.join(classes)}.",
+        f"{'x'.join(map(str, m['input_shape']))} (`{bundle.spec.id}`), classes {', '.join(classes)}."
+        + _steps_note(m),
         "",
         "**Intended use.** Research and engineering of the edgecxr pipeline: a realistic model to export, "
         "quantize, build into TensorRT engines and deploy beside a scanner. **Not for diagnosis, triage or "
@@ -142,6 +143,14 @@ def _confidence_lines(conf: dict | None) -> list[str]:
         "text, color photos, CT/MR/US DICOMs, lateral DICOMs, most negatives and most films turned 90 degrees are refused (input checks or "
         "abstention); upside-down films are not (per kind, for this model: docs/SAFETY.md).",
     ]
+
+
+def _steps_note(m: dict) -> str:
+    """The CNN-LSTM's map and LSTM steps at the shipped side, where it is not the paper's 224."""
+    side = m["input_shape"][0]
+    if m["model"] != "cnn-lstm" or side == 224:
+        return ""
+    return f" At {side}x{side} the map is {side // 32}x{side // 32}x512, read as {(side // 32) ** 2} steps."
 
 
 def _resolution_lines(m: dict) -> list[str]:

@@ -43,17 +43,20 @@ def test_which_weights_values_mean_onnx():
 
 
 def test_the_shipped_cnn_lstm_starts_a_run_at_another_side():
-    """224 px shipped weights into a 128 px bf16 training model: the check runs on a float32 twin at 224,
-    the weights are the same, and the bf16 policy of the run is still on afterwards."""
+    """The shipped weights into a bf16 training model of another side (224 <-> 128): the check runs on a
+    float32 twin at the shipped side, the weights are the same, and the run's bf16 policy stays on."""
     from edgecxr.stages.train.recipes import dtype_scope
 
+    shipped = json.loads((resolve_onnx(REFERENCE, "cnn-lstm").parent / "bundle.json").read_text())["input_shape"][0]
+    other = 128 if shipped != 128 else 224
     with dtype_scope("mixed_bfloat16"):
-        model = build_model("cnn-lstm", weights=None, input_size=128)
+        model = build_model("cnn-lstm", weights=None, input_size=other)
         info = load_from_onnx(model, REFERENCE, "cnn-lstm", _builder("cnn-lstm"))
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "float32"
     assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
-    assert info["side"] == 224 and info["layers"] == 15 and info["max_diff"] < 5e-3
+    assert model.input_shape[1] == other
+    assert info["side"] == shipped and info["layers"] == 15 and info["max_diff"] < 5e-3
     arrays, _ = read_onnx_weights(Path(info["onnx"]))
     kernel = model.get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(kernel, arrays["block1_conv1"]["kernel"].transpose(2, 3, 1, 0))

@@ -248,7 +248,7 @@ def load_from_onnx(model: Any, weights: str, model_name: str, build_twin: Any) -
     The weights go first into a float32 twin built by `build_twin(side)` at the ONNX file's own input
     side, which is checked, then copied into `model`. Why a twin: the check must not measure bfloat16
     rounding (`model` may be built for mixed-precision training), and the CNN-LSTM's weights do not depend
-    on its input side, so a 224 px shipped model can start a 128 px run.
+    on its input side, so a shipped model of one side can start a run at another.
     """
     from edgecxr.stages.train.recipes import dtype_scope
 

@@ -6,20 +6,17 @@ temperature to vector scaling and the cards kept saying "temperature-scaled" (fo
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def model_card():
-    spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("model_card")
 
 
 @pytest.mark.parametrize("name", ["coronet", "cnn-lstm"])

@@ -1,9 +1,9 @@
 """Republish a finished long training run as the shipped reference model, if it beats it on `val`.
 
-    python scripts/republish.py coronet ~/.cache/edgecxr/runs/coronet-e24-ema --dry-run
-    python scripts/republish.py coronet ~/.cache/edgecxr/runs/coronet-e24-ema
+    python scripts/republish.py coronet ~/.cache/edgecxr/runs/coronet-e40-ema --dry-run
+    python scripts/republish.py coronet ~/.cache/edgecxr/runs/coronet-e40-ema
     python scripts/republish.py cnn-lstm ~/.cache/edgecxr/runs/cnn-lstm-224-e6-ema99 \\
-        --init-from ~/.cache/edgecxr/runs/cnn-lstm-128-e16-ema99
+        --init-from ~/.cache/edgecxr/runs/cnn-lstm-128-e16-ema99   # a progressive run names its first phase
 
 First, before anything reads `test`, the val decision: the run's `metrics.val` (written by
 `edgecxr train`; else `evaluations.val` of `edgecxr evaluate --split val`, run here if neither

@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import EdgeCXRError
-from edgecxr.core.fileutil import read_json
 from edgecxr.core.lazy import require
+from edgecxr.stages.train.recipes import dtype_scope
 
 #: `--weights` value that names the shipped reference model of the family being trained
 REFERENCE = "reference"
@@ -60,10 +61,9 @@ def resolve_onnx(weights: str, model_name: str) -> Path:
     if weights == REFERENCE:
         from edgecxr.runtime.store import REFERENCE_DIR
 
-        folder = REFERENCE_DIR / model_name
         try:
-            path = folder / read_json(folder / "bundle.json")["artifacts"]["onnx_fp16"]
-        except (OSError, ValueError, KeyError) as exc:
+            path = Bundle.load(REFERENCE_DIR / model_name).artifact("onnx_fp16")
+        except EdgeCXRError as exc:
             raise EdgeCXRError(f"no shipped {model_name} FP16 ONNX to start from ({exc})", params=("weights",)) from exc
     else:
         path = Path(weights)
@@ -143,10 +143,12 @@ def _match_names(onnx_names: list[str], layers: list[Any]) -> dict[str, Any]:
     different layer. So those are matched in counter order on both sides (build order = counter order).
     """
     counted: dict[str, list[Any]] = defaultdict(list)
+    by_name: dict[str, Any] = {}
     for layer in layers:
         if _auto_named(layer):
             counted[_COUNTED.match(layer.name).group(1)].append(layer)
-    by_name = {layer.name: layer for layer in layers if not _auto_named(layer)}
+        else:
+            by_name[layer.name] = layer
     matched = {n: by_name[n] for n in onnx_names if n in by_name}
     onnx_counted: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for n in onnx_names:
@@ -226,10 +228,13 @@ def check_against_onnx(model: Any, onnx_model: Any, images: int = 4, seed: int =
     magnitude. Probabilities alone can hide a wrong mapping (random inputs often saturate the softmax);
     the 256 or 512 features cannot.
     """
+    from edgecxr.runtime.onnxrt import session_options
+
     keras = require("keras", "checking ONNX weights")
     ort = require("onnxruntime", "checking ONNX weights")
     x = np.random.default_rng(seed).uniform(-1, 1, (images, *model.input_shape[1:])).astype(np.float32)
-    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_model.SerializeToString(), sess_options=session_options(),
+                                   providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs() if o.name in ("probs", "features")]
     want = dict(zip(names, session.run(names, {"image": x}), strict=True))
     probs_layer = model.get_layer("probs")
@@ -250,8 +255,6 @@ def load_from_onnx(model: Any, weights: str, model_name: str, build_twin: Any) -
     rounding (`model` may be built for mixed-precision training), and the CNN-LSTM's weights do not depend
     on its input side, so a shipped model of one side can start a run at another.
     """
-    from edgecxr.stages.train.recipes import dtype_scope
-
     path = resolve_onnx(weights, model_name)
     arrays, onnx_model = read_onnx_weights(path)
     side = int(onnx_model.graph.input[0].type.tensor_type.shape.dim[1].dim_value)

@@ -103,14 +103,11 @@ def make_optimizer(cfg: Any, steps_per_epoch: int) -> Any:
     # EMA of the weights (Polyak averaging) lives in the optimizer, so its averages are saved with the
     # optimizer state in last.keras and a resumed run continues them; the loop evaluates and keeps them.
     ema = float(getattr(cfg, "ema", 0.0) or 0.0)
-    if not ema:
-        if cfg.optimizer == "adamw":
-            return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
-        return keras.optimizers.Adam(learning_rate=lr)
-    adamw, adam = ema_optimizers()
+    extra = {"use_ema": True, "ema_momentum": ema} if ema else {}
+    adamw, adam = ema_optimizers() if ema else (keras.optimizers.AdamW, keras.optimizers.Adam)
     if cfg.optimizer == "adamw":
-        return adamw(learning_rate=lr, weight_decay=cfg.weight_decay, use_ema=True, ema_momentum=ema)
-    return adam(learning_rate=lr, use_ema=True, ema_momentum=ema)
+        return adamw(learning_rate=lr, weight_decay=cfg.weight_decay, **extra)
+    return adam(learning_rate=lr, **extra)
 
 
 _EMA_CLASSES: tuple[Any, Any] | None = None

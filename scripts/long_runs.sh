@@ -40,7 +40,13 @@ step() {  # step NAME ARGS...: one resumable training run, skipped once its bund
 # republished unless said): coronet-warm-e12-ema (the shipped CoroNet trained on: overfits),
 # coronet-e24-ema, cnn-lstm-128-e16-ema99 (republished), cnn-lstm-224-e6-ema99 (worse than it).
 # What each lane does next, one session each on a bf16 CPU (~2 h):
-coronet_lane() {  # from scratch, twice the shipped model's 18 epochs, with the warm-up EMA
+coronet_lane() {
+    # coronet-e24-ema (86.0% on val) again with one change, distillation: soft labels of the shipped
+    # CoroNet + CNN-LSTM (docs/results/soft-labels-coronet.json, committed), alpha 0.5. Then the
+    # 40-epoch from-scratch run (a longer schedule, no distillation).
+    step coronet-e24-ema-kd coronet --weights none --data "$data/manifest-extended.csv" \
+        --epochs 24 --patience 0 --ema 0.998 \
+        --soft-labels "$repo/docs/results/soft-labels-coronet.json" --distill-alpha 0.5
     step coronet-e40-ema coronet --weights none --data "$data/manifest-extended.csv" \
         --epochs 40 --patience 0 --ema 0.998
 }
@@ -60,7 +66,7 @@ case "${1:-start}" in
                 echo "$lane already running (pid $(cat "$runs/$lane.pid"))"; continue
             fi
             nohup setsid bash -c "$(declare -f step coronet_lane cnn_lstm_lane); runs='$runs' data='$data' \
-                edgecxr='$edgecxr' $lane" > "$runs/$lane.out" 2>&1 &
+                repo='$repo' edgecxr='$edgecxr' $lane" > "$runs/$lane.out" 2>&1 &
             echo $! > "$runs/$lane.pid"
             echo "$lane: pid $! (logs under $runs)"
         done ;;

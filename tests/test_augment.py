@@ -59,3 +59,35 @@ def test_batch_sequence_one_hot_weights_and_reshuffle():
     assert not np.array_equal(first, second)  # reshuffled
     seq.set_epoch(0)
     np.testing.assert_array_equal(np.concatenate([seq[i][0].reshape(-1) for i in range(len(seq))]), first)
+
+
+def test_mixup_blends_each_batch_with_itself_and_stays_a_pure_function_of_seed_epoch_batch():
+    """--mixup: every image is lam x one image + (1 - lam) x another of the batch, its target and weight the
+    same blend of theirs; the same (seed, epoch, batch) gives the same batch, and mixup 0 is the plain batch."""
+    pytest.importorskip("keras")
+    x = np.arange(16, dtype=np.float32).reshape(16, 1, 1, 1) * 10  # image value = 10 x its index
+    y = np.array([0] * 8 + [1] * 4 + [2] * 4)
+    cw = {0: 0.5, 1: 2.0, 2: 2.0}
+    plain = batch_sequence(x, y, 3, 8, POLICIES["none"], seed=3, class_weights=cw)
+    mixed = batch_sequence(x, y, 3, 8, POLICIES["none"], seed=3, class_weights=cw, mixup=0.4)
+    again = batch_sequence(x, y, 3, 8, POLICIES["none"], seed=3, class_weights=cw, mixup=0.4)
+    xp, yp, wp = plain.batch(1, 0)
+    xm, ym, wm = mixed.batch(1, 0)
+    for got, want in zip(again.batch(1, 0), (xm, ym, wm), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(xm, xp)  # blended
+    np.testing.assert_allclose(ym.sum(axis=1), 1.0, rtol=1e-6)  # still a distribution
+    assert ((ym > 0) & (ym < 1)).any()  # no longer one-hot
+    ids = xp.reshape(-1) / 10
+    for k in range(len(xm)):  # image k = lam x image a + (1 - lam) x image b, a = the plain batch's k-th
+        a = int(ids[k])
+        matches = []
+        for b in ids.astype(int):
+            lam = 1.0 if b == a else (xm[k, 0, 0, 0] - 10 * b) / (10 * (a - b))
+            if 0 <= lam <= 1 and np.allclose(ym[k], lam * one_hot(y[[a]], 3)[0] + (1 - lam) * one_hot(y[[b]], 3)[0],
+                                             atol=1e-6):
+                matches.append(np.isclose(wm[k], lam * cw[y[a]] + (1 - lam) * cw[y[b]], atol=1e-6))
+        assert any(matches), k
+    xz = batch_sequence(x, y, 3, 8, POLICIES["none"], seed=3, class_weights=cw, mixup=0.0).batch(1, 0)
+    for got, want in zip(xz, (xp, yp, wp), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -457,3 +457,14 @@ def test_distilled_run_trains_on_mixed_targets_and_records_its_teachers(manifest
     gap.write_text(json.dumps(dict(doc, labels=dict(list(doc["labels"].items())[1:]))))
     with pytest.raises(EdgeCXRError, match="1 of 16 training images have no soft label"):
         train(_cfg(manifest, tmp_path / "run2", epochs=1, soft_labels=str(gap)))
+
+
+def test_mixup_run_records_its_alpha_and_resumes_only_with_it(manifest, tmp_path):
+    """--mixup: the bundle's config names the alpha; a resume with another alpha is refused (other batches)."""
+    out = tmp_path / "run"
+    train(_cfg(manifest, out, epochs=1, mixup=0.2))
+    assert Bundle.load(out).meta["training"]["config"]["mixup"] == 0.2
+    with pytest.raises(EdgeCXRError, match="different options"):
+        train(_cfg(manifest, out, epochs=2, mixup=0.4))
+    with pytest.raises(EdgeCXRError, match="mixup alpha"):
+        TrainConfig(model="coronet", data=str(manifest), out=str(out), mixup=-1.0).resolved()

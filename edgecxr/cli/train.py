@@ -80,6 +80,9 @@ from edgecxr.stages.train.recipes import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDU
               help="Distil: a soft-label file for every training image (scripts/soft_labels.py; docs/REPRODUCTION.md).")
 @click.option("--distill-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --soft-labels: the teachers' weight in the training targets (the rest: the true label).")
+@click.option("--mixup", type=click.FloatRange(0, 10), default=0.0, show_default=True,
+              help="Mixup: blend each training batch with a shuffled copy of itself, images and targets, "
+                   "lambda ~ Beta(A, A) (e.g. 0.2; 0 = off). A regulariser; validation is unchanged.")
 @click.option("--resume/--no-resume", default=None,
               help="[default: resume by itself] --resume: continue the run in --out from its last saved epoch; "
                    "--no-resume: refuse a folder that already holds a run.")

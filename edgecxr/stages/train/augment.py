@@ -92,15 +92,31 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
 
 
+def mix_batch(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, rng: np.random.Generator,
+              alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Mixup of one batch: lam x batch + (1 - lam) x the batch in a random order (lam ~ Beta(alpha, alpha))."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(len(x))
+    def blend(a: np.ndarray) -> np.ndarray:
+        return (lam * a + (1.0 - lam) * a[perm]).astype(np.float32)
+    return blend(x), blend(y), None if w is None else blend(w)
+
+
 def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, policy: AugmentPolicy,
                    seed: int, class_weights: dict[int, float] | None = None,
-                   scale: float = 1.0, offset: float = 0.0, targets: np.ndarray | None = None) -> Any:
+                   scale: float = 1.0, offset: float = 0.0, targets: np.ndarray | None = None,
+                   mixup: float = 0.0) -> Any:
     """A `keras.utils.PyDataset` of shuffled (images, one-hot labels[, sample weights]) batches.
 
     One-hot labels let the loss apply label smoothing (`targets`, (N, C), replace them: distillation's
     mix of soft and true labels); class weights become per-sample weights
     (works the same on every backend). The order is reshuffled every epoch from `seed` + epoch,
     so a resumed run sees the same sequence of epochs as an uninterrupted one would.
+
+    `mixup` > 0 (the Beta distribution's alpha; Zhang et al. 2018): each augmented batch is blended with
+    a shuffled copy of itself, images, targets and sample weights alike, with one lambda ~ Beta(alpha,
+    alpha) per batch, drawn from the batch's own generator (so still a pure function of seed, epoch,
+    batch). A regulariser against memorising 1,600 images: the targets are never one-hot again.
     """
     keras = require("keras", "training")
     weights = None
@@ -132,9 +148,11 @@ def batch_sequence(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: i
             xb = x[idx]
             if policy.geometric or policy.photometric:
                 xb = np.stack([augment_image(im, rng, policy, scale, offset) for im in xb])
-            if weights is None:
-                return xb, labels[idx]
-            return xb, labels[idx], weights[idx]
+            yb = labels[idx]
+            wb = None if weights is None else weights[idx]
+            if mixup > 0:
+                xb, yb, wb = mix_batch(xb, yb, wb, rng, mixup)
+            return (xb, yb) if wb is None else (xb, yb, wb)
 
         def set_epoch(self, epoch: int) -> None:
             self.epoch = epoch

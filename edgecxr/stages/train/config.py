@@ -92,6 +92,8 @@ class TrainConfig:
     #: weight of the teachers' soft labels against the true one-hot label in the targets
     soft_labels: str | None = None
     distill_alpha: float = 0.5
+    #: mixup's Beta alpha (stages/train/augment.mix_batch); 0: off
+    mixup: float = 0.0
 
     def resolved(self) -> TrainConfig:
         """Fill unset options from the model's recipe (tiny runs never download weights)."""
@@ -125,6 +127,8 @@ class TrainConfig:
             raise ArgumentError(f"keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}", params=("keep",))
         if not 0.0 <= cfg.ema < 1.0:
             raise ArgumentError(f"ema must be in [0, 1), got {cfg.ema}", params=("ema",))
+        if not 0.0 <= cfg.mixup <= 10.0:
+            raise ArgumentError(f"mixup alpha must be in [0, 10], got {cfg.mixup}", params=("mixup",))
         if not 0.0 <= cfg.distill_alpha <= 1.0:
             raise ArgumentError(f"distill alpha must be in [0, 1], got {cfg.distill_alpha}", params=("distill_alpha",))
         if cfg.soft_labels is not None:
@@ -205,6 +209,8 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     identity = {k: getattr(cfg, k) for k in keys}
     if cfg.ema:  # only when set, so runs saved before the option existed still resume
         identity["ema"] = cfg.ema
+    if cfg.mixup:
+        identity["mixup"] = cfg.mixup
     if cfg.soft_labels:  # the teachers' file by content: a resumed run must learn from the same one
         identity["soft_labels_sha256"] = sha256_file(Path(cfg.soft_labels))
         identity["distill_alpha"] = cfg.distill_alpha

@@ -327,7 +327,8 @@ def fit(
         keras.utils.set_random_seed(seed + start)
         cw = balanced_class_weights(y_train, len(classes)) if cfg.class_weights else None
         batches = batch_sequence(x_train, y_train, len(classes), cfg.batch_size, get_policy(cfg.augment), seed,
-                                 class_weights=cw, scale=spec.scale, offset=spec.offset, targets=targets)
+                                 class_weights=cw, scale=spec.scale, offset=spec.offset, targets=targets,
+                                 mixup=cfg.mixup)
         batches.set_epoch(start)
         def recalibrate(m: Any) -> int:
             return recalibrate_batchnorm(m, x_train, cfg.batch_size, cfg.bn_recalibration, seed)

@@ -42,11 +42,13 @@ step() {  # step NAME ARGS...: one resumable training run, skipped once its bund
 # What each lane does next, one session each on a bf16 CPU (~2 h):
 coronet_lane() {
     # coronet-e24-ema (86.0% on val) again with one change, distillation: soft labels of the shipped
-    # CoroNet + CNN-LSTM (docs/results/soft-labels-coronet.json, committed), alpha 0.5. Then the
-    # 40-epoch from-scratch run (a longer schedule, no distillation).
+    # CoroNet + CNN-LSTM (docs/results/soft-labels-coronet.json, committed), alpha 0.5; then the
+    # same with mixup (alpha 0.2) instead, then the 40-epoch from-scratch run (a longer schedule).
     step coronet-e24-ema-kd coronet --weights none --data "$data/manifest-extended.csv" \
         --epochs 24 --patience 0 --ema 0.998 \
         --soft-labels "$repo/docs/results/soft-labels-coronet.json" --distill-alpha 0.5
+    step coronet-e24-ema-mixup coronet --weights none --data "$data/manifest-extended.csv" \
+        --epochs 24 --patience 0 --ema 0.998 --mixup 0.2
     step coronet-e40-ema coronet --weights none --data "$data/manifest-extended.csv" \
         --epochs 40 --patience 0 --ema 0.998
 }

@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             print(f"\nrepublish: {step.name} failed (exit {rc}); once fixed, resume with --from {step.name}",
                   file=sys.stderr)
+            if STEPS.index(step.name) > STEPS.index("package"):  # the candidate is already in the checkout
+                print(f"republish: {ctx.shipped} now holds the candidate, unfinished; `git checkout -- "
+                      f"{ctx.shipped}` (and `git status` for new files) restores the shipped model", file=sys.stderr)
             return rc
     return 0
 

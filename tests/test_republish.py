@@ -130,6 +130,22 @@ def test_force_goes_on_records_why_and_a_failed_step_stops_the_chain_with_its_st
     assert "republished" not in Bundle.load(world["ref"] / "coronet").meta  # record comes after package
 
 
+def test_a_step_failing_after_package_says_how_to_restore_the_shipped_model(rp, world, recorder, capsys, monkeypatch):
+    """Past `package` the candidate is in the shipped folder: a failure (an INT8 gate, say) must say so and how to undo.
+
+    Here `record` fails (the recorded `package` copied nothing in), a step after `package` like `int8`."""
+    monkeypatch.setattr(rp, "INSTALLED", world["ref"])
+    seen, fail = recorder
+    assert rp.main(_args(world)) == 1
+    err = capsys.readouterr().err
+    assert "record failed (exit 1)" in err
+    assert f"git checkout -- {world['ref'] / 'coronet'}" in err and "restores the shipped model" in err
+    fail.clear()
+    fail["confidence"] = 3  # before package: nothing was copied in, nothing to restore
+    assert rp.main(_args(world)) == 3
+    assert "git checkout" not in capsys.readouterr().err
+
+
 def test_from_resumes_after_package_and_skips_the_earlier_steps(rp, world, recorder, capsys, monkeypatch):
     monkeypatch.setattr(rp, "INSTALLED", world["ref"])
     assert rp.main(_args(world, "--dry-run", "--from", "int8")) == 2  # the shipped model is not the run yet

@@ -17,7 +17,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgecxr.core.bundle import Bundle
@@ -26,6 +25,8 @@ from edgecxr.data.manifest import read_manifest, select
 from edgecxr.data.packed import load_training_arrays
 from edgecxr.models import get as get_model
 from edgecxr.runtime.onnxrt import session_options
+from edgecxr.runtime.store import REFERENCE_DIR
+from edgecxr.stages.train.augment import warp
 
 #: view name -> (shift x, shift y as a fraction of the side, zoom, rotation degrees)
 VIEWS = {"as is": (0, 0, 1.0, 0), "zoom 0.92": (0, 0, 0.92, 0), "zoom 1.08": (0, 0, 1.08, 0),
@@ -36,18 +37,15 @@ SETS = {"3 zooms": ["as is", "zoom 0.92", "zoom 1.08"], "3 shifts": ["as is", "s
 
 
 def view(x: np.ndarray, fill: float, dx: float, dy: float, zoom: float, rot: float) -> np.ndarray:
+    """Every image of `x` (NxHxWxC) under one fixed view: training's own warp (black fill in every channel)."""
     h, w = x.shape[1:3]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), rot, zoom)
-    m[0, 2] += dx * w
-    m[1, 2] += dy * h
-    return np.stack([cv2.warpAffine(im, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                    borderValue=fill).reshape(im.shape) for im in x])
+    return np.stack([warp(im, rot, zoom, dx * w, dy * h, fill) for im in x])
 
 
 def measure(name: str, manifest: Path) -> dict:
     import onnxruntime as ort
 
-    bundle = Bundle.load(Path(__file__).resolve().parent.parent / "edgecxr" / "reference" / name)
+    bundle = Bundle.load(REFERENCE_DIR / name)
     spec = PreprocessSpec.from_dict(bundle.meta["preprocess"])
     classes = get_model(name).classes
     x, y = load_training_arrays(manifest, select(read_manifest(manifest), "val"), spec, classes)

@@ -20,6 +20,8 @@ def test_views_keep_the_identity_and_fill_what_they_uncover_with_black():
     assert (shifted[:, :, :2] == -1.0).all() and (shifted[:, :, 3:] == 1.0).all()
     zoomed_out = tta.view(x, -1.0, 0, 0, 0.8, 0)
     assert zoomed_out[0, 0, 0, 0] == -1.0 and zoomed_out[0, 10, 10, 0] == 1.0
+    rgb = tta.view(np.ones((1, 20, 20, 3), np.float32), -1.0, 0.1, 0, 1.0, 0)  # CoroNet's 3 channels
+    assert (rgb[:, :, :2] == -1.0).all()  # black in every channel, not only the first
 
 
 @pytest.mark.slow
@@ -30,6 +32,6 @@ def test_val_as_is_equals_the_shipped_models_recorded_val_accuracy(shared_cxr, t
     out = tmp_path / "tta.json"
     assert tta.main(["--data", str(shared_cxr / "manifest.csv"), "--models", "cnn-lstm", "--out", str(out)]) == 0
     result = json.loads(out.read_text())["models"][0]
-    recorded = Bundle.load(tta.Path(tta.__file__).resolve().parent.parent / "edgecxr" / "reference" / "cnn-lstm")
+    recorded = Bundle.load(tta.REFERENCE_DIR / "cnn-lstm")
     assert result["views"]["as is"]["accuracy"] == pytest.approx(recorded.meta["metrics"]["val"]["accuracy"], abs=1 / 129)
     assert set(result["sets"]) == {"3 zooms", "3 shifts", "all 7"} and result["val_images"] == 129

@@ -60,6 +60,17 @@ def get_policy(name: str) -> AugmentPolicy:
     return POLICIES[name]
 
 
+def warp(img: np.ndarray, angle: float, zoom: float, tx: float, ty: float, offset: float = 0.0) -> np.ndarray:
+    """`img` (HxWxC) turned by `angle` degrees and scaled by `zoom` about its centre, then shifted by (tx, ty)
+    pixels; what that uncovers is black in model units (`offset`) in every channel."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
+    m[:, 2] += (tx, ty)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(offset, offset, offset, offset))
+    return out[..., None] if out.ndim == 2 else out  # OpenCV drops a single channel axis
+
+
 def augment_image(img: np.ndarray, rng: np.random.Generator, policy: AugmentPolicy,
                   scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
     """One random view of a preprocessed HxWxC float32 image (value = v * scale + offset, v in [0, 1]).
@@ -73,12 +84,7 @@ def augment_image(img: np.ndarray, rng: np.random.Generator, policy: AugmentPoli
         angle = rng.uniform(-policy.rotation_deg, policy.rotation_deg)
         zoom = rng.uniform(1.0 - policy.zoom, 1.0 + policy.zoom)
         tx, ty = rng.uniform(-policy.shift, policy.shift, size=2) * (w, h)
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
-        m[:, 2] += (tx, ty)
-        out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=(offset, offset, offset, offset))
-        if out.ndim == 2:  # OpenCV drops a single channel axis
-            out = out[..., None]
+        out = warp(out, angle, zoom, tx, ty, offset)
     if policy.photometric:
         v = (out - offset) / scale
         c = rng.uniform(1.0 - policy.contrast, 1.0 + policy.contrast)

@@ -135,7 +135,7 @@ def test_a_step_failing_after_package_says_how_to_restore_the_shipped_model(rp, 
 
     Here `record` fails (the recorded `package` copied nothing in), a step after `package` like `int8`."""
     monkeypatch.setattr(rp, "INSTALLED", world["ref"])
-    seen, fail = recorder
+    _, fail = recorder
     assert rp.main(_args(world)) == 1
     err = capsys.readouterr().err
     assert "record failed (exit 1)" in err

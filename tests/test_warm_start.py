@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecxr.core.bundle import Bundle
 from edgecxr.core.errors import EdgeCXRError
 from edgecxr.models import build_model
 from edgecxr.stages.train.warm_start import (
@@ -47,7 +48,7 @@ def test_the_shipped_cnn_lstm_starts_a_run_at_another_side():
     float32 twin at the shipped side, the weights are the same, and the run's bf16 policy stays on."""
     from edgecxr.stages.train.recipes import dtype_scope
 
-    shipped = json.loads((resolve_onnx(REFERENCE, "cnn-lstm").parent / "bundle.json").read_text())["input_shape"][0]
+    shipped = Bundle.load(resolve_onnx(REFERENCE, "cnn-lstm").parent).meta["input_shape"][0]
     other = 128 if shipped != 128 else 224
     with dtype_scope("mixed_bfloat16"):
         model = build_model("cnn-lstm", weights=None, input_size=other)
